@@ -1,0 +1,1 @@
+//! CA and serving certificates for the admission webhook (filled by issue 6).

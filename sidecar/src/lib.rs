@@ -1,0 +1,19 @@
+//! holysheep-sidecar: a loopback OpenAI-compatible forwarding proxy that injects the
+//! HolySheep key, remaps model aliases, retries and falls back, and counts tokens and cost.
+//!
+//! Reading order: `config`, `server`, `proxy` (orchestration), then the steps it calls:
+//! `models`, `keys`, `ratelimit`, `retry`, `upstream`, `usage`, `metrics`, `error`.
+
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod logging;
+pub mod metrics;
+pub mod models;
+pub mod proxy;
+pub mod ratelimit;
+pub mod reload;
+pub mod retry;
+pub mod server;
+pub mod upstream;
+pub mod usage;
