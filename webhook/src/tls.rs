@@ -1,1 +1,494 @@
-//! (to be written)
+//! Serving certificate for the admission server: loads the PEM certificate chain and key,
+//! builds the rustls `ServerConfig` (ring provider, ALPN `h2` and `http/1.1`), and swaps
+//! the certificate when the files change, without a restart.
+//!
+//! Changes are noticed two ways: a `notify` watch on the *directories* holding the files
+//! (a Secret volume replaces its `..data` symlink, cert-manager's CSI driver rewrites
+//! files, editors rename; watching the file itself misses all of those), and a periodic
+//! re-check as a backstop for filesystems without inotify. A file that is unreadable,
+//! half-written or whose key does not match keeps the previous certificate in use; the
+//! failure is logged and counted. Only the certificate used by *new* handshakes changes:
+//! open connections are untouched.
+//!
+//! What it does not do: create certificates (`holysheep-certs`, `bootstrap`) or accept
+//! connections (`server`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use notify::{EventKind, RecursiveMode, Watcher as _};
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::metrics::{Metrics, ReloadResult};
+
+/// After the first change event, further events within this window are folded into one
+/// reload, so a writer that replaces `tls.crt` and then `tls.key` costs one reload, not a
+/// failed one followed by a good one.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Why a certificate could not be loaded or watched. Messages name the file and never
+/// contain key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("failed to read {what} file {path}: {source}")]
+    Read {
+        /// `certificate` or `key`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The certificate file is not valid PEM or holds no `CERTIFICATE` block.
+    #[error("certificate file {path} holds no valid PEM CERTIFICATE block ({reason})")]
+    BadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The key file holds no usable private key.
+    #[error("key file {path} holds no valid PEM private key (PKCS#8, PKCS#1 or SEC1) ({reason})")]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The key is not usable with the certificate (unsupported algorithm, or not its key).
+    #[error("key {key} does not fit certificate {cert}: {source}")]
+    Mismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// rustls' reason.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The rustls server configuration could not be built.
+    #[error("failed to build the TLS server configuration: {0}")]
+    Config(#[source] rustls::Error),
+    /// The directory watch could not be set up.
+    #[error("failed to watch {path} for certificate changes: {source}")]
+    Watch {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: notify::Error,
+    },
+}
+
+/// Counts of reload attempts since start, published on a watch channel so tests and
+/// callers can wait for a reload instead of sleeping.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// Reloads that put a new certificate in service.
+    pub successes: u64,
+    /// Changed files that could not be loaded (the old certificate stayed).
+    pub failures: u64,
+}
+
+/// The paths of the serving certificate chain and its key, both PEM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first (`tls.crt`).
+    pub cert: PathBuf,
+    /// Private key (`tls.key`).
+    pub key: PathBuf,
+}
+
+/// A serving certificate that can be replaced at run time. Cheap to clone; all clones
+/// share the same current certificate.
+#[derive(Clone)]
+pub struct ReloadingTls {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    files: TlsFiles,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// Raw bytes of the last files examined (good or bad), so an unchanged file is not
+    /// reloaded or re-reported on every tick.
+    last_seen: Mutex<(Vec<u8>, Vec<u8>)>,
+    status: watch::Sender<ReloadStatus>,
+    metrics: Option<Metrics>,
+}
+
+impl std::fmt::Debug for ReloadingTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingTls")
+            .field("files", &self.inner.files)
+            .field("status", &*self.inner.status.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The ring provider, the only one compiled in; never the process-wide default.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl ReloadingTls {
+    /// Loads the certificate and key once. Fails when they are unusable: a server must
+    /// not start without a certificate. Reload results are counted in `metrics` if given.
+    pub fn load(files: TlsFiles, metrics: Option<Metrics>) -> Result<Self, TlsError> {
+        let provider = crypto_provider();
+        let (cert_bytes, key_bytes) = read_files(&files)?;
+        let key = parse(&files, &cert_bytes, &key_bytes, &provider)?;
+        let (status, _) = watch::channel(ReloadStatus::default());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                files,
+                provider,
+                current: RwLock::new(Arc::new(key)),
+                last_seen: Mutex::new((cert_bytes, key_bytes)),
+                status,
+                metrics,
+            }),
+        })
+    }
+
+    /// The files this certificate is read from.
+    pub fn files(&self) -> &TlsFiles {
+        &self.inner.files
+    }
+
+    /// A rustls server configuration whose certificate is always the current one, with
+    /// ALPN `h2` then `http/1.1` (kube-apiserver speaks HTTP/2 to webhooks).
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(self.inner.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Config)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Resolver(self.inner.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The DER of the leaf certificate now served to new connections.
+    pub fn current_leaf(&self) -> Option<CertificateDer<'static>> {
+        self.inner.current().cert.first().cloned()
+    }
+
+    /// Reload counters; `changed()`/`wait_for` on the receiver wakes on every attempt.
+    pub fn subscribe(&self) -> watch::Receiver<ReloadStatus> {
+        self.inner.status.subscribe()
+    }
+
+    /// Re-reads the files now. Returns `Ok(true)` when a new certificate was put in
+    /// service, `Ok(false)` when the files are unchanged, and the error (old certificate
+    /// kept) when the changed files are unusable.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let inner = &self.inner;
+        let (cert_bytes, key_bytes) = match read_files(&inner.files) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // A missing file mid-swap is common and transient: it is reported, and the
+                // next event or tick retries. It is not "seen", so the retry is not skipped.
+                inner.record(ReloadResult::Error);
+                return Err(e);
+            }
+        };
+        {
+            let mut last = inner
+                .last_seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.0 == cert_bytes && last.1 == key_bytes {
+                return Ok(false);
+            }
+            *last = (cert_bytes.clone(), key_bytes.clone());
+        }
+        match parse(&inner.files, &cert_bytes, &key_bytes, &inner.provider) {
+            Ok(key) => {
+                *inner
+                    .current
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = Arc::new(key);
+                inner.record(ReloadResult::Success);
+                Ok(true)
+            }
+            Err(e) => {
+                inner.record(ReloadResult::Error);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts watching the certificate directories, re-checking at least every `interval`,
+    /// until `shutdown` completes. Errors of individual reloads are logged, not returned.
+    pub fn spawn_watcher<F>(
+        &self,
+        interval: Duration,
+        shutdown: F,
+    ) -> Result<JoinHandle<()>, TlsError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Our own reads show up as Access events: reacting to them would loop.
+                let relevant = match event {
+                    Ok(event) => !matches!(event.kind, EventKind::Access(_)),
+                    Err(_) => true,
+                };
+                if relevant {
+                    let _ = tx.send(());
+                }
+            })
+            .map_err(|source| TlsError::Watch {
+                path: self.inner.files.cert.clone(),
+                source,
+            })?;
+        for dir in watch_dirs(&self.inner.files) {
+            watcher
+                .watch(&dir, RecursiveMode::NonRecursive)
+                .map_err(|source| TlsError::Watch {
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
+        let this = self.clone();
+        let interval = interval.max(Duration::from_secs(1));
+        Ok(tokio::spawn(async move {
+            // Dropping the watcher ends the inotify watch, so it lives as long as the task.
+            let _watcher = watcher;
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await; // the first tick is immediate; the files were just loaded
+            tokio::pin!(shutdown);
+            loop {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    event = rx.recv() => {
+                        if event.is_none() {
+                            break;
+                        }
+                        tokio::time::sleep(DEBOUNCE).await;
+                        while rx.try_recv().is_ok() {}
+                        this.reload_and_log("file change");
+                    }
+                    _ = ticker.tick() => this.reload_and_log("periodic check"),
+                }
+            }
+        }))
+    }
+
+    fn reload_and_log(&self, trigger: &'static str) {
+        let files = &self.inner.files;
+        match self.reload() {
+            Ok(true) => tracing::info!(
+                trigger,
+                cert = %files.cert.display(),
+                key = %files.key.display(),
+                "serving certificate reloaded"
+            ),
+            Ok(false) => tracing::debug!(trigger, "serving certificate unchanged"),
+            Err(error) => tracing::warn!(
+                trigger,
+                error = %error,
+                "serving certificate reload failed, keeping the previous certificate"
+            ),
+        }
+    }
+}
+
+impl Inner {
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn record(&self, result: ReloadResult) {
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_reload(result);
+        }
+        self.status.send_modify(|s| match result {
+            ReloadResult::Success => s.successes += 1,
+            ReloadResult::Error => s.failures += 1,
+        });
+    }
+}
+
+/// Hands rustls the current certificate on every handshake.
+struct Resolver(Arc<Inner>);
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("files", &self.0.files)
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current())
+    }
+}
+
+fn read_files(files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+    let read = |what, path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::Read {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    Ok((read("certificate", &files.cert)?, read("key", &files.key)?))
+}
+
+fn parse(
+    files: &TlsFiles,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let bad_cert = |reason: String| TlsError::BadCertificate {
+        path: files.cert.clone(),
+        reason,
+    };
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad_cert(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(bad_cert(
+            "the file is empty or has no BEGIN CERTIFICATE line".into(),
+        ));
+    }
+    // The pem error never echoes file contents, so it is safe to show for the key too.
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::BadKey {
+        path: files.key.clone(),
+        reason: e.to_string(),
+    })?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|source| TlsError::Mismatch {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        source,
+    })
+}
+
+/// The distinct parent directories of the two files (`.` for a bare file name).
+fn watch_dirs(files: &TlsFiles) -> BTreeSet<PathBuf> {
+    [&files.cert, &files.key]
+        .into_iter()
+        .map(|p| match p.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pair(dir: &Path, service: &str) -> TlsFiles {
+        let ca = holysheep_certs::generate_ca("test-ca", Duration::from_secs(3600)).unwrap();
+        let serving = ca
+            .issue_serving(service, "ns", Duration::from_secs(3600))
+            .unwrap();
+        let files = TlsFiles {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+        };
+        std::fs::write(&files.cert, serving.cert_pem()).unwrap();
+        std::fs::write(&files.key, serving.key_pem()).unwrap();
+        files
+    }
+
+    #[test]
+    fn loads_then_reloads_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_pair(dir.path(), "a");
+        let tls = ReloadingTls::load(files.clone(), None).unwrap();
+        let first = tls.current_leaf().unwrap();
+        assert!(!tls.reload().unwrap(), "unchanged files are not a reload");
+        write_pair(dir.path(), "b");
+        assert!(tls.reload().unwrap());
+        assert_ne!(tls.current_leaf().unwrap(), first);
+        assert_eq!(
+            *tls.subscribe().borrow(),
+            ReloadStatus {
+                successes: 1,
+                failures: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_bad_key_keeps_the_old_certificate_and_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_pair(dir.path(), "a");
+        let tls = ReloadingTls::load(files.clone(), None).unwrap();
+        let before = tls.current_leaf().unwrap();
+        std::fs::write(&files.key, "-----BEGIN PRIVATE KEY-----\ngarbage").unwrap();
+        let err = tls.reload().unwrap_err();
+        assert!(err.to_string().contains("tls.key"), "{err}");
+        assert_eq!(tls.current_leaf().unwrap(), before);
+        // The same bad bytes are not reported again on the next check.
+        assert!(!tls.reload().unwrap());
+        assert_eq!(tls.subscribe().borrow().failures, 1);
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_pair(dir.path(), "a");
+        let other = tempfile::tempdir().unwrap();
+        let other_files = write_pair(other.path(), "b");
+        std::fs::copy(&other_files.key, &files.key).unwrap();
+        let err = ReloadingTls::load(files, None).unwrap_err();
+        assert!(matches!(err, TlsError::Mismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn empty_or_missing_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+        };
+        let err = ReloadingTls::load(files.clone(), None).unwrap_err();
+        assert!(
+            err.to_string().contains("failed to read certificate file"),
+            "{err}"
+        );
+        std::fs::write(&files.cert, "").unwrap();
+        std::fs::write(&files.key, "").unwrap();
+        let err = ReloadingTls::load(files, None).unwrap_err();
+        assert!(err.to_string().contains("no BEGIN CERTIFICATE"), "{err}");
+    }
+
+    #[test]
+    fn watch_dirs_dedups_and_handles_bare_names() {
+        let files = TlsFiles {
+            cert: PathBuf::from("tls.crt"),
+            key: PathBuf::from("/certs/tls.key"),
+        };
+        let expected: BTreeSet<PathBuf> = [PathBuf::from("."), PathBuf::from("/certs")].into();
+        assert_eq!(watch_dirs(&files), expected);
+        let same_dir = TlsFiles {
+            cert: PathBuf::from("/certs/tls.crt"),
+            key: PathBuf::from("/certs/tls.key"),
+        };
+        assert_eq!(watch_dirs(&same_dir).len(), 1);
+    }
+}
