@@ -1,1 +1,286 @@
-//! (to be written)
+//! The `holysheep/*` pod annotations: their keys, and a parser that reads a pod's
+//! annotations once into a typed [`Overrides`]. An error names the annotation, the value
+//! and the expected form, and is shown to the user as the admission message.
+//!
+//! It does not merge the overrides with the webhook defaults: `sidecar::SidecarSpec` does.
+
+use std::collections::BTreeMap;
+
+use crate::settings::{Quantity, values};
+
+/// Opt-in: `"true"` injects, `"false"` or absent leaves the pod alone.
+pub const INJECT: &str = "holysheep/inject";
+/// Marker written on injection; `injected` means never inject again.
+pub const STATUS: &str = "holysheep/status";
+/// Value of [`STATUS`] on an injected pod.
+pub const STATUS_INJECTED: &str = "injected";
+/// Proxy port (default 8080).
+pub const PORT: &str = "holysheep/port";
+/// Admin port of the sidecar (default 9090), for apps that already use 9090.
+pub const ADMIN_PORT: &str = "holysheep/admin-port";
+/// Secret name (default `holysheep-credentials`).
+pub const SECRET: &str = "holysheep/secret";
+/// Key in the Secret (default `HOLYSHEEP_API_KEY`).
+pub const SECRET_KEY: &str = "holysheep/secret-key";
+/// ConfigMap holding the sidecar's `config.yaml`.
+pub const CONFIG: &str = "holysheep/config";
+/// Sidecar image.
+pub const IMAGE: &str = "holysheep/image";
+/// Upstream base URL.
+pub const UPSTREAM: &str = "holysheep/upstream";
+/// `"true"`: native sidecar; `"false"`: plain container.
+pub const NATIVE_SIDECAR: &str = "holysheep/native-sidecar";
+/// Sidecar CPU request.
+pub const PROXY_CPU_REQUEST: &str = "holysheep/proxy-cpu-request";
+/// Sidecar memory request.
+pub const PROXY_MEMORY_REQUEST: &str = "holysheep/proxy-memory-request";
+/// Sidecar CPU limit.
+pub const PROXY_CPU_LIMIT: &str = "holysheep/proxy-cpu-limit";
+/// Sidecar memory limit.
+pub const PROXY_MEMORY_LIMIT: &str = "holysheep/proxy-memory-limit";
+
+/// Prometheus scrape annotations, added when absent.
+pub const PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
+/// Prometheus port annotation.
+pub const PROMETHEUS_PORT: &str = "prometheus.io/port";
+/// Prometheus path annotation.
+pub const PROMETHEUS_PATH: &str = "prometheus.io/path";
+/// Container that `kubectl logs/exec` pick by default.
+pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+
+/// An annotation whose value has the wrong form.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid annotation {annotation}={value:?}: {reason}")]
+pub struct AnnotationError {
+    /// The annotation key.
+    pub annotation: &'static str,
+    /// The value found (truncated when huge).
+    pub value: String,
+    /// What was wrong and the expected form.
+    pub reason: String,
+}
+
+/// What the `holysheep/inject` annotation asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Injection {
+    /// `"true"`.
+    Requested,
+    /// `"false"` or absent.
+    NotRequested,
+}
+
+/// Reads `holysheep/inject`: `"true"`, `"false"` or absent; anything else is an error.
+pub fn injection(annotations: &BTreeMap<String, String>) -> Result<Injection, AnnotationError> {
+    match annotations.get(INJECT) {
+        None => Ok(Injection::NotRequested),
+        Some(value) => {
+            let requested = parse(INJECT, value, values::boolean)?;
+            Ok(if requested {
+                Injection::Requested
+            } else {
+                Injection::NotRequested
+            })
+        }
+    }
+}
+
+/// Whether the marker `holysheep/status: injected` is present.
+pub fn is_marked_injected(annotations: &BTreeMap<String, String>) -> bool {
+    annotations
+        .get(STATUS)
+        .is_some_and(|v| v == STATUS_INJECTED)
+}
+
+/// Per-pod overrides; `None` keeps the webhook default.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Overrides {
+    /// `holysheep/port`.
+    pub port: Option<u16>,
+    /// `holysheep/admin-port`.
+    pub admin_port: Option<u16>,
+    /// `holysheep/secret`.
+    pub secret: Option<String>,
+    /// `holysheep/secret-key`.
+    pub secret_key: Option<String>,
+    /// `holysheep/config`.
+    pub config: Option<String>,
+    /// `holysheep/image`.
+    pub image: Option<String>,
+    /// `holysheep/upstream`.
+    pub upstream: Option<String>,
+    /// `holysheep/native-sidecar`.
+    pub native_sidecar: Option<bool>,
+    /// `holysheep/proxy-cpu-request`.
+    pub cpu_request: Option<Quantity>,
+    /// `holysheep/proxy-memory-request`.
+    pub memory_request: Option<Quantity>,
+    /// `holysheep/proxy-cpu-limit`.
+    pub cpu_limit: Option<Quantity>,
+    /// `holysheep/proxy-memory-limit`.
+    pub memory_limit: Option<Quantity>,
+}
+
+impl Overrides {
+    /// Parses every override annotation present; the first invalid one is the error.
+    pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Self, AnnotationError> {
+        let a = annotations;
+        Ok(Self {
+            port: optional(a, PORT, values::port)?,
+            admin_port: optional(a, ADMIN_PORT, values::port)?,
+            secret: optional(a, SECRET, values::object_name)?,
+            secret_key: optional(a, SECRET_KEY, values::data_key)?,
+            config: optional(a, CONFIG, values::object_name)?,
+            image: optional(a, IMAGE, values::image)?,
+            upstream: optional(a, UPSTREAM, values::upstream)?,
+            native_sidecar: optional(a, NATIVE_SIDECAR, values::boolean)?,
+            cpu_request: optional(a, PROXY_CPU_REQUEST, Quantity::parse)?,
+            memory_request: optional(a, PROXY_MEMORY_REQUEST, Quantity::parse)?,
+            cpu_limit: optional(a, PROXY_CPU_LIMIT, Quantity::parse)?,
+            memory_limit: optional(a, PROXY_MEMORY_LIMIT, Quantity::parse)?,
+        })
+    }
+}
+
+/// Parses the annotation `key` when present.
+fn optional<T>(
+    annotations: &BTreeMap<String, String>,
+    key: &'static str,
+    check: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<Option<T>, AnnotationError> {
+    annotations
+        .get(key)
+        .map(|value| parse(key, value, check))
+        .transpose()
+}
+
+/// Applies `check` to an annotation value, naming the annotation on failure
+/// (the shape of linkerd2-proxy's `env::parse`).
+fn parse<T>(
+    annotation: &'static str,
+    value: &str,
+    check: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, AnnotationError> {
+    check(value).map_err(|reason| AnnotationError {
+        annotation,
+        value: shorten(value),
+        reason,
+    })
+}
+
+/// Keeps admission messages short when a value is huge (the apiserver caps them).
+fn shorten(value: &str) -> String {
+    const MAX: usize = 64;
+    match value.char_indices().nth(MAX) {
+        None => value.to_owned(),
+        Some((cut, _)) => format!("{}...", &value[..cut]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[rstest]
+    #[case::absent(&[], Ok(Injection::NotRequested))]
+    #[case::true_(&[(INJECT, "true")], Ok(Injection::Requested))]
+    #[case::false_(&[(INJECT, "false")], Ok(Injection::NotRequested))]
+    #[case::enabled(&[(INJECT, "enabled")], Err(()))]
+    #[case::capital(&[(INJECT, "True")], Err(()))]
+    #[case::empty(&[(INJECT, "")], Err(()))]
+    fn injection_annotation(
+        #[case] pairs: &[(&str, &str)],
+        #[case] expected: Result<Injection, ()>,
+    ) {
+        let got = injection(&map(pairs));
+        match expected {
+            Ok(want) => assert_eq!(got, Ok(want)),
+            Err(()) => {
+                let message = got.unwrap_err().to_string();
+                assert!(
+                    message.contains(INJECT) && message.contains("\"true\" or \"false\""),
+                    "{message}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn marker_must_say_injected() {
+        assert!(is_marked_injected(&map(&[(STATUS, "injected")])));
+        assert!(!is_marked_injected(&map(&[(STATUS, "skipped")])));
+        assert!(!is_marked_injected(&map(&[])));
+    }
+
+    #[test]
+    fn parses_every_override() {
+        let overrides = Overrides::parse(&map(&[
+            (PORT, "18080"),
+            (ADMIN_PORT, "19090"),
+            (SECRET, "team-key"),
+            (SECRET_KEY, "api-key"),
+            (CONFIG, "hs-config"),
+            (IMAGE, "r.io/hs:2"),
+            (UPSTREAM, "http://gw:8080/v1"),
+            (NATIVE_SIDECAR, "false"),
+            (PROXY_CPU_REQUEST, "50m"),
+            (PROXY_MEMORY_REQUEST, "64Mi"),
+            (PROXY_CPU_LIMIT, "1"),
+            (PROXY_MEMORY_LIMIT, "256Mi"),
+            ("unrelated/annotation", "whatever"),
+        ]))
+        .unwrap();
+        assert_eq!(overrides.port, Some(18080));
+        assert_eq!(overrides.admin_port, Some(19090));
+        assert_eq!(overrides.secret.as_deref(), Some("team-key"));
+        assert_eq!(overrides.secret_key.as_deref(), Some("api-key"));
+        assert_eq!(overrides.config.as_deref(), Some("hs-config"));
+        assert_eq!(overrides.image.as_deref(), Some("r.io/hs:2"));
+        assert_eq!(overrides.upstream.as_deref(), Some("http://gw:8080/v1"));
+        assert_eq!(overrides.native_sidecar, Some(false));
+        assert_eq!(overrides.cpu_request.unwrap().as_str(), "50m");
+        assert_eq!(overrides.memory_request.unwrap().as_str(), "64Mi");
+        assert_eq!(overrides.cpu_limit.unwrap().as_str(), "1");
+        assert_eq!(overrides.memory_limit.unwrap().as_str(), "256Mi");
+        assert_eq!(Overrides::parse(&map(&[])).unwrap(), Overrides::default());
+    }
+
+    #[rstest]
+    #[case::port_word(PORT, "http", "1 to 65535")]
+    #[case::port_zero(PORT, "0", "1 to 65535")]
+    #[case::admin_port(ADMIN_PORT, "99999", "1 to 65535")]
+    #[case::secret_upper(SECRET, "MySecret", "object name")]
+    #[case::secret_key_slash(SECRET_KEY, "a/b", "Secret key")]
+    #[case::config_empty(CONFIG, "", "object name")]
+    #[case::image_space(IMAGE, "a b", "image reference")]
+    #[case::upstream_scheme(UPSTREAM, "api.holysheep.ai", "https://")]
+    #[case::native_yes(NATIVE_SIDECAR, "yes", "\"true\" or \"false\"")]
+    #[case::cpu(PROXY_CPU_REQUEST, "lots", "quantity")]
+    #[case::memory(PROXY_MEMORY_LIMIT, "128MB", "quantity")]
+    fn invalid_overrides_name_the_annotation(
+        #[case] key: &'static str,
+        #[case] value: &str,
+        #[case] form: &str,
+    ) {
+        let err = Overrides::parse(&map(&[(key, value)])).unwrap_err();
+        assert_eq!(err.annotation, key);
+        let message = err.to_string();
+        assert!(message.contains(key) && message.contains(form), "{message}");
+    }
+
+    #[test]
+    fn huge_values_are_shortened_in_messages() {
+        let huge = "é".repeat(10_000);
+        let message = Overrides::parse(&map(&[(PORT, &huge)]))
+            .unwrap_err()
+            .to_string();
+        assert!(message.len() < 400, "{}", message.len());
+    }
+}

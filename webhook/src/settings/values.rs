@@ -1,0 +1,197 @@
+//! Value checks shared by the webhook flags (`settings`) and the per-pod annotations
+//! (`annotations`). Each returns the reason a value is wrong, including the expected form;
+//! the caller adds which flag or annotation it came from.
+//!
+//! These are syntax checks only: whether the Secret or ConfigMap exists is the kubelet's
+//! business, and it reports a missing one as a pod event.
+
+/// Image pull policy of the sidecar container, as Kubernetes spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// `Always`
+    Always,
+    /// `IfNotPresent`
+    IfNotPresent,
+    /// `Never`
+    Never,
+}
+
+impl PullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// `Always`, `IfNotPresent` or `Never`.
+pub fn pull_policy(text: &str) -> Result<PullPolicy, String> {
+    match text {
+        "Always" => Ok(PullPolicy::Always),
+        "IfNotPresent" => Ok(PullPolicy::IfNotPresent),
+        "Never" => Ok(PullPolicy::Never),
+        _ => Err("expected Always, IfNotPresent or Never".to_owned()),
+    }
+}
+
+/// A TCP port, 1 to 65535.
+pub fn port(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(port),
+        _ => Err("expected a port number from 1 to 65535".to_owned()),
+    }
+}
+
+/// `"true"` or `"false"`, exactly (as Kubernetes annotations are usually written).
+pub fn boolean(text: &str) -> Result<bool, String> {
+    match text {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("expected \"true\" or \"false\"".to_owned()),
+    }
+}
+
+/// A Secret or ConfigMap name: an RFC 1123 DNS subdomain (lowercase letters, digits,
+/// `-` and `.`, starting and ending with a letter or digit, at most 253 characters).
+pub fn object_name(text: &str) -> Result<String, String> {
+    const FORM: &str = "expected a Kubernetes object name: lowercase letters, digits, '-' and \
+                        '.', starting and ending with a letter or digit, at most 253 characters";
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let body_ok = text
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if text.len() <= 253 && body_ok && edge_ok(text.chars().next()) && edge_ok(text.chars().last())
+    {
+        Ok(text.to_owned())
+    } else {
+        Err(FORM.to_owned())
+    }
+}
+
+/// A key in a Secret or ConfigMap: letters, digits, `-`, `_` and `.`, at most 253
+/// characters, not `.` or `..`.
+pub fn data_key(text: &str) -> Result<String, String> {
+    let chars_ok = text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !text.is_empty() && text.len() <= 253 && chars_ok && text != "." && text != ".." {
+        Ok(text.to_owned())
+    } else {
+        Err(
+            "expected a Secret key: letters, digits, '-', '_' and '.', at most 253 characters"
+                .to_owned(),
+        )
+    }
+}
+
+/// A container image reference: non-empty, no whitespace or control characters.
+pub fn image(text: &str) -> Result<String, String> {
+    let chars_ok = !text.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !text.is_empty() && text.len() <= 1024 && chars_ok {
+        Ok(text.to_owned())
+    } else {
+        Err(
+            "expected an image reference such as ghcr.io/holysheep/holysheep-sidecar:0.1.0"
+                .to_owned(),
+        )
+    }
+}
+
+/// An upstream base URL: `http://` or `https://`, with a host, without credentials
+/// (they would end up readable in the pod spec).
+pub fn upstream(text: &str) -> Result<String, String> {
+    const FORM: &str = "expected an http:// or https:// URL such as https://api.holysheep.ai/v1";
+    let uri: http::Uri = text.parse().map_err(|_| FORM.to_owned())?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(FORM.to_owned()),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(FORM.to_owned());
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "credentials in the URL would be readable in the pod spec; {FORM}, \
+             and put the key in the Secret"
+        ));
+    }
+    if authority.host().is_empty() {
+        return Err(FORM.to_owned());
+    }
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case::zero("0", false)]
+    #[case::low("1", true)]
+    #[case::high("65535", true)]
+    #[case::too_high("65536", false)]
+    #[case::negative("-1", false)]
+    #[case::word("http", false)]
+    #[case::empty("", false)]
+    fn ports(#[case] text: &str, #[case] ok: bool) {
+        assert_eq!(port(text).is_ok(), ok, "{text}");
+    }
+
+    #[rstest]
+    #[case::simple("holysheep-credentials", true)]
+    #[case::dotted("a.b-c", true)]
+    #[case::upper("Creds", false)]
+    #[case::leading_dash("-a", false)]
+    #[case::trailing_dot("a.", false)]
+    #[case::underscore("a_b", false)]
+    #[case::empty("", false)]
+    #[case::too_long(&"a".repeat(254), false)]
+    fn object_names(#[case] text: &str, #[case] ok: bool) {
+        assert_eq!(object_name(text).is_ok(), ok, "{text}");
+    }
+
+    #[rstest]
+    #[case::env_style("HOLYSHEEP_API_KEY", true)]
+    #[case::file_style("api-key.txt", true)]
+    #[case::dot(".", false)]
+    #[case::slash("a/b", false)]
+    #[case::empty("", false)]
+    fn data_keys(#[case] text: &str, #[case] ok: bool) {
+        assert_eq!(data_key(text).is_ok(), ok, "{text}");
+    }
+
+    #[rstest]
+    #[case::https("https://api.holysheep.ai/v1", true)]
+    #[case::http_port("http://gateway.internal:8080/v1", true)]
+    #[case::ftp("ftp://x/v1", false)]
+    #[case::no_scheme("api.holysheep.ai/v1", false)]
+    #[case::credentials("https://user:pw@api.holysheep.ai/v1", false)]
+    #[case::empty("", false)]
+    #[case::space("https://a b", false)]
+    fn upstreams(#[case] text: &str, #[case] ok: bool) {
+        assert_eq!(upstream(text).is_ok(), ok, "{text}");
+    }
+
+    #[rstest]
+    #[case::tagged("ghcr.io/holysheep/holysheep-sidecar:0.1.0", true)]
+    #[case::digest("r.io/x@sha256:abc", true)]
+    #[case::empty("", false)]
+    #[case::space("a b", false)]
+    #[case::newline("a\nb", false)]
+    fn images(#[case] text: &str, #[case] ok: bool) {
+        assert_eq!(image(text).is_ok(), ok, "{text}");
+    }
+
+    #[test]
+    fn booleans_and_pull_policies() {
+        assert_eq!(boolean("true"), Ok(true));
+        assert_eq!(boolean("false"), Ok(false));
+        assert!(boolean("True").is_err());
+        assert_eq!(pull_policy("Never"), Ok(PullPolicy::Never));
+        assert!(pull_policy("never").is_err());
+    }
+}
