@@ -1,1 +1,517 @@
-//! (to be written)
+//! Command-line flags and the optional `--config` YAML file, turned into one validated
+//! [`Config`].
+//!
+//! What it does: parses the five flags of DESIGN.md (each with its `HOLYSHEEP_*` env
+//! twin), validates the upstream URL, reads the YAML file (every section optional,
+//! unknown keys refused, humantime durations) and merges it over the built-in defaults.
+//! Every error names the field path (`retry.max_attempts: must be at least 1`).
+//!
+//! What it does not do: watch the file (see `reload`) or hold the live value. The proxy
+//! reads the live [`Config`] through an `ArcSwap<Config>` so a reload can swap it whole.
+//!
+//! Merge rules (the file REPLACES or EXTENDS the defaults):
+//! - `aliases` and `prices` EXTEND the built-in tables: a key given in the file overrides
+//!   the default entry of the same name, other defaults stay. To disable a default alias,
+//!   map it to itself (`gpt-4: gpt-4`).
+//! - `fallbacks` has no defaults, so the file's table is used as is.
+//! - `retry`, `rate_limit` and `limits`: each field given overrides that one default; a
+//!   field left out keeps its default.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default upstream base URL (HolySheep's OpenAI-compatible API).
+pub const DEFAULT_UPSTREAM: &str = "https://api.holysheep.ai/v1";
+/// Default key file: where the webhook mounts the credential Secret.
+pub const DEFAULT_API_KEY_FILE: &str = "/var/run/secrets/holysheep/api-key";
+/// Env var holding the key itself, used only when the key file is absent.
+pub const API_KEY_ENV: &str = "HOLYSHEEP_API_KEY";
+
+/// The sidecar's flags, each also read from its environment variable.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "holysheep-sidecar", version, about)]
+pub struct Args {
+    /// Proxy listener; loopback only, so other pods cannot use this pod's key.
+    #[arg(long, env = "HOLYSHEEP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Admin listener serving /metrics, /healthz and /readyz.
+    #[arg(long, env = "HOLYSHEEP_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+    /// Upstream base URL; `/v1/<rest>` is forwarded to `<upstream>/<rest>`.
+    #[arg(long, env = "HOLYSHEEP_UPSTREAM", default_value = DEFAULT_UPSTREAM)]
+    pub upstream: UpstreamBase,
+    /// File holding the API key (re-read when it changes); `HOLYSHEEP_API_KEY` is used
+    /// when the file is absent.
+    #[arg(long, env = "HOLYSHEEP_API_KEY_FILE", default_value = DEFAULT_API_KEY_FILE)]
+    pub api_key_file: PathBuf,
+    /// Optional YAML file: aliases, fallbacks, retry, rate limits, prices, limits.
+    #[arg(long, env = "HOLYSHEEP_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// A validated upstream base URL: http or https, an authority, and a path prefix
+/// without trailing slash (`https://api.holysheep.ai/v1` -> prefix `/v1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamBase {
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    /// Host and optional port.
+    pub authority: http::uri::Authority,
+    /// Path prefix, empty or starting with `/`, never ending with `/`.
+    pub path_prefix: String,
+}
+
+impl UpstreamBase {
+    /// Whether the upstream is reached over TLS.
+    pub fn is_https(&self) -> bool {
+        self.scheme == http::uri::Scheme::HTTPS
+    }
+}
+
+impl std::str::FromStr for UpstreamBase {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let uri: http::Uri = s.parse().map_err(|e| {
+            format!("upstream: `{s}` is not a URL ({e}); use e.g. {DEFAULT_UPSTREAM}")
+        })?;
+        let scheme = match uri.scheme() {
+            Some(sc) if *sc == http::uri::Scheme::HTTP || *sc == http::uri::Scheme::HTTPS => {
+                sc.clone()
+            }
+            _ => {
+                return Err(format!(
+                    "upstream: `{s}` must start with http:// or https://"
+                ));
+            }
+        };
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("upstream: `{s}` has no host"))?;
+        if uri.query().is_some() {
+            return Err(format!("upstream: `{s}` must not carry a query string"));
+        }
+        let path_prefix = uri.path().trim_end_matches('/').to_owned();
+        Ok(Self {
+            scheme,
+            authority,
+            path_prefix,
+        })
+    }
+}
+
+/// The validated runtime configuration. Swapped whole on reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Requested model -> model sent upstream (exact names, one step, no chains).
+    pub aliases: HashMap<String, String>,
+    /// Model -> models tried in order once its retries are exhausted.
+    pub fallbacks: HashMap<String, Vec<String>>,
+    /// Retry policy.
+    pub retry: RetryConfig,
+    /// Local rate limit; `None` fields mean no limit.
+    pub rate_limit: RateLimitConfig,
+    /// USD per 1M tokens, keyed by model name.
+    pub prices: HashMap<String, Price>,
+    /// Request size and connection limits.
+    pub limits: Limits,
+}
+
+/// Retry policy knobs (see DESIGN.md, `retry`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Attempts per model, the first one included; at least 1.
+    pub max_attempts: u32,
+    /// First backoff before jitter.
+    pub base_backoff: Duration,
+    /// Backoff ceiling.
+    pub max_backoff: Duration,
+    /// A longer `Retry-After` gives up on this model instead of waiting.
+    pub max_retry_after: Duration,
+    /// Per attempt, until response headers.
+    pub attempt_timeout: Duration,
+    /// Whole request: all attempts and fallbacks.
+    pub deadline: Duration,
+    /// Upstream statuses that are retried.
+    pub on_status: Vec<u16>,
+    /// Retries are at most this share of recent requests (0..=1).
+    pub budget_ratio: f64,
+}
+
+/// Local rate limit; absent means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateLimitConfig {
+    /// Requests per minute.
+    pub requests_per_minute: Option<NonZeroU32>,
+    /// Tokens per minute.
+    pub tokens_per_minute: Option<NonZeroU32>,
+}
+
+/// Price of a model in USD per 1M tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// Prompt (input) tokens.
+    pub input: f64,
+    /// Completion (output) tokens.
+    pub output: f64,
+}
+
+/// Request size and connection limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: u64,
+    /// Upstream TCP+TLS connect timeout. Read when the upstream client is built.
+    pub connect_timeout: Duration,
+}
+
+/// The built-in aliases (from the HolySheep guide).
+pub const DEFAULT_ALIASES: [(&str, &str); 4] = [
+    ("gpt-4", "gpt-4.1"),
+    ("claude", "claude-sonnet-4-20250514"),
+    ("deepseek", "deepseek-chat-v3-0324"),
+    ("flash", "gemini-2.0-flash"),
+];
+
+/// The guide's prices (USD per 1M tokens, input and output alike), keyed by the model
+/// names of the guide and by the default alias targets.
+pub const DEFAULT_PRICES: [(&str, f64); 7] = [
+    ("gpt-4.1", 8.0),
+    ("claude-sonnet-4.5", 15.0),
+    ("gemini-2.5-flash", 2.5),
+    ("deepseek-v3.2", 0.42),
+    ("claude-sonnet-4-20250514", 15.0),
+    ("gemini-2.0-flash", 2.5),
+    ("deepseek-chat-v3-0324", 0.42),
+];
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            base_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+            max_retry_after: Duration::from_secs(30),
+            attempt_timeout: Duration::from_secs(60),
+            deadline: Duration::from_secs(120),
+            on_status: vec![429, 500, 502, 503, 504],
+            budget_ratio: 0.2,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 20 * 1024 * 1024,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let own = |(a, b): (&str, &str)| (a.to_owned(), b.to_owned());
+        Self {
+            aliases: DEFAULT_ALIASES.into_iter().map(own).collect(),
+            fallbacks: HashMap::new(),
+            retry: RetryConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            prices: DEFAULT_PRICES
+                .into_iter()
+                .map(|(m, p)| {
+                    (
+                        m.to_owned(),
+                        Price {
+                            input: p,
+                            output: p,
+                        },
+                    )
+                })
+                .collect(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Why a config file could not be used. Messages name the file and the field path.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("failed to read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML is malformed, has an unknown key or a value of the wrong type.
+    #[error("invalid config{}: {field}: {message}", in_file(.path.as_deref()))]
+    Parse {
+        /// The file, when loaded from one.
+        path: Option<PathBuf>,
+        /// Field path, e.g. `retry.base_backoff` (`.` for the document root).
+        field: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// A value parsed but is out of range or inconsistent.
+    #[error("invalid config{}: {field}: {message}", in_file(.path.as_deref()))]
+    Invalid {
+        /// The file, when loaded from one.
+        path: Option<PathBuf>,
+        /// Field path, e.g. `retry.max_attempts`.
+        field: String,
+        /// What was wrong and how to fix it.
+        message: String,
+    },
+}
+
+fn in_file(path: Option<&Path>) -> String {
+    path.map(|p| format!(" file {}", p.display()))
+        .unwrap_or_default()
+}
+
+/// Reads, parses and validates a `--config` file, merged over the defaults.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Config::from_yaml_str(&text).map_err(|e| e.with_path(path))
+}
+
+impl ConfigError {
+    fn with_path(self, file: &Path) -> Self {
+        match self {
+            Self::Parse { field, message, .. } => Self::Parse {
+                path: Some(file.to_owned()),
+                field,
+                message,
+            },
+            Self::Invalid { field, message, .. } => Self::Invalid {
+                path: Some(file.to_owned()),
+                field,
+                message,
+            },
+            read @ Self::Read { .. } => read,
+        }
+    }
+
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            path: None,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates YAML text (an empty document gives the defaults).
+    pub fn from_yaml_str(text: &str) -> Result<Self, ConfigError> {
+        let file: FileConfig = if text.trim().is_empty() {
+            FileConfig::default()
+        } else {
+            let de = serde_yaml_ng::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+                path: None,
+                field: e.path().to_string(),
+                message: e.into_inner().to_string(),
+            })?
+        };
+        file.merge_over(Self::default())
+    }
+}
+
+/// The file as written: every field optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    aliases: Option<HashMap<String, String>>,
+    #[serde(default)]
+    fallbacks: Option<HashMap<String, Vec<String>>>,
+    #[serde(default)]
+    retry: Option<RetryFile>,
+    #[serde(default)]
+    rate_limit: Option<RateLimitFile>,
+    #[serde(default)]
+    prices: Option<HashMap<String, Price>>,
+    #[serde(default)]
+    limits: Option<LimitsFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryFile {
+    max_attempts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    base_backoff: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_backoff: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_retry_after: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    attempt_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    deadline: Option<Duration>,
+    on_status: Option<Vec<u16>>,
+    budget_ratio: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitFile {
+    requests_per_minute: Option<u32>,
+    tokens_per_minute: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    max_body_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
+}
+
+impl FileConfig {
+    fn merge_over(self, mut cfg: Config) -> Result<Config, ConfigError> {
+        if let Some(aliases) = self.aliases {
+            for (from, to) in aliases {
+                check_model_name(&format!("aliases.{from}"), &from)?;
+                check_model_name(&format!("aliases.{from}"), &to)?;
+                cfg.aliases.insert(from, to);
+            }
+        }
+        if let Some(fallbacks) = self.fallbacks {
+            for (model, list) in &fallbacks {
+                check_model_name(&format!("fallbacks.{model}"), model)?;
+                for (i, fb) in list.iter().enumerate() {
+                    let field = format!("fallbacks.{model}[{i}]");
+                    check_model_name(&field, fb)?;
+                    if fb == model {
+                        return Err(ConfigError::invalid(
+                            field,
+                            "a model cannot be its own fallback; remove it from the list",
+                        ));
+                    }
+                }
+            }
+            cfg.fallbacks = fallbacks;
+        }
+        if let Some(r) = self.retry {
+            let d = &mut cfg.retry;
+            merge(&mut d.max_attempts, r.max_attempts);
+            merge(&mut d.base_backoff, r.base_backoff);
+            merge(&mut d.max_backoff, r.max_backoff);
+            merge(&mut d.max_retry_after, r.max_retry_after);
+            merge(&mut d.attempt_timeout, r.attempt_timeout);
+            merge(&mut d.deadline, r.deadline);
+            merge(&mut d.on_status, r.on_status);
+            merge(&mut d.budget_ratio, r.budget_ratio);
+        }
+        if let Some(rl) = self.rate_limit {
+            cfg.rate_limit.requests_per_minute =
+                positive("rate_limit.requests_per_minute", rl.requests_per_minute)?;
+            cfg.rate_limit.tokens_per_minute =
+                positive("rate_limit.tokens_per_minute", rl.tokens_per_minute)?;
+        }
+        if let Some(prices) = self.prices {
+            for (model, price) in prices {
+                check_model_name(&format!("prices.{model}"), &model)?;
+                for (part, v) in [("input", price.input), ("output", price.output)] {
+                    if !v.is_finite() || v < 0.0 {
+                        return Err(ConfigError::invalid(
+                            format!("prices.{model}.{part}"),
+                            format!("{v} is not a price; use USD per 1M tokens, 0 or more"),
+                        ));
+                    }
+                }
+                cfg.prices.insert(model, price);
+            }
+        }
+        if let Some(l) = self.limits {
+            merge(&mut cfg.limits.max_body_bytes, l.max_body_bytes);
+            merge(&mut cfg.limits.connect_timeout, l.connect_timeout);
+        }
+        validate(&cfg)?;
+        Ok(cfg)
+    }
+}
+
+fn merge<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+fn positive(field: &str, v: Option<u32>) -> Result<Option<NonZeroU32>, ConfigError> {
+    match v {
+        None => Ok(None),
+        Some(n) => NonZeroU32::new(n).map(Some).ok_or_else(|| {
+            ConfigError::invalid(field, "must be at least 1; leave it out for no limit")
+        }),
+    }
+}
+
+fn check_model_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.trim().is_empty() {
+        return Err(ConfigError::invalid(field, "model name must not be empty"));
+    }
+    Ok(())
+}
+
+/// Range and consistency checks on the merged values.
+fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    let r = &cfg.retry;
+    let err = |f: &str, m: &str| Err(ConfigError::invalid(f, m));
+    if r.max_attempts == 0 {
+        return err(
+            "retry.max_attempts",
+            "must be at least 1 (1 means no retry)",
+        );
+    }
+    if r.max_attempts > 20 {
+        return err("retry.max_attempts", "must be at most 20");
+    }
+    if r.base_backoff > r.max_backoff {
+        return err("retry.base_backoff", "must not exceed retry.max_backoff");
+    }
+    if r.attempt_timeout.is_zero() {
+        return err("retry.attempt_timeout", "must be greater than 0, e.g. 60s");
+    }
+    if r.deadline.is_zero() {
+        return err("retry.deadline", "must be greater than 0, e.g. 120s");
+    }
+    for (i, s) in r.on_status.iter().enumerate() {
+        if !(400..=599).contains(s) {
+            return Err(ConfigError::invalid(
+                format!("retry.on_status[{i}]"),
+                format!("{s} is not an error status; use codes 400-599"),
+            ));
+        }
+    }
+    if !(0.0..=1.0).contains(&r.budget_ratio) {
+        return err("retry.budget_ratio", "must be between 0 and 1, e.g. 0.2");
+    }
+    if cfg.limits.max_body_bytes == 0 {
+        return err("limits.max_body_bytes", "must be at least 1, e.g. 20971520");
+    }
+    if cfg.limits.connect_timeout.is_zero() {
+        return err("limits.connect_timeout", "must be greater than 0, e.g. 5s");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

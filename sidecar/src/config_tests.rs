@@ -1,0 +1,251 @@
+//! Unit tests for `config`: flags, defaults, merge rules and field-path errors.
+
+use super::*;
+use clap::Parser;
+
+fn err_of(yaml: &str) -> String {
+    match Config::from_yaml_str(yaml) {
+        Ok(cfg) => panic!("expected an error for {yaml:?}, got {cfg:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn flags_have_design_defaults() {
+    let a = Args::try_parse_from(["holysheep-sidecar"]).unwrap();
+    assert_eq!(a.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(a.admin_listen, "0.0.0.0:9090".parse().unwrap());
+    assert_eq!(a.upstream.authority.as_str(), "api.holysheep.ai");
+    assert_eq!(a.upstream.path_prefix, "/v1");
+    assert!(a.upstream.is_https());
+    assert_eq!(a.api_key_file, PathBuf::from(DEFAULT_API_KEY_FILE));
+    assert!(a.config.is_none());
+}
+
+#[test]
+fn flags_parse_given_values() {
+    let a = Args::try_parse_from([
+        "holysheep-sidecar",
+        "--listen",
+        "127.0.0.1:18080",
+        "--admin-listen",
+        "127.0.0.1:19090",
+        "--upstream",
+        "http://127.0.0.1:4000/v1/",
+        "--api-key-file",
+        "/tmp/k",
+        "--config",
+        "/tmp/c.yaml",
+    ])
+    .unwrap();
+    assert_eq!(a.listen.port(), 18080);
+    assert_eq!(a.admin_listen.port(), 19090);
+    assert!(!a.upstream.is_https());
+    assert_eq!(a.upstream.authority.as_str(), "127.0.0.1:4000");
+    assert_eq!(a.upstream.path_prefix, "/v1", "trailing slash trimmed");
+    assert_eq!(a.config, Some(PathBuf::from("/tmp/c.yaml")));
+}
+
+#[test]
+fn bad_upstream_is_refused_with_a_hint() {
+    for bad in ["ftp://x/v1", "not a url", "/v1", "http://x/v1?a=b"] {
+        let e = Args::try_parse_from(["holysheep-sidecar", "--upstream", bad]).unwrap_err();
+        assert!(e.to_string().contains("upstream"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn defaults_match_design() {
+    let c = Config::default();
+    assert_eq!(c.aliases["gpt-4"], "gpt-4.1");
+    assert_eq!(c.aliases["claude"], "claude-sonnet-4-20250514");
+    assert_eq!(c.aliases["deepseek"], "deepseek-chat-v3-0324");
+    assert_eq!(c.aliases["flash"], "gemini-2.0-flash");
+    assert_eq!(c.aliases.len(), 4);
+    assert!(c.fallbacks.is_empty());
+    assert_eq!(c.retry.max_attempts, 3);
+    assert_eq!(c.rate_limit, RateLimitConfig::default());
+    assert_eq!(c.limits.max_body_bytes, 20_971_520);
+    assert_eq!(c.limits.connect_timeout, Duration::from_secs(5));
+    // Every alias target has a price, so aliased requests are costed.
+    for target in c.aliases.values() {
+        assert!(c.prices.contains_key(target), "no price for {target}");
+    }
+    assert_eq!(c.prices["claude-sonnet-4.5"].output, 15.0);
+    assert_eq!(c.prices["deepseek-v3.2"].input, 0.42);
+}
+
+#[test]
+fn empty_file_gives_defaults() {
+    assert_eq!(Config::from_yaml_str("").unwrap(), Config::default());
+    assert_eq!(
+        Config::from_yaml_str("# only a comment\n").unwrap(),
+        Config::default()
+    );
+    assert_eq!(Config::from_yaml_str("{}").unwrap(), Config::default());
+}
+
+#[test]
+fn full_example_from_design_parses() {
+    let c = Config::from_yaml_str(include_str!("../tests/fixtures/config/full.yaml")).unwrap();
+    assert_eq!(c.aliases["gpt-4"], "gpt-4.1");
+    assert_eq!(
+        c.aliases["fast"], "gemini-2.5-flash",
+        "file extends aliases"
+    );
+    assert_eq!(
+        c.aliases["claude"], "claude-sonnet-4-20250514",
+        "defaults kept"
+    );
+    assert_eq!(
+        c.fallbacks["gpt-4.1"],
+        vec!["deepseek-chat-v3-0324".to_owned()]
+    );
+    assert_eq!(c.retry.max_attempts, 4);
+    assert_eq!(c.retry.base_backoff, Duration::from_millis(250));
+    assert_eq!(c.retry.max_backoff, Duration::from_secs(5));
+    assert_eq!(c.retry.max_retry_after, Duration::from_secs(30));
+    assert_eq!(c.retry.attempt_timeout, Duration::from_secs(60));
+    assert_eq!(c.retry.deadline, Duration::from_secs(120));
+    assert_eq!(c.retry.on_status, vec![429, 500, 502, 503, 504]);
+    assert_eq!(c.retry.budget_ratio, 0.2);
+    assert_eq!(
+        c.rate_limit.requests_per_minute.map(NonZeroU32::get),
+        Some(1000)
+    );
+    assert_eq!(
+        c.rate_limit.tokens_per_minute.map(NonZeroU32::get),
+        Some(200_000)
+    );
+    assert_eq!(
+        c.prices["gpt-4.1"],
+        Price {
+            input: 2.0,
+            output: 8.0
+        }
+    );
+    assert_eq!(c.prices["deepseek-v3.2"].input, 0.42, "default prices kept");
+    assert_eq!(c.limits.max_body_bytes, 1_048_576);
+    assert_eq!(c.limits.connect_timeout, Duration::from_secs(2));
+}
+
+#[test]
+fn partial_sections_keep_other_defaults() {
+    let c = Config::from_yaml_str("retry:\n  max_attempts: 1\n").unwrap();
+    assert_eq!(c.retry.max_attempts, 1);
+    assert_eq!(c.retry.deadline, RetryConfig::default().deadline);
+    assert_eq!(c.aliases, Config::default().aliases);
+}
+
+#[test]
+fn alias_to_itself_disables_a_default() {
+    let c = Config::from_yaml_str("aliases:\n  gpt-4: gpt-4\n").unwrap();
+    assert_eq!(c.aliases["gpt-4"], "gpt-4");
+}
+
+#[test]
+fn errors_name_the_field_path() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "zero attempts",
+            "retry:\n  max_attempts: 0\n",
+            "retry.max_attempts: must be at least 1",
+        ),
+        (
+            "unknown top key",
+            "retries: {}\n",
+            "unknown field `retries`",
+        ),
+        (
+            "unknown nested key",
+            "retry:\n  max_attemps: 2\n",
+            "retry: unknown field `max_attemps`",
+        ),
+        (
+            "bad duration",
+            "retry:\n  base_backoff: soon\n",
+            "retry.base_backoff:",
+        ),
+        (
+            "wrong type",
+            "limits:\n  max_body_bytes: lots\n",
+            "limits.max_body_bytes:",
+        ),
+        (
+            "backoff order",
+            "retry:\n  base_backoff: 10s\n",
+            "retry.base_backoff: must not exceed",
+        ),
+        (
+            "status range",
+            "retry:\n  on_status: [429, 200]\n",
+            "retry.on_status[1]: 200",
+        ),
+        (
+            "ratio range",
+            "retry:\n  budget_ratio: 1.5\n",
+            "retry.budget_ratio: must be between",
+        ),
+        (
+            "zero rpm",
+            "rate_limit:\n  requests_per_minute: 0\n",
+            "rate_limit.requests_per_minute:",
+        ),
+        (
+            "negative price",
+            "prices:\n  m: {input: -1, output: 1}\n",
+            "prices.m.input:",
+        ),
+        (
+            "price unknown key",
+            "prices:\n  m: {input: 1, outptu: 1}\n",
+            "unknown field `outptu`",
+        ),
+        (
+            "zero body",
+            "limits:\n  max_body_bytes: 0\n",
+            "limits.max_body_bytes: must be",
+        ),
+        (
+            "zero connect",
+            "limits:\n  connect_timeout: 0s\n",
+            "limits.connect_timeout:",
+        ),
+        (
+            "self fallback",
+            "fallbacks:\n  a: [b, a]\n",
+            "fallbacks.a[1]: a model cannot",
+        ),
+        (
+            "empty alias",
+            "aliases:\n  x: ''\n",
+            "aliases.x: model name must not be empty",
+        ),
+        (
+            "zero deadline",
+            "retry:\n  deadline: 0s\n",
+            "retry.deadline:",
+        ),
+    ];
+    for (name, yaml, want) in cases {
+        let got = err_of(yaml);
+        assert!(got.contains(want), "{name}: want {want:?} in {got:?}");
+    }
+}
+
+#[test]
+fn load_file_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, "retry:\n  max_attempts: 0\n").unwrap();
+    let msg = load_file(&path).unwrap_err().to_string();
+    assert!(msg.contains("config.yaml"), "{msg}");
+    assert!(msg.contains("retry.max_attempts"), "{msg}");
+
+    let missing = dir.path().join("nope.yaml");
+    let msg = load_file(&missing).unwrap_err().to_string();
+    assert!(
+        msg.contains("failed to read config file") && msg.contains("nope.yaml"),
+        "{msg}"
+    );
+}
