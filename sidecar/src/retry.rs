@@ -31,61 +31,22 @@ use http::{HeaderMap, StatusCode};
 use rand::Rng;
 use tokio::time::Instant;
 
-/// The statuses retried when the config does not list its own.
-pub const DEFAULT_RETRY_STATUSES: [u16; 5] = [429, 500, 502, 503, 504];
+use crate::config::RetryConfig;
 
-/// Retry settings of one request, taken from the config's `retry` section.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryPolicy {
-    /// Attempts per model, the first one included (0 is treated as 1).
-    pub max_attempts: u32,
-    /// First backoff ceiling; doubles with every attempt.
-    pub base_backoff: Duration,
-    /// Upper bound of any backoff ceiling.
-    pub max_backoff: Duration,
-    /// Longest `Retry-After` the sidecar waits; a longer one abandons the model.
-    pub max_retry_after: Duration,
-    /// Time allowed for one attempt to produce response headers.
-    pub attempt_timeout: Duration,
-    /// Time allowed for the whole request: all attempts, pauses and fallbacks.
-    pub deadline: Duration,
-    /// Upstream statuses that are retried.
-    pub on_status: Vec<u16>,
-    /// Retries allowed as a share of recent requests (see [`RetryBudget`]).
-    pub budget_ratio: f32,
-}
+/// Stands in for a deadline beyond what `Instant` can hold (about 30 years).
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            base_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(5),
-            max_retry_after: Duration::from_secs(30),
-            attempt_timeout: Duration::from_secs(60),
-            deadline: Duration::from_secs(120),
-            on_status: DEFAULT_RETRY_STATUSES.to_vec(),
-            budget_ratio: 0.2,
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Full-jitter exponential backoff before retry number `retry` (1 for the first
-    /// retry): uniform in `[0, min(max_backoff, base_backoff * 2^(retry-1))]`.
-    pub fn backoff(&self, retry: u32, rng: &mut impl Rng) -> Duration {
-        let exp = retry.saturating_sub(1).min(31);
-        let ceiling = self
-            .base_backoff
-            .saturating_mul(1u32 << exp)
-            .min(self.max_backoff);
-        let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rng.random_range(0..=ceiling_ms))
-    }
-
-    fn retries_status(&self, status: StatusCode) -> bool {
-        self.on_status.contains(&status.as_u16())
-    }
+/// Full-jitter exponential backoff before retry number `retry` (1 for the first retry):
+/// uniform in `[0, min(max_backoff, base_backoff * 2^(retry-1))]`, so that many clients
+/// failing together spread their retries instead of coming back in waves.
+pub fn backoff(policy: &RetryConfig, retry: u32, rng: &mut impl Rng) -> Duration {
+    let exp = retry.saturating_sub(1).min(31);
+    let ceiling = policy
+        .base_backoff
+        .saturating_mul(1u32 << exp)
+        .min(policy.max_backoff);
+    let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rng.random_range(0..=ceiling_ms))
 }
 
 /// What one upstream attempt produced, as far as the policy cares.
@@ -176,7 +137,7 @@ impl GiveUpReason {
 /// The retry state of one client request, from the first attempt to the answer.
 #[derive(Debug)]
 pub struct RequestRetry {
-    policy: RetryPolicy,
+    policy: RetryConfig,
     budget: Arc<RetryBudget>,
     chain: Vec<String>,
     model_index: usize,
@@ -191,7 +152,7 @@ impl RequestRetry {
     /// [`fallback_chain`]); `replayable` says the body is buffered and can be resent.
     /// Counts the request into `budget`, which is what later retries are paid from.
     pub fn new(
-        policy: &RetryPolicy,
+        policy: &RetryConfig,
         budget: Arc<RetryBudget>,
         chain: Vec<String>,
         replayable: bool,
@@ -199,7 +160,8 @@ impl RequestRetry {
     ) -> Self {
         budget.deposit();
         Self {
-            deadline: now + policy.deadline,
+            // A deadline too far to represent is as good as none.
+            deadline: now.checked_add(policy.deadline).unwrap_or(now + FAR_FUTURE),
             policy: policy.clone(),
             budget,
             chain,
@@ -248,7 +210,7 @@ impl RequestRetry {
     /// Decides what follows `outcome`, the result of the attempt just made.
     pub fn decide(&mut self, outcome: Outcome, now: Instant, rng: &mut impl Rng) -> Decision {
         if let Outcome::Response { status, .. } = outcome
-            && !self.policy.retries_status(status)
+            && !self.policy.on_status.contains(&status.as_u16())
         {
             return Decision::Return;
         }
@@ -266,7 +228,7 @@ impl RequestRetry {
                 retry_after: Some(after),
                 ..
             } => after,
-            _ => self.policy.backoff(self.attempt, rng),
+            _ => backoff(&self.policy, self.attempt, rng),
         };
         // A pause that ends at the deadline leaves no time for the attempt itself.
         // Another model answering right away may still make it.

@@ -17,11 +17,11 @@ const WINDOW: Duration = Duration::from_secs(10);
 /// Retries per second allowed on top of the ratio, so low traffic can still retry.
 const MIN_RETRIES_PER_SEC: u32 = 1;
 /// tower refuses ratios above this.
-const MAX_RATIO: f32 = 1000.0;
+const MAX_RATIO: f64 = 1000.0;
 
 /// A retry budget for one ratio; shared by all requests.
 pub struct RetryBudget {
-    ratio: f32,
+    ratio: f64,
     inner: TpsBudget,
 }
 
@@ -37,7 +37,7 @@ impl std::fmt::Debug for RetryBudget {
 impl RetryBudget {
     /// A budget allowing retries for `ratio` of recent requests (0.2: one retry per five
     /// requests) plus the floor. Out-of-range or NaN ratios are clamped to `0..=1000`.
-    pub fn new(ratio: f32) -> Self {
+    pub fn new(ratio: f64) -> Self {
         let ratio = if ratio.is_nan() {
             0.0
         } else {
@@ -45,12 +45,13 @@ impl RetryBudget {
         };
         Self {
             ratio,
-            inner: TpsBudget::new(WINDOW, MIN_RETRIES_PER_SEC, ratio),
+            // tower takes an f32; for a clamped ratio the narrowing loses nothing that matters.
+            inner: TpsBudget::new(WINDOW, MIN_RETRIES_PER_SEC, ratio as f32),
         }
     }
 
     /// The (clamped) ratio this budget was built with.
-    pub fn ratio(&self) -> f32 {
+    pub fn ratio(&self) -> f64 {
         self.ratio
     }
 
@@ -74,14 +75,14 @@ pub struct SharedRetryBudget {
 
 impl SharedRetryBudget {
     /// A shared budget starting at `ratio`.
-    pub fn new(ratio: f32) -> Self {
+    pub fn new(ratio: f64) -> Self {
         Self {
             current: ArcSwap::from_pointee(RetryBudget::new(ratio)),
         }
     }
 
     /// The budget for `ratio`, rebuilt if the ratio changed since the last call.
-    pub fn get(&self, ratio: f32) -> Arc<RetryBudget> {
+    pub fn get(&self, ratio: f64) -> Arc<RetryBudget> {
         let current = self.current.load_full();
         if current.ratio() == RetryBudget::new(ratio).ratio() {
             return current;
@@ -120,7 +121,7 @@ mod tests {
 
     #[test]
     fn bad_ratios_are_clamped_not_panicking() {
-        assert_eq!(RetryBudget::new(f32::NAN).ratio(), 0.0);
+        assert_eq!(RetryBudget::new(f64::NAN).ratio(), 0.0);
         assert_eq!(RetryBudget::new(-1.0).ratio(), 0.0);
         assert_eq!(RetryBudget::new(5000.0).ratio(), MAX_RATIO);
     }

@@ -6,15 +6,15 @@ use rand::rngs::StdRng;
 
 const MS: Duration = Duration::from_millis(1);
 
-fn policy() -> RetryPolicy {
-    RetryPolicy {
+fn policy() -> RetryConfig {
+    RetryConfig {
         max_attempts: 3,
         base_backoff: 10 * MS,
         max_backoff: 40 * MS,
         max_retry_after: 2000 * MS,
         attempt_timeout: 500 * MS,
         deadline: 5000 * MS,
-        on_status: DEFAULT_RETRY_STATUSES.to_vec(),
+        on_status: vec![429, 500, 502, 503, 504],
         budget_ratio: 0.2,
     }
 }
@@ -275,6 +275,18 @@ fn unreplayable_bodies_and_sent_responses_are_never_retried() {
 }
 
 #[test]
+fn huge_deadline_does_not_overflow() {
+    let p = RetryConfig {
+        deadline: Duration::MAX,
+        ..policy()
+    };
+    let now = Instant::now();
+    let retry = RequestRetry::new(&p, generous(), chain(&["a"]), true, now);
+    assert_eq!(retry.attempt_timeout(now), 500 * MS);
+    assert!(retry.remaining(now) >= FAR_FUTURE);
+}
+
+#[test]
 fn zero_max_attempts_means_one_attempt() {
     let mut p = policy();
     p.max_attempts = 0;
@@ -292,7 +304,7 @@ fn backoff_is_full_jitter_under_a_capped_exponential_ceiling() {
     let p = policy();
     let mut rng = StdRng::seed_from_u64(11);
     for (retry, ceiling) in [(1, 10), (2, 20), (3, 40), (4, 40), (40, 40), (u32::MAX, 40)] {
-        let samples: Vec<Duration> = (0..400).map(|_| p.backoff(retry, &mut rng)).collect();
+        let samples: Vec<Duration> = (0..400).map(|_| backoff(&p, retry, &mut rng)).collect();
         let ceiling = ceiling * MS;
         assert!(
             samples.iter().all(|d| *d <= ceiling),
@@ -312,18 +324,18 @@ fn backoff_is_full_jitter_under_a_capped_exponential_ceiling() {
 
 #[test]
 fn backoff_survives_extreme_settings() {
-    let p = RetryPolicy {
+    let p = RetryConfig {
         base_backoff: Duration::MAX,
         max_backoff: Duration::MAX,
         ..policy()
     };
     let mut rng = StdRng::seed_from_u64(12);
-    let _ = p.backoff(64, &mut rng);
-    let zero = RetryPolicy {
+    let _ = backoff(&p, 64, &mut rng);
+    let zero = RetryConfig {
         base_backoff: Duration::ZERO,
         ..policy()
     };
-    assert_eq!(zero.backoff(3, &mut rng), Duration::ZERO);
+    assert_eq!(backoff(&zero, 3, &mut rng), Duration::ZERO);
 }
 
 #[test]
