@@ -44,7 +44,7 @@ pub(crate) fn all_certificates(
         })
 }
 
-fn inspect(der: CertificateDer<'static>, what: &'static str) -> Result<CertInfo> {
+pub(crate) fn inspect(der: CertificateDer<'static>, what: &'static str) -> Result<CertInfo> {
     let (_, x509) =
         x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| CertError::Parse {
             what,

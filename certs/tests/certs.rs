@@ -1,7 +1,10 @@
 //! Public-API tests of holysheep-certs: chain verification with rustls' own webpki
 //! verifier, PEM round trips, renewal margins, file output and caBundle comparison.
 
-#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] fns may unwrap")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] fns may unwrap"
+)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -272,4 +275,49 @@ fn ca_bundle_encoding_and_comparison() {
     ));
     assert!(!bundle::same_certificates(both.as_bytes(), pem.as_bytes()));
     assert_eq!(bundle::certificates(both.as_bytes()).unwrap().len(), 2);
+}
+
+#[test]
+fn rotate_puts_the_new_ca_first_and_keeps_old_cas_until_they_expire() {
+    let old = generate_ca("old-ca", DAY).unwrap();
+    let new = generate_ca("new-ca", 10 * DAY).unwrap();
+    let now = OffsetDateTime::now_utc();
+
+    let rotated = bundle::rotate(new.cert_pem(), old.cert_pem().as_bytes(), now);
+    let certs = bundle::certificates(rotated.as_bytes()).unwrap();
+    assert_eq!(certs.len(), 2);
+    // The first certificate is the signing CA, so Ca::from_pem(bundle, key) still works.
+    holysheep_certs::Ca::from_pem(&rotated, new.key_pem()).unwrap();
+    let expected = format!("{}{}", new.cert_pem(), old.cert_pem());
+    assert!(bundle::same_certificates(
+        rotated.as_bytes(),
+        expected.as_bytes()
+    ));
+
+    // Rotating again with the same CA neither duplicates it nor the old one.
+    let again = bundle::rotate(new.cert_pem(), rotated.as_bytes(), now);
+    assert_eq!(bundle::certificates(again.as_bytes()).unwrap().len(), 2);
+
+    // Once the old CA has expired it is dropped; garbage in the old bundle is dropped too.
+    let later = bundle::rotate(new.cert_pem(), rotated.as_bytes(), now + 2 * DAY);
+    assert!(bundle::same_certificates(
+        later.as_bytes(),
+        new.cert_pem().as_bytes()
+    ));
+    let from_garbage = bundle::rotate(new.cert_pem(), b"not pem at all", now);
+    assert!(bundle::same_certificates(
+        from_garbage.as_bytes(),
+        new.cert_pem().as_bytes()
+    ));
+}
+
+#[test]
+fn to_pem_round_trips_der() {
+    let ca = generate_ca("test-ca", DAY).unwrap();
+    let der = bundle::certificates(ca.cert_pem().as_bytes())
+        .unwrap()
+        .remove(0);
+    let pem = bundle::to_pem(&der);
+    assert!(pem.lines().all(|l| l.len() <= 64));
+    assert_eq!(bundle::certificates(pem.as_bytes()).unwrap(), [der]);
 }
