@@ -1,1 +1,495 @@
-//! (to be written)
+//! `admission.k8s.io/v1` AdmissionReview in and out, and the decision around the pure
+//! mutation: which reviews are looked at, how a pod is decoded, how a patch or a refusal
+//! is answered.
+//!
+//! The response type is our own (not kube-core's) so that `patch` goes out as base64 of the
+//! JSON patch and `patchType` appears only together with a patch.
+//!
+//! What it does not do: HTTP (that is `server`) or decide what to inject (`mutation`).
+//! Everything here is pure and synchronous, so it is tested without a server.
+
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::Pod;
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::AdmissionResult;
+use crate::mutation::{MutationError, mutate};
+use crate::settings::Settings;
+
+/// The only AdmissionReview version served. v1beta1 was removed in Kubernetes 1.22.
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+/// The `kind` of both the request and the response.
+pub const KIND: &str = "AdmissionReview";
+
+/// An AdmissionReview as kube-apiserver sends it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionReview {
+    /// Must be [`API_VERSION`].
+    pub api_version: String,
+    /// Must be [`KIND`].
+    pub kind: String,
+    /// The request; absent only in responses.
+    #[serde(default)]
+    pub request: Option<AdmissionRequest>,
+}
+
+/// Group, version and kind of the reviewed object.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct GroupVersionKind {
+    /// API group, empty for the core group.
+    #[serde(default)]
+    pub group: String,
+    /// API version.
+    #[serde(default)]
+    pub version: String,
+    /// Kind, e.g. `Pod`.
+    #[serde(default)]
+    pub kind: String,
+}
+
+/// Group, version and resource of the reviewed object.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct GroupVersionResource {
+    /// API group, empty for the core group.
+    #[serde(default)]
+    pub group: String,
+    /// API version.
+    #[serde(default)]
+    pub version: String,
+    /// Resource, e.g. `pods`.
+    #[serde(default)]
+    pub resource: String,
+}
+
+/// The requesting user; only the name is kept, for the log line.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UserInfo {
+    /// User name, e.g. `system:serviceaccount:kube-system:replicaset-controller`.
+    #[serde(default)]
+    pub username: String,
+}
+
+/// The `request` of an AdmissionReview. Fields the webhook does not use (`oldObject`,
+/// `options`, `requestKind`...) are accepted and ignored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionRequest {
+    /// Echoed back in the response; kube-apiserver matches on it.
+    pub uid: String,
+    /// Kind of the object, after conversion to the version the webhook asked for.
+    pub kind: GroupVersionKind,
+    /// Resource being admitted.
+    pub resource: GroupVersionResource,
+    /// Subresource (`status`, `ephemeralcontainers`, `binding`...), absent for the object.
+    #[serde(default)]
+    pub sub_resource: Option<String>,
+    /// Object name; empty for a pod created from `generateName`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Namespace of the object.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// `CREATE`, `UPDATE`, `DELETE` or `CONNECT`.
+    pub operation: String,
+    /// Who is asking.
+    #[serde(default)]
+    pub user_info: UserInfo,
+    /// The object being admitted.
+    #[serde(default)]
+    pub object: Option<serde_json::Value>,
+    /// True when the request will not be persisted. The mutation has no side effects, so
+    /// the answer is the same.
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+}
+
+/// Why a body is not an AdmissionReview we can answer (HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReviewError {
+    /// Another `apiVersion`.
+    #[error(
+        "unsupported apiVersion {0:?}: only admission.k8s.io/v1 is served; set admissionReviewVersions: [\"v1\"] in the webhook configuration"
+    )]
+    ApiVersion(String),
+    /// Another `kind`.
+    #[error("unsupported kind {0:?}: expected AdmissionReview")]
+    Kind(String),
+    /// No `request`.
+    #[error("AdmissionReview has no request")]
+    NoRequest,
+    /// Empty `request.uid`.
+    #[error("AdmissionReview request.uid is empty")]
+    NoUid,
+}
+
+impl AdmissionReview {
+    /// Checks the envelope and returns the request.
+    pub fn into_request(self) -> Result<AdmissionRequest, ReviewError> {
+        if self.api_version != API_VERSION {
+            return Err(ReviewError::ApiVersion(self.api_version));
+        }
+        if self.kind != KIND {
+            return Err(ReviewError::Kind(self.kind));
+        }
+        let request = self.request.ok_or(ReviewError::NoRequest)?;
+        if request.uid.is_empty() {
+            return Err(ReviewError::NoUid);
+        }
+        Ok(request)
+    }
+}
+
+/// The AdmissionReview sent back.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionReviewResponse {
+    /// Always [`API_VERSION`].
+    pub api_version: &'static str,
+    /// Always [`KIND`].
+    pub kind: &'static str,
+    /// The answer.
+    pub response: AdmissionResponse,
+}
+
+/// The only patch type kube-apiserver accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum PatchType {
+    /// RFC 6902 JSON patch.
+    #[serde(rename = "JSONPatch")]
+    JsonPatch,
+}
+
+/// The `response` of an AdmissionReview.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionResponse {
+    /// The request's uid.
+    pub uid: String,
+    /// Whether the object is admitted.
+    pub allowed: bool,
+    /// Present only with `patch`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<PatchType>,
+    /// Base64 of the JSON patch bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+    /// Why the object was refused; present only when `allowed` is false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+/// The subset of `metav1.Status` kube-apiserver shows to the user on a refusal.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Status {
+    /// Always `Failure`.
+    pub status: &'static str,
+    /// HTTP-like code: 400 for an object that cannot be read, 403 for a refused pod.
+    pub code: u16,
+    /// `BadRequest` or `Forbidden`, matching `code`.
+    pub reason: &'static str,
+    /// The message `kubectl` prints after "admission webhook ... denied the request:".
+    pub message: String,
+}
+
+impl AdmissionResponse {
+    fn allow(uid: &str) -> Self {
+        Self {
+            uid: uid.to_owned(),
+            allowed: true,
+            patch_type: None,
+            patch: None,
+            status: None,
+        }
+    }
+
+    fn deny(uid: &str, code: u16, message: String) -> Self {
+        let reason = if code == 400 {
+            "BadRequest"
+        } else {
+            "Forbidden"
+        };
+        Self {
+            uid: uid.to_owned(),
+            allowed: false,
+            patch_type: None,
+            patch: None,
+            status: Some(Status {
+                status: "Failure",
+                code,
+                reason,
+                message,
+            }),
+        }
+    }
+
+    /// Wraps the response into the AdmissionReview envelope.
+    pub fn into_review(self) -> AdmissionReviewResponse {
+        AdmissionReviewResponse {
+            api_version: API_VERSION,
+            kind: KIND,
+            response: self,
+        }
+    }
+}
+
+/// The answer to one request and how it is counted.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// What to send back.
+    pub response: AdmissionResponse,
+    /// The metric and log label.
+    pub result: AdmissionResult,
+}
+
+impl AdmissionRequest {
+    /// True for the Pod object itself in the core group (not a subresource such as
+    /// `pods/ephemeralcontainers` or `pods/binding`, which carry other kinds or must not
+    /// be mutated).
+    pub fn is_pod(&self) -> bool {
+        self.kind.group.is_empty()
+            && self.kind.kind == "Pod"
+            && self.resource.resource == "pods"
+            && self.sub_resource.as_deref().unwrap_or("").is_empty()
+    }
+}
+
+/// Decides one admission request. Pure: the same request always gets the same answer,
+/// which is also why `dryRun` needs no special case.
+pub fn review(request: &AdmissionRequest, settings: &Settings) -> Decision {
+    let uid = request.uid.as_str();
+    if !request.is_pod() {
+        return Decision {
+            response: AdmissionResponse::allow(uid),
+            result: AdmissionResult::NotPod,
+        };
+    }
+    if request.operation != "CREATE" {
+        return Decision {
+            response: AdmissionResponse::allow(uid),
+            result: AdmissionResult::NotCreate,
+        };
+    }
+    let pod = match decode_pod(request) {
+        Ok(pod) => pod,
+        Err(message) => {
+            return Decision {
+                response: AdmissionResponse::deny(uid, 400, message),
+                result: AdmissionResult::Error,
+            };
+        }
+    };
+    match mutate(&pod, settings) {
+        Ok(None) => Decision {
+            response: AdmissionResponse::allow(uid),
+            result: AdmissionResult::Skipped,
+        },
+        Ok(Some(patch)) => match serde_json::to_vec(&patch) {
+            Ok(bytes) => {
+                let mut response = AdmissionResponse::allow(uid);
+                response.patch_type = Some(PatchType::JsonPatch);
+                response.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+                Decision {
+                    response,
+                    result: AdmissionResult::Injected,
+                }
+            }
+            // Serializing a patch of JSON values cannot really fail; if it ever does, the
+            // pod is refused rather than admitted without the sidecar it asked for.
+            Err(e) => Decision {
+                response: AdmissionResponse::deny(
+                    uid,
+                    500,
+                    format!("holysheep: failed to encode the injection patch: {e}"),
+                ),
+                result: AdmissionResult::Error,
+            },
+        },
+        Err(error) => Decision {
+            response: AdmissionResponse::deny(uid, 403, denial_message(&error)),
+            result: AdmissionResult::Denied,
+        },
+    }
+}
+
+fn denial_message(error: &MutationError) -> String {
+    format!("holysheep sidecar injection refused: {error}")
+}
+
+/// Decodes `request.object` as a Pod. Pods created from `generateName` have no name and
+/// often no namespace in their metadata yet: the request's namespace is filled in so the
+/// mutation sees where the pod is going.
+fn decode_pod(request: &AdmissionRequest) -> Result<Pod, String> {
+    let object = request
+        .object
+        .as_ref()
+        .ok_or_else(|| "holysheep: the AdmissionReview request has no object".to_owned())?;
+    let mut pod: Pod = Pod::deserialize(object)
+        .map_err(|e| format!("holysheep: request.object is not a valid Pod: {e}"))?;
+    if pod.metadata.namespace.as_deref().unwrap_or("").is_empty() {
+        pod.metadata.namespace = request.namespace.clone().filter(|ns| !ns.is_empty());
+    }
+    Ok(pod)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn request(
+        kind: &str,
+        resource: &str,
+        operation: &str,
+        object: serde_json::Value,
+    ) -> AdmissionRequest {
+        let review = json!({
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "", "version": "v1", "kind": kind},
+                "resource": {"group": "", "version": "v1", "resource": resource},
+                "requestKind": {"group": "", "version": "v1", "kind": kind},
+                "requestResource": {"group": "", "version": "v1", "resource": resource},
+                "name": "",
+                "namespace": "shop",
+                "operation": operation,
+                "userInfo": {"username": "admin", "groups": ["system:authenticated"]},
+                "object": object,
+                "oldObject": null,
+                "dryRun": false,
+                "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
+            }
+        });
+        serde_json::from_value::<AdmissionReview>(review)
+            .unwrap()
+            .into_request()
+            .unwrap()
+    }
+
+    fn plain_pod() -> serde_json::Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"generateName": "web-"},
+            "spec": {"containers": [{"name": "app", "image": "nginx"}]}
+        })
+    }
+
+    #[test]
+    fn envelope_errors_are_named() {
+        let bad = |v: serde_json::Value| {
+            serde_json::from_value::<AdmissionReview>(v)
+                .unwrap()
+                .into_request()
+                .unwrap_err()
+        };
+        assert!(matches!(
+            bad(json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": KIND})),
+            ReviewError::ApiVersion(_)
+        ));
+        assert!(matches!(
+            bad(json!({"apiVersion": API_VERSION, "kind": "Pod"})),
+            ReviewError::Kind(_)
+        ));
+        assert_eq!(
+            bad(json!({"apiVersion": API_VERSION, "kind": KIND})),
+            ReviewError::NoRequest
+        );
+        let no_uid = json!({"apiVersion": API_VERSION, "kind": KIND, "request": {
+            "uid": "", "kind": {"kind": "Pod"}, "resource": {"resource": "pods"}, "operation": "CREATE"}});
+        assert_eq!(bad(no_uid), ReviewError::NoUid);
+    }
+
+    #[test]
+    fn not_a_pod_is_allowed_unchanged() {
+        let req = request("ConfigMap", "configmaps", "CREATE", json!({"data": {}}));
+        let d = review(&req, &Settings::default());
+        assert!(d.response.allowed);
+        assert!(d.response.patch.is_none() && d.response.patch_type.is_none());
+        assert_eq!(d.result, AdmissionResult::NotPod);
+    }
+
+    #[test]
+    fn pod_subresources_are_not_pods() {
+        let mut req = request("Pod", "pods", "CREATE", plain_pod());
+        req.sub_resource = Some("ephemeralcontainers".into());
+        assert_eq!(
+            review(&req, &Settings::default()).result,
+            AdmissionResult::NotPod
+        );
+    }
+
+    #[test]
+    fn update_is_allowed_unchanged() {
+        let req = request("Pod", "pods", "UPDATE", plain_pod());
+        let d = review(&req, &Settings::default());
+        assert!(d.response.allowed);
+        assert_eq!(d.result, AdmissionResult::NotCreate);
+    }
+
+    #[test]
+    fn an_undecodable_pod_is_refused_with_400_not_a_panic() {
+        let req = request(
+            "Pod",
+            "pods",
+            "CREATE",
+            json!({"spec": {"containers": "nope"}}),
+        );
+        let d = review(&req, &Settings::default());
+        assert!(!d.response.allowed);
+        let status = d.response.status.unwrap();
+        assert_eq!((status.code, status.reason), (400, "BadRequest"));
+        assert!(
+            status.message.contains("not a valid Pod"),
+            "{}",
+            status.message
+        );
+        assert_eq!(d.result, AdmissionResult::Error);
+        let req = request("Pod", "pods", "CREATE", serde_json::Value::Null);
+        assert!(!review(&req, &Settings::default()).response.allowed);
+    }
+
+    #[test]
+    fn a_pod_not_opted_in_is_skipped() {
+        let req = request("Pod", "pods", "CREATE", plain_pod());
+        let d = review(&req, &Settings::default());
+        assert!(d.response.allowed);
+        assert_eq!(d.result, AdmissionResult::Skipped);
+        let text = serde_json::to_value(d.response.into_review()).unwrap();
+        assert_eq!(
+            text,
+            json!({"apiVersion": API_VERSION, "kind": KIND, "response": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002", "allowed": true}})
+        );
+    }
+
+    #[test]
+    fn the_request_namespace_fills_an_empty_pod_namespace() {
+        let req = request("Pod", "pods", "CREATE", plain_pod());
+        assert_eq!(
+            decode_pod(&req).unwrap().metadata.namespace.as_deref(),
+            Some("shop")
+        );
+        let mut own = plain_pod();
+        own["metadata"]["namespace"] = json!("other");
+        let req = request("Pod", "pods", "CREATE", own);
+        assert_eq!(
+            decode_pod(&req).unwrap().metadata.namespace.as_deref(),
+            Some("other")
+        );
+    }
+
+    #[test]
+    fn denial_serializes_as_a_failure_status() {
+        let r = AdmissionResponse::deny("u", 403, "no".into()).into_review();
+        let v = serde_json::to_value(r).unwrap();
+        assert_eq!(
+            v["response"],
+            json!({"uid": "u", "allowed": false, "status": {
+                "status": "Failure", "code": 403, "reason": "Forbidden", "message": "no"}})
+        );
+    }
+}

@@ -28,6 +28,8 @@ pub enum AdmissionResult {
     NotPod,
     /// An operation other than CREATE: allowed unchanged.
     NotCreate,
+    /// The body was not an AdmissionReview v1 (answered with HTTP 400 or 413).
+    InvalidRequest,
 }
 
 impl AdmissionResult {
@@ -40,6 +42,7 @@ impl AdmissionResult {
             Self::Error => "error",
             Self::NotPod => "not_pod",
             Self::NotCreate => "not_create",
+            Self::InvalidRequest => "invalid_request",
         }
     }
 }
@@ -194,6 +197,7 @@ mod tests {
             AdmissionResult::Error,
             AdmissionResult::NotPod,
             AdmissionResult::NotCreate,
+            AdmissionResult::InvalidRequest,
         ] {
             metrics.observe_admission(r, 0.0);
             let text = render(&registry).unwrap();
