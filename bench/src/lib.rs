@@ -8,6 +8,7 @@
 //! load and is not part of the test suite's figures.
 
 pub mod payloads;
+pub mod report;
 pub mod stats;
 pub mod ttfb;
 pub mod upstream;

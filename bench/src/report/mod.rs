@@ -1,0 +1,401 @@
+//! Turns one benchmark run (see `load` for the files) into the Markdown tables of
+//! BENCHMARKS.md: medians of the repetitions, ratios against nginx and direct from the same
+//! run, and each target of the proxy issue marked met or not met.
+//!
+//! Pairwise figures ("added" latency) are taken per repetition against the direct run of
+//! the same repetition, then the median is taken, so slow drift of the machine cancels.
+//! It judges only what the figures say; the notes on why belong in BENCHMARKS.md.
+
+pub mod load;
+
+use std::fmt::Write as _;
+
+pub use load::{RunData, load};
+
+use crate::stats::median;
+
+/// Targets in the order they are shown.
+const TARGETS: [&str; 3] = ["direct", "nginx", "sidecar"];
+
+/// A figure per target, `None` where the run has no data (or the figure has no meaning,
+/// like the proxy CPU of a direct call).
+type Row = [Option<f64>; 3];
+
+impl RunData {
+    fn reps(&self) -> Vec<u32> {
+        let mut reps: Vec<u32> = self.load.keys().map(|(_, _, r)| *r).collect();
+        reps.extend(self.ttfb.keys().map(|(_, _, r)| *r));
+        reps.sort_unstable();
+        reps.dedup();
+        reps
+    }
+
+    fn clk_tck(&self) -> f64 {
+        self.meta
+            .get("clk_tck")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100.0)
+    }
+
+    /// Median over repetitions of `f(target, rep)`.
+    fn per_target(&self, f: impl Fn(&str, u32) -> Option<f64>) -> Row {
+        TARGETS.map(|t| {
+            let values: Vec<f64> = self.reps().into_iter().filter_map(|r| f(t, r)).collect();
+            median(&values)
+        })
+    }
+
+    fn load_figure(&self, scenario: &str, f: impl Fn(&load::LoadRun) -> f64) -> Row {
+        self.per_target(|t, r| {
+            self.load
+                .get(&(t.to_owned(), scenario.to_owned(), r))
+                .map(&f)
+        })
+    }
+
+    /// Proxy (or upstream) CPU microseconds per successful request.
+    fn cpu_per_request(&self, scenario: &str, upstream: bool) -> Row {
+        let tck = self.clk_tck();
+        self.per_target(|t, r| {
+            if t == "direct" && !upstream {
+                return None;
+            }
+            let key = (t.to_owned(), scenario.to_owned(), r);
+            let (proxy, up) = self.cpu.get(&key)?;
+            let ok = self.load.get(&key)?.ok;
+            let ticks = if upstream { *up } else { *proxy };
+            (ok > 0).then(|| ticks as f64 / tck * 1e6 / ok as f64)
+        })
+    }
+
+    /// p50 at the fixed rate minus direct's p50 of the same repetition, µs.
+    fn added_p50_fixed_rate(&self) -> Row {
+        self.per_target(|t, r| {
+            let p50 = |t: &str| {
+                self.load
+                    .get(&(t.to_owned(), "q50".to_owned(), r))
+                    .map(|l| l.p50)
+            };
+            if t == "direct" {
+                return None;
+            }
+            Some((p50(t)? - p50("direct")?) * 1e6)
+        })
+    }
+
+    fn ttfb(&self, p99: bool) -> Row {
+        self.per_target(|t, r| {
+            self.ttfb
+                .get(&(t.to_owned(), "stream".to_owned(), r))
+                .map(|(p50, p99v)| if p99 { *p99v } else { *p50 })
+        })
+    }
+
+    fn ttfb_added(&self) -> Row {
+        self.per_target(|t, r| {
+            let p50 = |t: &str| {
+                self.ttfb
+                    .get(&(t.to_owned(), "stream".to_owned(), r))
+                    .map(|v| v.0)
+            };
+            if t == "direct" {
+                return None;
+            }
+            Some(p50(t)? - p50("direct")?)
+        })
+    }
+
+    /// KiB figure from rss.tsv: `hwm` picks VmHWM, else VmRSS; `max` over reps else median.
+    fn rss(&self, phase: &str, hwm: bool, max: bool) -> Row {
+        TARGETS.map(|t| {
+            let values: Vec<f64> = self
+                .rss
+                .iter()
+                .filter(|((target, p, _), _)| target == t && p == phase)
+                .map(|(_, (rss, peak))| (if hwm { *peak } else { *rss }) as f64 / 1024.0)
+                .collect();
+            if max {
+                values.into_iter().reduce(f64::max)
+            } else {
+                median(&values)
+            }
+        })
+    }
+
+    fn failures(&self) -> u64 {
+        self.load.values().map(|l| l.failed).sum()
+    }
+}
+
+fn cell(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "–".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 => format!("{:.2}×", a / b),
+        _ => "–".to_owned(),
+    }
+}
+
+fn row(out: &mut String, name: &str, values: Row, decimals: usize) {
+    let [direct, nginx, sidecar] = values;
+    let _ = writeln!(
+        out,
+        "| {name} | {} | {} | {} | {} | {} |",
+        cell(direct, decimals),
+        cell(nginx, decimals),
+        cell(sidecar, decimals),
+        ratio(sidecar, nginx),
+        ratio(sidecar, direct),
+    );
+}
+
+fn verdict(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "**met**",
+        Some(false) => "**not met**",
+        None => "not measured",
+    }
+}
+
+/// The figures table and the targets table for one run, as Markdown.
+pub fn render(data: &RunData) -> String {
+    let mut out = String::new();
+    let meta = |k: &str| data.meta.get(k).map_or("?", String::as_str);
+    let _ = writeln!(
+        out,
+        "Run `{}`: {} repetitions, medians shown; {} s per load run, {} s at 50 req/s; pinning: {}; \
+         sidecar metrics: {}; failed requests (non-200 or errors): {}.\n",
+        meta("run_id"),
+        data.reps().len(),
+        meta("duration_s"),
+        meta("rate_duration_s"),
+        meta("pinning"),
+        meta("sidecar_metrics"),
+        data.failures(),
+    );
+    let _ = writeln!(
+        out,
+        "| figure | direct | nginx | sidecar | sidecar ÷ nginx | sidecar ÷ direct |"
+    );
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (scenario, conns) in [("c16", 16), ("c64", 64)] {
+        row(
+            &mut out,
+            &format!("req/s, {conns} connections"),
+            data.load_figure(scenario, |l| l.rps),
+            0,
+        );
+        row(
+            &mut out,
+            &format!("p50 ms, {conns} connections"),
+            data.load_figure(scenario, |l| l.p50 * 1e3),
+            3,
+        );
+        row(
+            &mut out,
+            &format!("p99 ms, {conns} connections"),
+            data.load_figure(scenario, |l| l.p99 * 1e3),
+            3,
+        );
+    }
+    row(
+        &mut out,
+        "p50 ms at 50 req/s",
+        data.load_figure("q50", |l| l.p50 * 1e3),
+        3,
+    );
+    row(
+        &mut out,
+        "p99 ms at 50 req/s",
+        data.load_figure("q50", |l| l.p99 * 1e3),
+        3,
+    );
+    let added = data.added_p50_fixed_rate();
+    row(&mut out, "added p50 µs at 50 req/s (vs direct)", added, 0);
+    for (scenario, conns) in [("c16", 16), ("c64", 64)] {
+        row(
+            &mut out,
+            &format!("proxy CPU µs/request, {conns} conn."),
+            data.cpu_per_request(scenario, false),
+            1,
+        );
+    }
+    row(
+        &mut out,
+        "upstream CPU µs/request, 16 conn.",
+        data.cpu_per_request("c16", true),
+        1,
+    );
+    row(&mut out, "streamed TTFB p50 µs", data.ttfb(false), 0);
+    row(&mut out, "streamed TTFB p99 µs", data.ttfb(true), 0);
+    let ttfb_added = data.ttfb_added();
+    row(&mut out, "added TTFB p50 µs (vs direct)", ttfb_added, 0);
+    let idle = data.rss("idle", false, false);
+    row(&mut out, "RSS idle MiB", idle, 1);
+    row(
+        &mut out,
+        "RSS after load MiB (VmRSS)",
+        data.rss("load", false, false),
+        1,
+    );
+    row(
+        &mut out,
+        "peak RSS MiB (VmHWM)",
+        data.rss("load", true, true),
+        1,
+    );
+
+    let [_, nginx_cpu16, sidecar_cpu16] = data.cpu_per_request("c16", false);
+    let [_, nginx_cpu64, sidecar_cpu64] = data.cpu_per_request("c64", false);
+    let cpu_ok = match (sidecar_cpu16, nginx_cpu16, sidecar_cpu64, nginx_cpu64) {
+        (Some(s16), Some(n16), Some(s64), Some(n64)) => Some(s16 <= n16 && s64 <= n64),
+        _ => None,
+    };
+    let [_, nginx_added, sidecar_added] = added;
+    let added_ok = sidecar_added.zip(nginx_added).map(|(s, n)| s <= n);
+    let ttfb_ok = ttfb_added[2].map(|a| a <= 500.0);
+    let rss_ok = idle[2].map(|r| r < 10.0);
+    let metrics_ok = sidecar_added.map(|a| a < 100.0);
+
+    let _ = writeln!(out, "\n| target | figure | verdict |");
+    let _ = writeln!(out, "| --- | --- | --- |");
+    let _ = writeln!(
+        out,
+        "| CPU per request at or below nginx's (issue 2) | sidecar {} / {} µs vs nginx {} / {} µs (16 / 64 conn.) | {} |",
+        cell(sidecar_cpu16, 1),
+        cell(sidecar_cpu64, 1),
+        cell(nginx_cpu16, 1),
+        cell(nginx_cpu64, 1),
+        verdict(cpu_ok)
+    );
+    let _ = writeln!(
+        out,
+        "| added p50 at 50 req/s at or below nginx's (issue 2) | sidecar {} µs vs nginx {} µs | {} |",
+        cell(sidecar_added, 0),
+        cell(nginx_added, 0),
+        verdict(added_ok)
+    );
+    let _ = writeln!(
+        out,
+        "| streamed TTFB within 0.5 ms of direct (issue 2) | sidecar +{} µs | {} |",
+        cell(ttfb_added[2], 0),
+        verdict(ttfb_ok)
+    );
+    let _ = writeln!(
+        out,
+        "| idle RSS under 10 MiB (issue 2) | sidecar {} MiB (nginx {} MiB) | {} |",
+        cell(idle[2], 1),
+        cell(idle[1], 1),
+        verdict(rss_ok)
+    );
+    let _ = writeln!(
+        out,
+        "| added p50 under 100 µs with metrics on (issue 5) | sidecar {} µs, metrics {} | {} |",
+        cell(sidecar_added, 0),
+        meta("sidecar_metrics"),
+        if meta("sidecar_metrics") == "on" {
+            verdict(metrics_ok)
+        } else {
+            "not measured (metrics off)"
+        }
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::load::LoadRun;
+    use super::*;
+
+    fn run(rps: f64, p50: f64, ok: u64) -> LoadRun {
+        LoadRun {
+            rps,
+            p50,
+            p99: p50 * 2.0,
+            ok,
+            failed: 0,
+        }
+    }
+
+    fn sample() -> RunData {
+        let mut data = RunData::default();
+        data.meta.insert("clk_tck".into(), "100".into());
+        data.meta.insert("sidecar_metrics".into(), "on".into());
+        for rep in 1..=3u32 {
+            let jitter = f64::from(rep) * 1e-6;
+            for (t, p50_q) in [("direct", 100e-6), ("nginx", 230e-6), ("sidecar", 180e-6)] {
+                data.load.insert(
+                    (t.into(), "q50".into(), rep),
+                    run(50.0, p50_q + jitter, 500),
+                );
+                data.load
+                    .insert((t.into(), "c16".into(), rep), run(10_000.0, 1e-3, 50_000));
+                data.load
+                    .insert((t.into(), "c64".into(), rep), run(10_000.0, 4e-3, 50_000));
+            }
+            // 50 000 requests: 100 ticks = 1 s = 20 µs each; 150 ticks = 30 µs each.
+            for s in ["c16", "c64"] {
+                data.cpu.insert(("nginx".into(), s.into(), rep), (150, 200));
+                data.cpu
+                    .insert(("sidecar".into(), s.into(), rep), (100, 200));
+                data.cpu.insert(("direct".into(), s.into(), rep), (0, 200));
+            }
+            data.ttfb
+                .insert(("direct".into(), "stream".into(), rep), (80.0, 100.0));
+            data.ttfb
+                .insert(("nginx".into(), "stream".into(), rep), (200.0, 300.0));
+            data.ttfb
+                .insert(("sidecar".into(), "stream".into(), rep), (700.0, 900.0));
+        }
+        data.rss
+            .insert(("sidecar".into(), "idle".into(), 1), (6 * 1024, 6 * 1024));
+        data.rss
+            .insert(("nginx".into(), "idle".into(), 1), (22 * 1024, 22 * 1024));
+        data
+    }
+
+    #[test]
+    fn figures_are_medians_and_pairwise_differences() {
+        let data = sample();
+        let cpu = data.cpu_per_request("c16", false);
+        assert_eq!(cpu[0], None);
+        assert!((cpu[1].unwrap() - 30.0).abs() < 1e-9);
+        assert!((cpu[2].unwrap() - 20.0).abs() < 1e-9);
+        let added = data.added_p50_fixed_rate();
+        assert_eq!(added[0], None);
+        assert!((added[1].unwrap() - 130.0).abs() < 1e-6);
+        assert!((added[2].unwrap() - 80.0).abs() < 1e-6);
+        assert_eq!(data.ttfb_added()[2], Some(620.0));
+    }
+
+    #[test]
+    fn verdicts_follow_the_figures() {
+        let text = render(&sample());
+        // CPU, added p50, RSS and the metrics target are met; TTFB (+620 µs) is not.
+        assert!(text.contains("| CPU per request at or below nginx's (issue 2) | sidecar 20.0 / 20.0 µs vs nginx 30.0 / 30.0 µs (16 / 64 conn.) | **met** |"), "{text}");
+        assert!(text.contains("sidecar +620 µs | **not met** |"), "{text}");
+        assert!(
+            text.contains("sidecar 6.0 MiB (nginx 22.0 MiB) | **met** |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| sidecar 80 µs, metrics on | **met** |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| req/s, 16 connections | 10000 | 10000 | 10000 | 1.00× | 1.00× |"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn missing_target_is_not_measured_rather_than_met() {
+        let mut data = sample();
+        data.load.retain(|(t, _, _), _| t != "sidecar");
+        data.cpu.retain(|(t, _, _), _| t != "sidecar");
+        let text = render(&data);
+        assert!(text.contains("(16 / 64 conn.) | not measured |"), "{text}");
+    }
+}
