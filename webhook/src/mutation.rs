@@ -1,13 +1,25 @@
 //! The heart of the webhook: a pure function from a pod and the webhook defaults to an
 //! optional RFC 6902 JSON patch that injects the `holysheep-sidecar`.
 //!
+//! It holds the skip rules (not opted in, already injected), the refusals (invalid
+//! annotation, hostNetwork, port collision, request above limit, reserved volume name) and
+//! builds every path from tokens, so keys are escaped per RFC 6901
+//! (`holysheep/status` is `holysheep~1status`). Patches work on every pod shape: a missing
+//! `annotations`, `volumes`, `initContainers` or `env` is created whole, never appended to.
+//!
 //! No I/O here; `admission` and `inject_cli` are the shells around it.
 
-use json_patch::Patch;
-use k8s_openapi::api::core::v1::Pod;
+use std::collections::BTreeMap;
 
-use crate::annotations::AnnotationError;
-use crate::settings::Settings;
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::annotations::{self, AnnotationError, Injection, Overrides};
+use crate::settings::{Settings, resource_flag_word};
+use crate::sidecar::{self, SidecarSpec};
 
 /// Why a pod cannot be injected. Its `Display` is the admission message shown to the user:
 /// it names the annotation or field and the fix.
@@ -16,11 +28,302 @@ pub enum MutationError {
     /// A `holysheep/*` annotation with a value of the wrong form.
     #[error(transparent)]
     Annotation(#[from] AnnotationError),
+    /// `hostNetwork: true`: a loopback proxy would be reachable by every host-network pod.
+    #[error(
+        "holysheep/inject is \"true\" but the pod sets spec.hostNetwork: true; the sidecar's \
+         loopback proxy would share the node's network, and with it the API key, with every \
+         host-network pod on the node: remove hostNetwork or set holysheep/inject: \"false\""
+    )]
+    HostNetwork,
+    /// A sidecar port that an app container already declares.
+    #[error(
+        "the sidecar's {role} port {port} ({annotation}) collides with containerPort {port} \
+         of container {container:?}: set the annotation {annotation}: \"{suggestion}\" \
+         (or another free port)"
+    )]
+    PortCollision {
+        /// `proxy` or `admin`.
+        role: &'static str,
+        /// The port.
+        port: u16,
+        /// The annotation that moves it.
+        annotation: &'static str,
+        /// The app container declaring it.
+        container: String,
+        /// A port free in this pod.
+        suggestion: u16,
+    },
+    /// Proxy and admin port are the same.
+    #[error(
+        "the sidecar's proxy port ({}) and admin port ({}) are both {port}: give them \
+         different ports",
+        annotations::PORT,
+        annotations::ADMIN_PORT
+    )]
+    SamePorts {
+        /// The port.
+        port: u16,
+    },
+    /// A request above its limit, which the apiserver would refuse.
+    #[error(
+        "the sidecar's {resource} request {request} is larger than its {resource} limit \
+         {limit}: raise holysheep/proxy-{resource}-limit or lower \
+         holysheep/proxy-{resource}-request"
+    )]
+    RequestAboveLimit {
+        /// `cpu` or `memory`.
+        resource: &'static str,
+        /// The request.
+        request: String,
+        /// The limit.
+        limit: String,
+    },
+    /// The pod already has a volume with a name the injection needs.
+    #[error(
+        "the pod already has a volume named {name:?}, a name reserved for the injected \
+         sidecar: rename that volume"
+    )]
+    VolumeNameTaken {
+        /// The volume name.
+        name: &'static str,
+    },
+    /// An opted-in pod without a spec.
+    #[error("the pod has no spec: there is nothing to inject into")]
+    MissingSpec,
+    /// Building the patch value failed (a bug, not a user error).
+    #[error("internal error: failed to build the sidecar patch")]
+    Internal(#[source] serde_json::Error),
 }
 
 /// Computes the patch that injects the sidecar into `pod`, or `None` when the pod is not
-/// opted in or already injected.
+/// opted in (`holysheep/inject` absent or `"false"`) or already injected (marker
+/// annotation, or a container named `holysheep-sidecar`: safe under
+/// `reinvocationPolicy: IfNeeded`).
 pub fn mutate(pod: &Pod, settings: &Settings) -> Result<Option<Patch>, MutationError> {
-    let _ = (pod, settings);
-    Ok(None)
+    let no_annotations = BTreeMap::new();
+    let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&no_annotations);
+    if annotations::injection(pod_annotations)? == Injection::NotRequested {
+        return Ok(None);
+    }
+    let Some(spec) = pod.spec.as_ref() else {
+        return Err(MutationError::MissingSpec);
+    };
+    if annotations::is_marked_injected(pod_annotations) || has_sidecar(spec) {
+        return Ok(None);
+    }
+    if spec.host_network == Some(true) {
+        return Err(MutationError::HostNetwork);
+    }
+    let sidecar = SidecarSpec::resolve(settings, Overrides::parse(pod_annotations)?);
+    check(spec, &sidecar)?;
+
+    let mut ops = Vec::new();
+    annotate(&mut ops, pod.metadata.annotations.as_ref(), spec, &sidecar);
+    add_to_list(
+        &mut ops,
+        &["spec", "volumes"],
+        spec.volumes.as_ref(),
+        &sidecar.volumes(),
+    )?;
+    let app_env = sidecar.app_env();
+    for (index, container) in spec.containers.iter().enumerate() {
+        add_env(&mut ops, "containers", index, container, &app_env)?;
+    }
+    // Init containers see the proxy only when it is a native sidecar started before them;
+    // in plain mode the proxy starts after every init container has finished, so pointing
+    // them at it would only turn their calls into connection errors.
+    if sidecar.native {
+        for (index, container) in spec.init_containers.iter().flatten().enumerate() {
+            add_env(&mut ops, "initContainers", index, container, &app_env)?;
+        }
+    }
+    // Last, so the env operations above still use the original init container indices.
+    insert_sidecar(&mut ops, spec, &sidecar)?;
+    Ok(Some(Patch(ops)))
 }
+
+fn has_sidecar(spec: &PodSpec) -> bool {
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == sidecar::CONTAINER_NAME)
+}
+
+/// The refusals that depend on the merged settings.
+fn check(spec: &PodSpec, sidecar: &SidecarSpec) -> Result<(), MutationError> {
+    if sidecar.proxy_port == sidecar.admin_port {
+        return Err(MutationError::SamePorts {
+            port: sidecar.proxy_port,
+        });
+    }
+    if let Some((resource, request, limit)) = sidecar.resources.request_above_limit() {
+        return Err(MutationError::RequestAboveLimit {
+            resource: resource_flag_word(resource),
+            request: request.to_string(),
+            limit: limit.to_string(),
+        });
+    }
+    let app_ports: Vec<(u16, &str)> =
+        spec.containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .flat_map(|c| {
+                c.ports.iter().flatten().filter_map(move |p| {
+                    Some((u16::try_from(p.container_port).ok()?, c.name.as_str()))
+                })
+            })
+            .collect();
+    let sidecar_ports = [
+        ("proxy", sidecar.proxy_port, annotations::PORT),
+        ("admin", sidecar.admin_port, annotations::ADMIN_PORT),
+    ];
+    for (role, port, annotation) in sidecar_ports {
+        if let Some((_, container)) = app_ports.iter().find(|(p, _)| *p == port) {
+            let taken = |p: u16| {
+                p == sidecar.proxy_port
+                    || p == sidecar.admin_port
+                    || app_ports.iter().any(|(q, _)| *q == p)
+            };
+            let suggestion = (port.saturating_add(1)..=u16::MAX)
+                .chain(1024..port)
+                .find(|p| !taken(*p))
+                .unwrap_or(port);
+            return Err(MutationError::PortCollision {
+                role,
+                port,
+                annotation,
+                container: (*container).to_owned(),
+                suggestion,
+            });
+        }
+    }
+    for volume in spec.volumes.iter().flatten() {
+        let reserved = [sidecar::CREDENTIALS_VOLUME, sidecar::CONFIG_VOLUME];
+        if let Some(name) = reserved.into_iter().find(|n| *n == volume.name) {
+            return Err(MutationError::VolumeNameTaken { name });
+        }
+    }
+    Ok(())
+}
+
+/// The marker, Prometheus scrape hints and default container, each only when absent
+/// (the marker is always written).
+fn annotate(
+    ops: &mut Vec<PatchOperation>,
+    existing: Option<&BTreeMap<String, String>>,
+    spec: &PodSpec,
+    sidecar: &SidecarSpec,
+) {
+    let mut wanted = vec![
+        (annotations::STATUS, annotations::STATUS_INJECTED.to_owned()),
+        (annotations::PROMETHEUS_SCRAPE, "true".to_owned()),
+        (annotations::PROMETHEUS_PORT, sidecar.admin_port.to_string()),
+        (annotations::PROMETHEUS_PATH, "/metrics".to_owned()),
+    ];
+    if let Some(first_app) = spec.containers.first() {
+        wanted.push((annotations::DEFAULT_CONTAINER, first_app.name.clone()));
+    }
+    match existing {
+        None => {
+            let map: serde_json::Map<String, Value> = wanted
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), Value::String(v)))
+                .collect();
+            ops.push(add(&["metadata", "annotations"], Value::Object(map)));
+        }
+        Some(existing) => {
+            for (key, value) in wanted {
+                let is_marker = key == annotations::STATUS;
+                if is_marker || !existing.contains_key(key) {
+                    ops.push(add(&["metadata", "annotations", key], Value::String(value)));
+                }
+            }
+        }
+    }
+}
+
+/// Adds `items` to the list at `path`: the whole list when it is missing, else one
+/// append (`/-`) per item.
+fn add_to_list<T: Serialize>(
+    ops: &mut Vec<PatchOperation>,
+    path: &[&str],
+    existing: Option<&Vec<T>>,
+    items: &[T],
+) -> Result<(), MutationError> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    match existing {
+        None => ops.push(add(path, to_value(items)?)),
+        Some(_) => {
+            let mut append = path.to_vec();
+            append.push("-");
+            for item in items {
+                ops.push(add(&append, to_value(item)?));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Adds the app env vars a container does not set itself.
+fn add_env(
+    ops: &mut Vec<PatchOperation>,
+    list: &str,
+    index: usize,
+    container: &Container,
+    app_env: &[k8s_openapi::api::core::v1::EnvVar],
+) -> Result<(), MutationError> {
+    let missing: Vec<_> = app_env
+        .iter()
+        .filter(|var| {
+            !container
+                .env
+                .iter()
+                .flatten()
+                .any(|set| set.name == var.name)
+        })
+        .cloned()
+        .collect();
+    let index = index.to_string();
+    add_to_list(
+        ops,
+        &["spec", list, &index, "env"],
+        container.env.as_ref(),
+        &missing,
+    )
+}
+
+/// Native: first init container (so it starts before every other one). Plain: appended
+/// to the containers, so the app stays first for tools that pick container 0.
+fn insert_sidecar(
+    ops: &mut Vec<PatchOperation>,
+    spec: &PodSpec,
+    sidecar: &SidecarSpec,
+) -> Result<(), MutationError> {
+    let container = sidecar.container();
+    if !sidecar.native {
+        // An empty list may also be a missing one (k8s-openapi defaults it): add it whole.
+        let existing = (!spec.containers.is_empty()).then_some(&spec.containers);
+        return add_to_list(ops, &["spec", "containers"], existing, &[container]);
+    }
+    match spec.init_containers {
+        None => ops.push(add(&["spec", "initContainers"], to_value([container])?)),
+        Some(_) => ops.push(add(&["spec", "initContainers", "0"], to_value(container)?)),
+    }
+    Ok(())
+}
+
+fn add(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(tokens.iter().copied()),
+        value,
+    })
+}
+
+fn to_value(value: impl Serialize) -> Result<Value, MutationError> {
+    serde_json::to_value(value).map_err(MutationError::Internal)
+}
+
+#[cfg(test)]
+mod tests;

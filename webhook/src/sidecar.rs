@@ -1,2 +1,306 @@
-//! Pure builders for what gets added to a pod: the `holysheep-sidecar` container (native or
-//! plain), its volumes, and the env given to app containers.
+//! Pure builders for what injection adds to a pod: the `holysheep-sidecar` container
+//! (native or plain), its volumes, and the env given to app containers. Hardening, probes
+//! and resources live here and nowhere else.
+//!
+//! It does not decide whether or where to inject (that is `mutation`), and builds
+//! k8s-openapi types so the output is schema-correct by construction.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, Probe, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::annotations::Overrides;
+use crate::settings::{PullPolicy, Quantity, Resources, Settings};
+
+/// Name of the injected container.
+pub const CONTAINER_NAME: &str = "holysheep-sidecar";
+/// Name of the credential volume (from the Secret), mounted in the sidecar only.
+pub const CREDENTIALS_VOLUME: &str = "holysheep-credentials";
+/// Name of the optional config volume (from the `holysheep/config` ConfigMap).
+pub const CONFIG_VOLUME: &str = "holysheep-config";
+/// Where the credential volume is mounted in the sidecar.
+pub const CREDENTIALS_DIR: &str = "/var/run/secrets/holysheep";
+/// File name of the API key in the credential volume.
+pub const API_KEY_FILE: &str = "api-key";
+/// Where the config volume is mounted in the sidecar.
+pub const CONFIG_DIR: &str = "/etc/holysheep";
+/// Key in the ConfigMap, and file name in the config volume.
+pub const CONFIG_FILE: &str = "config.yaml";
+/// Name of the admin container port (at most 15 characters, as Kubernetes requires).
+pub const ADMIN_PORT_NAME: &str = "hs-metrics";
+/// `OPENAI_API_KEY` given to apps: SDKs refuse to start without one; the sidecar replaces it.
+pub const API_KEY_PLACEHOLDER: &str = "injected-by-holysheep";
+/// uid and gid of the sidecar (the distroless `nonroot` user).
+pub const SIDECAR_UID: i64 = 65532;
+/// Mode of the mounted files: readable by uid 65532 although Secret files belong to root;
+/// still private, since no other container mounts the volume.
+pub const FILE_MODE: i32 = 0o444;
+
+/// Everything needed to build the sidecar for one pod: webhook defaults merged with the
+/// pod's annotation overrides.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SidecarSpec {
+    /// Image.
+    pub image: String,
+    /// Image pull policy.
+    pub pull_policy: PullPolicy,
+    /// Loopback proxy port.
+    pub proxy_port: u16,
+    /// Admin port.
+    pub admin_port: u16,
+    /// Native sidecar (init container with `restartPolicy: Always`) or plain container.
+    pub native: bool,
+    /// Upstream override.
+    pub upstream: Option<String>,
+    /// Secret holding the API key.
+    pub secret_name: String,
+    /// Key in that Secret.
+    pub secret_key: String,
+    /// ConfigMap with `config.yaml`, if any.
+    pub config_map: Option<String>,
+    /// Requests and limits.
+    pub resources: Resources,
+}
+
+impl SidecarSpec {
+    /// Merges the pod's overrides over the webhook defaults (an override wins field by
+    /// field, so a pod can raise its memory limit and keep the default request).
+    pub fn resolve(settings: &Settings, overrides: Overrides) -> Self {
+        let defaults = &settings.resources;
+        Self {
+            image: overrides.image.unwrap_or_else(|| settings.image.clone()),
+            pull_policy: settings.image_pull_policy,
+            proxy_port: overrides.port.unwrap_or(settings.proxy_port),
+            admin_port: overrides.admin_port.unwrap_or(settings.admin_port),
+            native: overrides.native_sidecar.unwrap_or(settings.native_sidecar),
+            upstream: overrides.upstream.or_else(|| settings.upstream.clone()),
+            secret_name: overrides
+                .secret
+                .unwrap_or_else(|| settings.secret_name.clone()),
+            secret_key: overrides
+                .secret_key
+                .unwrap_or_else(|| settings.secret_key.clone()),
+            config_map: overrides.config,
+            resources: Resources {
+                cpu_request: overrides
+                    .cpu_request
+                    .or_else(|| defaults.cpu_request.clone()),
+                memory_request: overrides
+                    .memory_request
+                    .or_else(|| defaults.memory_request.clone()),
+                cpu_limit: overrides.cpu_limit.or_else(|| defaults.cpu_limit.clone()),
+                memory_limit: overrides
+                    .memory_limit
+                    .or_else(|| defaults.memory_limit.clone()),
+            },
+        }
+    }
+
+    /// `http://127.0.0.1:<port>/v1`: what the apps' SDKs call.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.proxy_port)
+    }
+
+    /// The sidecar container; with `restartPolicy: Always` when native.
+    pub fn container(&self) -> Container {
+        let mut env = vec![
+            value_env("HOLYSHEEP_LISTEN", format!("127.0.0.1:{}", self.proxy_port)),
+            value_env(
+                "HOLYSHEEP_ADMIN_LISTEN",
+                format!("0.0.0.0:{}", self.admin_port),
+            ),
+            value_env(
+                "HOLYSHEEP_API_KEY_FILE",
+                format!("{CREDENTIALS_DIR}/{API_KEY_FILE}"),
+            ),
+        ];
+        if let Some(upstream) = &self.upstream {
+            env.push(value_env("HOLYSHEEP_UPSTREAM", upstream.clone()));
+        }
+        if self.config_map.is_some() {
+            env.push(value_env(
+                "HOLYSHEEP_CONFIG",
+                format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+            ));
+        }
+        env.push(field_env("POD_NAME", "metadata.name"));
+        env.push(field_env("POD_NAMESPACE", "metadata.namespace"));
+
+        let mut mounts = vec![VolumeMount {
+            name: CREDENTIALS_VOLUME.to_owned(),
+            mount_path: CREDENTIALS_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }];
+        if self.config_map.is_some() {
+            mounts.push(VolumeMount {
+                name: CONFIG_VOLUME.to_owned(),
+                mount_path: CONFIG_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
+
+        Container {
+            name: CONTAINER_NAME.to_owned(),
+            image: Some(self.image.clone()),
+            image_pull_policy: Some(self.pull_policy.as_str().to_owned()),
+            // A restartable init container is what makes it a native sidecar: started
+            // before the app, kept running, and not holding a Job open when the app exits.
+            restart_policy: self.native.then(|| "Always".to_owned()),
+            env: Some(env),
+            ports: Some(vec![ContainerPort {
+                name: Some(ADMIN_PORT_NAME.to_owned()),
+                container_port: i32::from(self.admin_port),
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            }]),
+            // Startup gates the app containers (native mode): generous, fast polling.
+            startup_probe: Some(self.probe("/readyz", 1, 120)),
+            readiness_probe: Some(self.probe("/readyz", 5, 3)),
+            liveness_probe: Some(self.probe("/healthz", 10, 3)),
+            resources: resource_requirements(&self.resources),
+            security_context: Some(hardened_security_context()),
+            volume_mounts: Some(mounts),
+            termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+            ..Container::default()
+        }
+    }
+
+    /// The credential volume, and the config volume when `holysheep/config` is set.
+    pub fn volumes(&self) -> Vec<Volume> {
+        let mut volumes = vec![Volume {
+            name: CREDENTIALS_VOLUME.to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(self.secret_name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: self.secret_key.clone(),
+                    path: API_KEY_FILE.to_owned(),
+                    mode: Some(FILE_MODE),
+                }]),
+                default_mode: Some(FILE_MODE),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        }];
+        if let Some(config_map) = &self.config_map {
+            volumes.push(Volume {
+                name: CONFIG_VOLUME.to_owned(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: config_map.clone(),
+                    items: Some(vec![KeyToPath {
+                        key: CONFIG_FILE.to_owned(),
+                        path: CONFIG_FILE.to_owned(),
+                        mode: None,
+                    }]),
+                    default_mode: Some(FILE_MODE),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+        }
+        volumes
+    }
+
+    /// Env for app containers: the SDK base URLs and the placeholder key. The caller adds
+    /// only the names a container does not set already.
+    pub fn app_env(&self) -> Vec<EnvVar> {
+        let base = self.base_url();
+        vec![
+            value_env("OPENAI_BASE_URL", base.clone()),
+            value_env("OPENAI_API_BASE", base.clone()),
+            value_env("HOLYSHEEP_BASE_URL", base),
+            value_env("OPENAI_API_KEY", API_KEY_PLACEHOLDER.to_owned()),
+        ]
+    }
+
+    fn probe(&self, path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+        Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(path.to_owned()),
+                port: IntOrString::Int(i32::from(self.admin_port)),
+                scheme: Some("HTTP".to_owned()),
+                ..HTTPGetAction::default()
+            }),
+            period_seconds: Some(period_seconds),
+            failure_threshold: Some(failure_threshold),
+            timeout_seconds: Some(1),
+            ..Probe::default()
+        }
+    }
+}
+
+/// runAsNonRoot as uid/gid 65532, read-only root filesystem, no privilege escalation, no
+/// capabilities, RuntimeDefault seccomp: passes the `restricted` Pod Security Standard.
+pub fn hardened_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(SIDECAR_UID),
+        run_as_group: Some(SIDECAR_UID),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn resource_requirements(resources: &Resources) -> Option<ResourceRequirements> {
+    let map = |pairs: [(&str, &Option<Quantity>); 2]| {
+        let map: BTreeMap<String, K8sQuantity> = pairs
+            .into_iter()
+            .filter_map(|(name, q)| {
+                let q = q.as_ref()?;
+                Some((name.to_owned(), K8sQuantity(q.as_str().to_owned())))
+            })
+            .collect();
+        (!map.is_empty()).then_some(map)
+    };
+    let requests = map([
+        ("cpu", &resources.cpu_request),
+        ("memory", &resources.memory_request),
+    ]);
+    let limits = map([
+        ("cpu", &resources.cpu_limit),
+        ("memory", &resources.memory_limit),
+    ]);
+    (requests.is_some() || limits.is_some()).then(|| ResourceRequirements {
+        requests,
+        limits,
+        ..ResourceRequirements::default()
+    })
+}
+
+fn value_env(name: &str, value: String) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        value_from: None,
+    }
+}
+
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.to_owned(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
