@@ -1,1 +1,261 @@
-//! (to be written)
+//! Command-line interface of `holysheep-webhook`: clap derive structs only, flags as in
+//! DESIGN.md, each with an environment twin where a Deployment would set it.
+//!
+//! What it does not do: validate values beyond their type (the sidecar defaults are
+//! validated by `SettingsArgs::into_settings`) or run anything (`main` dispatches).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::settings::SettingsArgs;
+
+/// Mutating admission webhook that injects the holysheep LLM-forwarding sidecar.
+///
+/// Logs are JSON lines on stderr; set the level with RUST_LOG (default `info`).
+#[derive(Debug, Parser)]
+#[command(name = "holysheep-webhook", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the admission webhook over HTTPS (POST /mutate, /healthz, /readyz, /metrics).
+    Serve(Box<ServeArgs>),
+    /// Inject the sidecar into annotated pod templates of YAML manifests, offline.
+    Inject(Box<InjectArgs>),
+    /// Write a CA and a serving certificate for the webhook Service to a directory.
+    Certs(CertsArgs),
+}
+
+/// `serve`: where to listen, which certificate to serve, and the sidecar defaults.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HOLYSHEEP_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+
+    /// Serving certificate chain, PEM, leaf first. Re-read when it changes.
+    #[arg(
+        long,
+        env = "HOLYSHEEP_TLS_CERT",
+        required_unless_present = "self_signed",
+        conflicts_with = "self_signed",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key of the serving certificate, PEM. Re-read when it changes.
+    #[arg(
+        long,
+        env = "HOLYSHEEP_TLS_KEY",
+        required_unless_present = "self_signed",
+        conflicts_with = "self_signed",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Backstop re-check of the certificate files, besides the directory watch.
+    #[arg(
+        long,
+        env = "HOLYSHEEP_TLS_RELOAD_INTERVAL",
+        default_value = "60s",
+        value_parser = humantime::parse_duration
+    )]
+    pub tls_reload_interval: Duration,
+
+    /// After SIGTERM, keep serving (with /readyz failing) this long so endpoints update
+    /// before the listener closes; then drain open requests.
+    #[arg(
+        long,
+        env = "HOLYSHEEP_SHUTDOWN_DELAY",
+        default_value = "5s",
+        value_parser = humantime::parse_duration
+    )]
+    pub shutdown_delay: Duration,
+
+    /// Bootstrap a self-signed CA and serving certificate, shared through a Secret, and
+    /// keep the caBundle of the webhook configuration in sync (needs Kubernetes RBAC).
+    #[command(flatten)]
+    pub self_signed: SelfSignedArgs,
+
+    /// Webhook-level sidecar defaults, overridden per pod by annotations.
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+/// Flags of `serve --self-signed`.
+#[derive(Debug, Args)]
+pub struct SelfSignedArgs {
+    /// Bootstrap the certificate instead of reading --tls-cert/--tls-key.
+    #[arg(
+        long = "self-signed",
+        id = "self_signed",
+        env = "HOLYSHEEP_SELF_SIGNED"
+    )]
+    pub enabled: bool,
+
+    /// Secret shared by all replicas holding the CA and the serving certificate.
+    #[arg(
+        long,
+        env = "HOLYSHEEP_TLS_SECRET",
+        default_value = "holysheep-webhook-tls"
+    )]
+    pub tls_secret: String,
+
+    /// MutatingWebhookConfiguration whose caBundle is kept equal to the CA.
+    #[arg(
+        long,
+        env = "HOLYSHEEP_WEBHOOK_CONFIG",
+        default_value = "holysheep-sidecar-injector"
+    )]
+    pub webhook_config: String,
+
+    /// Service the apiserver calls; the certificate is issued for `<service>.<namespace>.svc`.
+    #[arg(long, env = "HOLYSHEEP_SERVICE", default_value = "holysheep-webhook")]
+    pub service: String,
+
+    /// Namespace of the Secret and the Service (the pod's own, via the downward API).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Local directory the bootstrapped ca.crt, tls.crt and tls.key are written to and
+    /// served from (an emptyDir: the root filesystem is read-only).
+    #[arg(
+        long,
+        env = "HOLYSHEEP_CERT_DIR",
+        default_value = "/var/run/holysheep-webhook/certs"
+    )]
+    pub cert_dir: PathBuf,
+}
+
+/// `inject`: like `linkerd inject`, YAML in, YAML out.
+#[derive(Debug, Args)]
+pub struct InjectArgs {
+    /// Manifest file to read, or `-` for stdin.
+    #[arg(short = 'f', long = "filename", default_value = "-")]
+    pub filename: String,
+
+    /// Webhook-level sidecar defaults, overridden per pod by annotations.
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+/// `certs`: a CA and a serving certificate for the webhook Service.
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Service name; SANs are S.N.svc, S.N.svc.cluster.local, S.N and S.
+    #[arg(long, env = "HOLYSHEEP_SERVICE")]
+    pub service: String,
+
+    /// Namespace of the Service.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+
+    /// Directory to write ca.crt, tls.crt and tls.key (mode 0600) into; created if absent.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("holysheep-webhook").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_with_files() {
+        let cli = parse(&[
+            "serve",
+            "--tls-cert",
+            "/c/tls.crt",
+            "--tls-key",
+            "/c/tls.key",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.listen, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(args.tls_cert, Some(PathBuf::from("/c/tls.crt")));
+        assert!(!args.self_signed.enabled);
+        assert_eq!(args.tls_reload_interval, Duration::from_secs(60));
+        assert_eq!(args.self_signed.tls_secret, "holysheep-webhook-tls");
+        assert_eq!(
+            args.self_signed.webhook_config,
+            "holysheep-sidecar-injector"
+        );
+    }
+
+    #[test]
+    fn serve_needs_a_certificate_source() {
+        let err = parse(&["serve"]).unwrap_err();
+        assert!(err.to_string().contains("--tls-cert"), "{err}");
+        assert!(
+            parse(&["serve", "--tls-cert", "a"]).is_err(),
+            "key required with cert"
+        );
+        assert!(
+            parse(&[
+                "serve",
+                "--self-signed",
+                "--tls-cert",
+                "a",
+                "--tls-key",
+                "b"
+            ])
+            .is_err(),
+            "self-signed conflicts with files"
+        );
+        let cli = parse(&[
+            "serve",
+            "--self-signed",
+            "--namespace",
+            "hs",
+            "--listen",
+            "127.0.0.1:9443",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert!(args.self_signed.enabled);
+        assert_eq!(args.self_signed.namespace.as_deref(), Some("hs"));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let err = parse(&["serve", "--self-signed", "--listen", "nope"]).unwrap_err();
+        assert!(err.to_string().contains("--listen"), "{err}");
+        let err = parse(&["serve", "--self-signed", "--tls-reload-interval", "often"]).unwrap_err();
+        assert!(err.to_string().contains("--tls-reload-interval"), "{err}");
+    }
+
+    #[test]
+    fn inject_and_certs() {
+        let cli = parse(&["inject", "-f", "app.yaml"]).unwrap();
+        assert!(matches!(cli.command, Command::Inject(ref a) if a.filename == "app.yaml"));
+        let cli = parse(&["inject"]).unwrap();
+        assert!(matches!(cli.command, Command::Inject(ref a) if a.filename == "-"));
+        let cli = parse(&["certs", "--service", "s", "--namespace", "n", "--out", "d"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Certs(CertsArgs { ref service, .. }) if service == "s")
+        );
+        assert!(parse(&["certs", "--service", "s"]).is_err());
+    }
+}

@@ -26,9 +26,21 @@ pub enum WebhookError {
         #[source]
         source: std::io::Error,
     },
-    /// `--self-signed` is missing something it needs, or the bootstrap failed.
-    #[error("self-signed bootstrap failed: {0}")]
-    Bootstrap(String),
+    /// `--self-signed` needs the namespace of the webhook's Secret and Service.
+    #[error(
+        "--self-signed needs the webhook's namespace: pass --namespace or set POD_NAMESPACE \
+         (downward API fieldRef metadata.namespace)"
+    )]
+    NoNamespace,
+    /// No Kubernetes client could be configured (no in-cluster token, no kubeconfig).
+    #[error(
+        "--self-signed needs the Kubernetes API, but no client could be configured \
+         (in-cluster ServiceAccount or KUBECONFIG): {0}"
+    )]
+    KubeClient(#[source] kube::Error),
+    /// The self-signed certificate bootstrap failed.
+    #[error("self-signed certificate bootstrap failed: {0}")]
+    Bootstrap(#[from] crate::bootstrap::BootstrapError),
     /// `serve` was given neither `--tls-cert`/`--tls-key` nor `--self-signed`.
     #[error("no serving certificate: pass --tls-cert and --tls-key, or --self-signed")]
     NoCertificate,
