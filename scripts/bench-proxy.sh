@@ -1,0 +1,308 @@
+#!/usr/bin/env bash
+# The proxy benchmark of BENCHMARKS.md, in one command: scripts/bench-proxy.sh
+#
+# Against ONE fake OpenAI upstream (bench/, fake-upstream) it measures, in the same run:
+# direct calls (the physical limit), calls through nginx as a plain keep-alive reverse proxy
+# (the practical floor for one HTTP hop) and calls through holysheep-sidecar:
+# req/s and p50/p99 at 16 and 64 connections, p50/p99 at a fixed 50 req/s, proxy CPU time
+# per request (utime+stime from /proc), streamed time to first byte (ttfb-probe), and RSS
+# idle and after load. Every measurement is repeated BENCH_REPS times, the targets
+# interleaved within each repetition so drift hits all three alike; the report shows medians.
+#
+# Installs what it lacks (apt-get: nginx-light, curl; cargo: oha), builds in release mode,
+# binds only 127.0.0.1, and stops everything it started on exit. Results and the report go
+# to bench/out/<run id>/ (git-ignored). It is not part of the test suite.
+#
+# Knobs (environment): BENCH_DURATION (s per load run, 5), BENCH_RATE_DURATION (s at
+# 50 req/s, 10), BENCH_REPS (3), BENCH_TTFB_REQUESTS (200), BENCH_TARGETS
+# ("direct nginx sidecar"), BENCH_PIN (1: load generators on CPU 0, servers on CPU 1;
+# 0: no pinning), BENCH_SIDECAR_LOG (RUST_LOG for the sidecar, "warn": nginx runs with
+# access_log off, so per-request logging is off on both sides).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+DURATION=${BENCH_DURATION:-5}
+RATE_DURATION=${BENCH_RATE_DURATION:-10}
+REPS=${BENCH_REPS:-3}
+TTFB_REQUESTS=${BENCH_TTFB_REQUESTS:-200}
+TARGETS=${BENCH_TARGETS:-direct nginx sidecar}
+PIN=${BENCH_PIN:-1}
+SIDECAR_LOG=${BENCH_SIDECAR_LOG:-warn}
+WARMUP=2
+RUN_ID=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=$ROOT/bench/out/$RUN_ID
+BODY='{"model":"gpt-4.1","messages":[{"role":"user","content":"Say hello."}]}'
+
+log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- tools
+ensure_tools() {
+  local missing=()
+  command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+  command -v curl >/dev/null || missing+=(curl)
+  command -v taskset >/dev/null || missing+=(util-linux)
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]} with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  # Debian's nginx package starts a system nginx on :80 where services run; it is not ours
+  # to stop and it does not disturb us (we use our own prefix and ports).
+  export PATH=$HOME/.cargo/bin:/usr/sbin:$PATH
+  if ! command -v oha >/dev/null; then
+    log "installing oha with cargo (a few minutes, once)"
+    cargo install oha --locked --quiet
+  fi
+}
+
+# ---------------------------------------------------------------- helpers
+# A port nobody listens on. The benchmark is no test: the small window between this check
+# and the server's bind is acceptable, and a failed start is reported, not ignored.
+free_port() {
+  local port
+  for _ in $(seq 1 50); do
+    port=$((20000 + RANDOM % 40000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port"
+      return
+    fi
+  done
+  die "no free port found"
+}
+
+# wait_until SECONDS CMD...: polls CMD every 50 ms until it succeeds, bounded.
+wait_until() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.05
+  done
+}
+
+# utime+stime in clock ticks of the processes given (fields 14 and 15 of /proc/PID/stat,
+# counted after the ")" that closes the command name, which may contain spaces).
+cpu_ticks() {
+  local total=0 pid rest
+  for pid in "$@"; do
+    rest=$(<"/proc/$pid/stat")
+    rest=${rest##*) }
+    read -r -a f <<<"$rest"
+    total=$((total + f[11] + f[12]))
+  done
+  echo "$total"
+}
+
+# "VmRSS VmHWM" in KiB summed over the processes given.
+mem_kib() {
+  local rss=0 hwm=0 pid
+  for pid in "$@"; do
+    rss=$((rss + $(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")))
+    hwm=$((hwm + $(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")))
+  done
+  echo "$rss $hwm"
+}
+
+if [[ $PIN == 1 ]]; then
+  CLIENT=(taskset -c 0)
+  SERVER=(taskset -c 1)
+  PINNING="load generator and probe on CPU 0, upstream and proxy on CPU 1"
+else
+  CLIENT=()
+  SERVER=()
+  PINNING="none"
+fi
+
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------- servers
+start_upstream() {
+  rm -f "$OUT/upstream.addr"
+  "${SERVER[@]}" "$ROOT/target/release/fake-upstream" --addr-file "$OUT/upstream.addr" \
+    --chunk-delay 1ms --stream-words 4 --max-runtime 30m >"$OUT/upstream.log" 2>&1 &
+  UPSTREAM_PID=$!
+  PIDS+=("$UPSTREAM_PID")
+  wait_until 10 test -s "$OUT/upstream.addr" || die "fake-upstream did not start: $(cat "$OUT/upstream.log")"
+  UPSTREAM=$(<"$OUT/upstream.addr")
+  log "fake upstream on $UPSTREAM (pid $UPSTREAM_PID)"
+}
+
+start_nginx() {
+  local dir=$OUT/nginx port
+  port=$(free_port)
+  mkdir -p "$dir/tmp"
+  cat >"$dir/nginx.conf" <<EOF
+# Plain keep-alive reverse proxy: the practical floor for one HTTP hop.
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/tmp/body;
+  proxy_temp_path $dir/tmp/proxy;
+  fastcgi_temp_path $dir/tmp/fastcgi;
+  uwsgi_temp_path $dir/tmp/uwsgi;
+  scgi_temp_path $dir/tmp/scgi;
+  upstream fake {
+    server $UPSTREAM;
+    keepalive 128;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$port;
+    keepalive_requests 1000000;
+    location /v1/ {
+      proxy_pass http://fake;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      # Same header work as the sidecar: replace the client's key with ours.
+      proxy_set_header Authorization "Bearer bench-key";
+      proxy_buffering off;
+    }
+  }
+}
+EOF
+  "${SERVER[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/stdout.log" 2>&1 &
+  NGINX_PID=$!
+  PIDS+=("$NGINX_PID")
+  NGINX_URL=http://127.0.0.1:$port/v1/chat/completions
+  wait_until 10 curl -fsS "http://127.0.0.1:$port/v1/models" || die "nginx did not start: $(cat "$dir/error.log")"
+  NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -1)
+  [[ -n $NGINX_WORKER ]] || die "nginx has no worker process"
+  log "nginx on 127.0.0.1:$port (master $NGINX_PID, worker $NGINX_WORKER)"
+}
+
+start_sidecar() {
+  local port admin
+  port=$(free_port)
+  admin=$(free_port)
+  [[ $port != "$admin" ]] || admin=$(free_port)
+  # The key comes from the environment: the key file named here does not exist.
+  HOLYSHEEP_API_KEY=bench-key RUST_LOG=$SIDECAR_LOG "${SERVER[@]}" \
+    "$ROOT/target/release/holysheep-sidecar" \
+    --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+    --upstream "http://$UPSTREAM/v1" --api-key-file "$OUT/no-such-key-file" \
+    >"$OUT/sidecar.log" 2>&1 &
+  SIDECAR_PID=$!
+  PIDS+=("$SIDECAR_PID")
+  SIDECAR_URL=http://127.0.0.1:$port/v1/chat/completions
+  SIDECAR_ADMIN=http://127.0.0.1:$admin
+  wait_until 10 curl -fsS "$SIDECAR_ADMIN/readyz" || die "sidecar not ready: $(tail -5 "$OUT/sidecar.log")"
+  log "sidecar on 127.0.0.1:$port, admin $admin (pid $SIDECAR_PID)"
+}
+
+# ---------------------------------------------------------------- measurements
+url_of() {
+  case $1 in
+    direct) echo "http://$UPSTREAM/v1/chat/completions" ;;
+    nginx) echo "$NGINX_URL" ;;
+    sidecar) echo "$SIDECAR_URL" ;;
+  esac
+}
+
+proxy_pids() {
+  case $1 in
+    direct) ;;
+    nginx) echo "$NGINX_PID $NGINX_WORKER" ;;
+    sidecar) echo "$SIDECAR_PID" ;;
+  esac
+}
+
+oha_run() { # oha_run URL OUTFILE oha-args...
+  local url=$1 out=$2
+  shift 2
+  "${CLIENT[@]}" oha --no-tui --output-format json -m POST -T application/json \
+    -H "Authorization: Bearer client-placeholder" -d "$BODY" "$@" "$url" >"$out"
+}
+
+measure_target() { # measure_target TARGET REP
+  local target=$1 rep=$2 url before after up_before up_after
+  local -a pids
+  url=$(url_of "$target")
+  read -r -a pids <<<"$(proxy_pids "$target")"
+  oha_run "$url" /dev/null -z "${WARMUP}s" -c 16
+  for c in 16 64; do
+    before=$(cpu_ticks "${pids[@]}")
+    up_before=$(cpu_ticks "$UPSTREAM_PID")
+    oha_run "$url" "$OUT/oha/$target-c$c-r$rep.json" -z "${DURATION}s" -c "$c"
+    after=$(cpu_ticks "${pids[@]}")
+    up_after=$(cpu_ticks "$UPSTREAM_PID")
+    echo "$target c$c $rep $((after - before)) $((up_after - up_before))" >>"$OUT/cpu.tsv"
+  done
+  if ((${#pids[@]})); then
+    echo "$target load $rep $(mem_kib "${pids[@]}")" >>"$OUT/rss.tsv"
+  fi
+  oha_run "$url" "$OUT/oha/$target-q50-r$rep.json" -z "${RATE_DURATION}s" -q 50 -c 4
+  "${CLIENT[@]}" "$ROOT/target/release/ttfb-probe" --url "$url" \
+    --requests "$TTFB_REQUESTS" --warmup 20 >"$OUT/ttfb/$target-r$rep.json"
+  log "$target rep $rep: $(jq -r '.summary.requestsPerSec|floor' "$OUT/oha/$target-c16-r$rep.json") req/s at 16 conn., TTFB p50 $(jq -r '.ttfb_p50_us|floor' "$OUT/ttfb/$target-r$rep.json") µs"
+}
+
+# ---------------------------------------------------------------- main
+main() {
+  ensure_tools
+  command -v jq >/dev/null || { apt-get update -qq && apt-get install -y -qq jq >/dev/null; }
+  mkdir -p "$OUT/oha" "$OUT/ttfb"
+  : >"$OUT/cpu.tsv"
+  : >"$OUT/rss.tsv"
+  local packages=(-p holysheep-bench)
+  [[ " $TARGETS " == *" sidecar "* ]] && packages+=(-p holysheep-sidecar)
+  log "building ${packages[*]} (release)"
+  cargo build --release --quiet "${packages[@]}"
+
+  start_upstream
+  [[ " $TARGETS " == *" nginx "* ]] && start_nginx
+  [[ " $TARGETS " == *" sidecar "* ]] && start_sidecar
+
+  # Idle memory: right after start-up and readiness, before any proxied request.
+  [[ -n ${NGINX_PID:-} ]] && echo "nginx idle 1 $(mem_kib "$NGINX_PID" "$NGINX_WORKER")" >>"$OUT/rss.tsv"
+  [[ -n ${SIDECAR_PID:-} ]] && echo "sidecar idle 1 $(mem_kib "$SIDECAR_PID")" >>"$OUT/rss.tsv"
+
+  local metrics=off
+  if [[ -n ${SIDECAR_ADMIN:-} ]] && curl -fsS "$SIDECAR_ADMIN/metrics" 2>/dev/null | grep -q '^holysheep_'; then
+    metrics=on
+  fi
+
+  cat >"$OUT/meta.env" <<EOF
+run_id=$RUN_ID
+date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+nproc=$(nproc)
+cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+kernel=$(uname -r)
+clk_tck=$(getconf CLK_TCK)
+oha=$(oha --version)
+nginx=$(nginx -v 2>&1 | sed 's/^nginx version: //')
+rustc=$(rustc --version)
+duration_s=$DURATION
+rate_duration_s=$RATE_DURATION
+reps=$REPS
+pinning=$PINNING
+sidecar_log=$SIDECAR_LOG
+sidecar_metrics=$metrics
+EOF
+
+  for rep in $(seq 1 "$REPS"); do
+    for target in $TARGETS; do
+      measure_target "$target" "$rep"
+    done
+  done
+
+  "$ROOT/target/release/bench-report" --dir "$OUT" | tee "$OUT/report.md"
+  log "raw results and report.md in $OUT"
+}
+
+main "$@"
