@@ -1,1 +1,285 @@
-//! (to be written)
+//! The sidecar's own errors and their OpenAI-shaped responses.
+//!
+//! What it does: [`ProxyError`] names what failed; [`ProxyError::status_and_kind`] is the
+//! ONE table (an exhaustive match, no wildcard arm) from error to HTTP status and OpenAI
+//! `type`/`code`; [`ProxyError::into_response`] renders
+//! `{"error":{"message","type","param","code"}}` so SDKs raise their usual exceptions.
+//!
+//! What it does not do: log. Errors are logged once, at the edge (`proxy::handle`).
+//! Upstream error responses are never turned into a `ProxyError`: they pass through as is.
+//! Messages never carry the API key or request bodies.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+
+/// A boxed error, as carried by bodies and the upstream client.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every response the proxy returns (upstream stream or own error).
+pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Errors answered by the sidecar itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No API key is loaded (file absent and `HOLYSHEEP_API_KEY` unset, or empty).
+    #[error(
+        "the holysheep sidecar has no API key: mount the Secret at the --api-key-file path \
+         or set HOLYSHEEP_API_KEY"
+    )]
+    NoKey,
+    /// The path is not under `/v1/`.
+    #[error("no route for {path}: the holysheep sidecar forwards /v1/... only")]
+    NotFound {
+        /// The requested path (no query: it may carry data).
+        path: String,
+    },
+    /// The request body is over `limits.max_body_bytes`.
+    #[error("request body is larger than {limit} bytes (limits.max_body_bytes)")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The request could not be read or turned into an upstream request.
+    #[error("bad request: {reason}")]
+    BadRequest {
+        /// What was wrong.
+        reason: String,
+    },
+    /// No connection to the upstream could be made (refused, DNS, TLS, connect timeout).
+    #[error("upstream unreachable: {source}")]
+    UpstreamUnreachable {
+        /// The connect error.
+        #[source]
+        source: BoxError,
+    },
+    /// The connection was made but the exchange failed before response headers.
+    #[error("upstream request failed: {source}")]
+    UpstreamFailed {
+        /// The client error.
+        #[source]
+        source: BoxError,
+    },
+    /// One attempt got no response headers within `retry.attempt_timeout`.
+    #[error("upstream did not answer within {after:?} (retry.attempt_timeout)")]
+    UpstreamTimeout {
+        /// The attempt timeout.
+        after: Duration,
+    },
+    /// All attempts and fallbacks together overran `retry.deadline`.
+    #[error("request did not complete within {after:?} (retry.deadline)")]
+    DeadlineExceeded {
+        /// The deadline.
+        after: Duration,
+    },
+    /// The local rate limit refused the request.
+    #[error("local rate limit reached ({limit}); retry after {retry_after:?}")]
+    RateLimited {
+        /// Which limit, e.g. `rate_limit.requests_per_minute`.
+        limit: &'static str,
+        /// When to try again (sent as `Retry-After`, in whole seconds, rounded up).
+        retry_after: Duration,
+    },
+    /// The retry budget is spent and the upstream kept failing before any response.
+    #[error("upstream kept failing and the retry budget is spent: {source}")]
+    RetriesExhausted {
+        /// The last attempt's error.
+        #[source]
+        source: Box<ProxyError>,
+    },
+    /// The sidecar is shutting down and refuses new work.
+    #[error("the holysheep sidecar is shutting down; retry")]
+    ShuttingDown,
+}
+
+/// OpenAI `type` values used in error bodies.
+const INVALID_REQUEST: &str = "invalid_request_error";
+const SERVER_ERROR: &str = "server_error";
+const RATE_LIMIT: &str = "rate_limit_error";
+
+impl ProxyError {
+    /// The one table: status, OpenAI `type` and `code` for each error.
+    pub fn status_and_kind(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Self::NoKey => (StatusCode::SERVICE_UNAVAILABLE, SERVER_ERROR, "no_api_key"),
+            Self::NotFound { .. } => (StatusCode::NOT_FOUND, INVALID_REQUEST, "unknown_url"),
+            Self::BodyTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                INVALID_REQUEST,
+                "request_too_large",
+            ),
+            Self::BadRequest { .. } => (StatusCode::BAD_REQUEST, INVALID_REQUEST, "bad_request"),
+            Self::UpstreamUnreachable { .. } => (
+                StatusCode::BAD_GATEWAY,
+                SERVER_ERROR,
+                "upstream_unreachable",
+            ),
+            Self::UpstreamFailed { .. } => {
+                (StatusCode::BAD_GATEWAY, SERVER_ERROR, "upstream_failed")
+            }
+            Self::UpstreamTimeout { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                SERVER_ERROR,
+                "upstream_timeout",
+            ),
+            Self::DeadlineExceeded { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                SERVER_ERROR,
+                "deadline_exceeded",
+            ),
+            Self::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                RATE_LIMIT,
+                "local_rate_limit_exceeded",
+            ),
+            // Same answer as the last attempt's failure, so clients see one meaning per status.
+            Self::RetriesExhausted { source } => source.status_and_kind(),
+            Self::ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                SERVER_ERROR,
+                "shutting_down",
+            ),
+        }
+    }
+
+    /// Whether the failure happened before the upstream saw the request (safe to retry
+    /// even for non-idempotent methods).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::UpstreamUnreachable { .. })
+    }
+
+    /// Renders the OpenAI-shaped JSON error response.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let (status, kind, code) = self.status_and_kind();
+        let body = serde_json::json!({
+            "error": {
+                "message": self.to_string(),
+                "type": kind,
+                "param": null,
+                "code": code,
+            }
+        });
+        let mut resp = Response::new(
+            Full::new(Bytes::from(body.to_string()))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Self::RateLimited { retry_after, .. } = &self {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_json(resp: Response<ResponseBody>) -> serde_json::Value {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_error_is_openai_shaped_with_its_status() {
+        let io = || -> BoxError { "refused".into() };
+        let cases = [
+            (ProxyError::NoKey, 503, "no_api_key"),
+            (
+                ProxyError::NotFound { path: "/x".into() },
+                404,
+                "unknown_url",
+            ),
+            (
+                ProxyError::BodyTooLarge { limit: 10 },
+                413,
+                "request_too_large",
+            ),
+            (
+                ProxyError::BadRequest { reason: "x".into() },
+                400,
+                "bad_request",
+            ),
+            (
+                ProxyError::UpstreamUnreachable { source: io() },
+                502,
+                "upstream_unreachable",
+            ),
+            (
+                ProxyError::UpstreamFailed { source: io() },
+                502,
+                "upstream_failed",
+            ),
+            (
+                ProxyError::UpstreamTimeout {
+                    after: Duration::from_secs(1),
+                },
+                504,
+                "upstream_timeout",
+            ),
+            (
+                ProxyError::DeadlineExceeded {
+                    after: Duration::from_secs(1),
+                },
+                504,
+                "deadline_exceeded",
+            ),
+            (
+                ProxyError::RateLimited {
+                    limit: "x",
+                    retry_after: Duration::from_millis(1500),
+                },
+                429,
+                "local_rate_limit_exceeded",
+            ),
+            (ProxyError::ShuttingDown, 503, "shutting_down"),
+        ];
+        for (err, status, code) in cases {
+            let resp = err.into_response();
+            assert_eq!(resp.status().as_u16(), status, "{code}");
+            assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+            let v = body_json(resp).await;
+            assert_eq!(v["error"]["code"], code);
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty())
+            );
+            assert!(v["error"]["type"].is_string());
+        }
+    }
+
+    #[test]
+    fn retry_after_is_rounded_up_to_whole_seconds() {
+        let err = ProxyError::RateLimited {
+            limit: "x",
+            retry_after: Duration::from_millis(1500),
+        };
+        assert_eq!(err.into_response().headers()[header::RETRY_AFTER], "2");
+        let err = ProxyError::RateLimited {
+            limit: "x",
+            retry_after: Duration::ZERO,
+        };
+        assert_eq!(err.into_response().headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn exhausted_retries_answer_like_the_last_failure() {
+        let last = ProxyError::UpstreamTimeout {
+            after: Duration::from_secs(1),
+        };
+        let err = ProxyError::RetriesExhausted {
+            source: Box::new(last),
+        };
+        assert_eq!(err.status_and_kind().0, StatusCode::GATEWAY_TIMEOUT);
+    }
+}

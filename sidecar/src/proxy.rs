@@ -1,1 +1,338 @@
-//! (to be written)
+//! The forwarding pipeline for one request, as named steps.
+//!
+//! `handle` = route -> require key -> bound body -> remap model -> set key -> send ->
+//! stream back. Each step is a small function below, read top to bottom.
+//!
+//! What it does not do: retry or fall back (the `send` step is the seam where `retry`
+//! wraps [`upstream::send_once`]), count tokens (the `stream_back` step is the seam for
+//! the usage tap), or buffer responses: upstream bodies stream back frame by frame, and
+//! dropping the client connection drops the upstream request.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+
+use crate::config::Config;
+use crate::error::{BoxError, ProxyError, ResponseBody};
+use crate::keys::{ApiKey, KeyStore};
+use crate::models::{self, ModelField};
+use crate::upstream::{self, Upstream, UpstreamBody};
+
+/// Everything a request needs, shared by all connections.
+#[derive(Debug)]
+pub struct AppState {
+    /// The live config; swapped whole when the `--config` file changes.
+    pub config: Arc<ArcSwap<Config>>,
+    /// The live API key.
+    pub keys: Arc<KeyStore>,
+    /// The upstream client.
+    pub upstream: Upstream,
+}
+
+/// The client path prefix that is forwarded.
+const ROUTE_PREFIX: &str = "/v1";
+
+/// Handles one proxied request; never fails: errors become OpenAI-shaped responses.
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ResponseBody> {
+    match forward(&state, req).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            // The one place a failed request is logged (no key, no body, no query).
+            let (status, _, code) = err.status_and_kind();
+            tracing::warn!(status = status.as_u16(), code, error = %err, "request failed");
+            err.into_response()
+        }
+    }
+}
+
+async fn forward(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let config = state.config.load_full();
+    let (parts, body) = req.into_parts();
+    let uri = route(&state.upstream, &parts.uri)?;
+    let key = state.keys.current().ok_or(ProxyError::NoKey)?;
+    let body = bound_body(&parts.headers, body, config.limits.max_body_bytes).await?;
+    let (body, model) = remap_model(body, &config);
+    let outgoing = Outgoing {
+        method: parts.method,
+        uri,
+        headers: set_key(parts.headers, &key, &body),
+        body,
+    };
+    let resp = send(state, &config, outgoing, model.as_ref()).await?;
+    Ok(stream_back(resp))
+}
+
+/// A request ready to go upstream (key set, model remapped).
+#[derive(Debug)]
+pub struct Outgoing {
+    /// Client method, unchanged.
+    pub method: Method,
+    /// Upstream URI: base + rest of the path + client query.
+    pub uri: Uri,
+    /// Client headers minus hop-by-hop, Host and key headers, plus our Authorization.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: OutBody,
+}
+
+/// A request body: buffered JSON (replayable for retries) or a size-bounded stream.
+#[derive(Debug)]
+pub enum OutBody {
+    /// A JSON body read whole (up to `limits.max_body_bytes`), model remapped.
+    Buffered(Bytes),
+    /// Any other body, streamed with the size limit enforced as it flows.
+    Streamed(Limited<Incoming>),
+}
+
+impl Outgoing {
+    /// A copy of the request for another attempt; `None` when the body is streamed
+    /// (already consumed by the first attempt, so it cannot be replayed).
+    pub fn try_clone_request(&self) -> Option<Request<UpstreamBody>> {
+        match &self.body {
+            OutBody::Buffered(bytes) => {
+                Some(self.request_with(Either::Left(Full::new(bytes.clone()))))
+            }
+            OutBody::Streamed(_) => None,
+        }
+    }
+
+    /// The request itself (consumes the body).
+    pub fn into_request(self) -> Request<UpstreamBody> {
+        let body = match self.body {
+            OutBody::Buffered(bytes) => Either::Left(Full::new(bytes)),
+            OutBody::Streamed(stream) => Either::Right(stream),
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.headers_mut() = self.headers;
+        req
+    }
+
+    fn request_with(&self, body: UpstreamBody) -> Request<UpstreamBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// Step: only `/v1/...` is forwarded, onto `<upstream>/...` with the query kept.
+fn route(upstream: &Upstream, uri: &Uri) -> Result<Uri, ProxyError> {
+    let path = uri.path();
+    match path.strip_prefix(ROUTE_PREFIX) {
+        Some(rest) if rest.starts_with('/') => upstream.uri_for(rest, uri.query()),
+        _ => Err(ProxyError::NotFound {
+            path: path.to_owned(),
+        }),
+    }
+}
+
+/// Step: refuse an over-limit body up front (Content-Length), buffer JSON up to the
+/// limit, stream anything else through a limit that trips mid-stream.
+async fn bound_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: u64,
+) -> Result<OutBody, ProxyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    if !is_json(headers) {
+        return Ok(OutBody::Streamed(limited));
+    }
+    match limited.collect().await {
+        Ok(collected) => Ok(OutBody::Buffered(collected.to_bytes())),
+        Err(e) if e.is::<LengthLimitError>() => Err(ProxyError::BodyTooLarge { limit }),
+        Err(e) => Err(ProxyError::BadRequest {
+            reason: format!("failed to read the request body: {e}"),
+        }),
+    }
+}
+
+/// `application/json` or any `+json` media type.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case("+json")
+}
+
+/// Step: rewrite the JSON `model` through the alias table; returns the model sent.
+fn remap_model(body: OutBody, config: &Config) -> (OutBody, Option<ModelField>) {
+    match body {
+        OutBody::Buffered(bytes) => {
+            let remapped = models::remap(bytes, &config.aliases);
+            if let (Some(from), Some(to)) = (&remapped.requested, &remapped.sent) {
+                if *from != to.name {
+                    tracing::debug!(requested = %from, sent = %to.name, "model alias applied");
+                }
+            }
+            (OutBody::Buffered(remapped.body), remapped.sent)
+        }
+        streamed @ OutBody::Streamed(_) => (streamed, None),
+    }
+}
+
+/// Client key headers, all removed and replaced by ours.
+const KEY_HEADERS: [&str; 2] = ["api-key", "x-api-key"];
+
+/// Step: drop hop-by-hop headers, Host and every client key header; add our key.
+fn set_key(mut headers: HeaderMap, key: &ApiKey, body: &OutBody) -> HeaderMap {
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(header::EXPECT);
+    for name in KEY_HEADERS {
+        headers.remove(name);
+    }
+    if let OutBody::Buffered(_) = body {
+        // The remapped body may differ in length; hyper sets it from the exact body.
+        headers.remove(header::CONTENT_LENGTH);
+        // JSON answers are read by the usage tap, so ask for them uncompressed.
+        headers.remove(header::ACCEPT_ENCODING);
+    }
+    headers.insert(header::AUTHORIZATION, key.authorization());
+    headers
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(conn) = headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let named: Vec<HeaderName> = conn
+            .split(',')
+            .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Step: send upstream. The seam where `retry` adds attempts, backoff and fallbacks
+/// (buffered bodies replay through [`Outgoing::try_clone_request`]; `model` is what
+/// fallbacks rewrite with [`models::set_model`]).
+async fn send(
+    state: &AppState,
+    config: &Config,
+    outgoing: Outgoing,
+    _model: Option<&ModelField>,
+) -> Result<Response<Incoming>, ProxyError> {
+    upstream::send_once(
+        &state.upstream,
+        outgoing.into_request(),
+        config.retry.attempt_timeout,
+        config.limits.max_body_bytes,
+    )
+    .await
+}
+
+/// Step: stream the upstream response back unchanged but for hop-by-hop headers.
+/// The seam where the usage tap wraps the body (it must forward frames unchanged).
+fn stream_back(resp: Response<Incoming>) -> Response<ResponseBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // The client connection has its own version; hyper frames the body for it.
+    parts.version = Version::HTTP_11;
+    let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+    Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_media_types() {
+        let mut h = HeaderMap::new();
+        assert!(!is_json(&h));
+        for (ct, want) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("application/vnd.api+json", true),
+            ("multipart/form-data; boundary=x", false),
+            ("application/octet-stream", false),
+            ("json", false),
+        ] {
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            assert_eq!(is_json(&h), want, "{ct}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, x-secret-hop".parse().unwrap(),
+        );
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert("openai-organization", "org".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("openai-organization"));
+    }
+
+    #[test]
+    fn key_headers_are_replaced() {
+        let key = ApiKey::new("sk-real").unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            "Bearer injected-by-holysheep".parse().unwrap(),
+        );
+        h.insert("api-key", "a".parse().unwrap());
+        h.insert("x-api-key", "b".parse().unwrap());
+        h.insert(header::HOST, "127.0.0.1:8080".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "10".parse().unwrap());
+        h.insert("x-custom", "kept".parse().unwrap());
+        let out = set_key(h, &key, &OutBody::Buffered(Bytes::new()));
+        assert_eq!(out.get_all(header::AUTHORIZATION).iter().count(), 1);
+        assert_eq!(out[header::AUTHORIZATION], "Bearer sk-real");
+        assert!(out[header::AUTHORIZATION].is_sensitive());
+        for gone in ["api-key", "x-api-key", "host", "content-length"] {
+            assert!(!out.contains_key(gone), "{gone}");
+        }
+        assert_eq!(out["x-custom"], "kept");
+    }
+}

@@ -1,1 +1,290 @@
-//! (to be written)
+//! The two listeners, the app wiring and graceful shutdown.
+//!
+//! What it does: [`build`] turns [`Settings`] into an [`App`] (config, key store, upstream
+//! client, metrics registry); [`serve`] runs the loopback proxy listener (raw hyper, HTTP/1
+//! and HTTP/2, every request to `proxy::handle`) and the admin listener (`/healthz`,
+//! `/readyz` = a key is loaded and not draining, `/metrics`) until `shutdown` resolves;
+//! then it stops accepting, lets in-flight requests and streams finish for up to
+//! `Settings::shutdown_grace`, and returns. [`run`] is both, for `main` and tests.
+//!
+//! What it does not do: parse flags or install signal handlers (`main` does), or log
+//! per request (`proxy::handle` logs failures once).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Args, Config, ConfigError, UpstreamBase};
+use crate::keys::{KeySource, KeyStore, RECHECK_INTERVAL};
+use crate::proxy::{self, AppState};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// How long in-flight requests and streams may run after SIGTERM. Kubernetes waits 30s
+/// (terminationGracePeriodSeconds) before SIGKILL; 25s leaves room to exit cleanly.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+
+/// Everything needed to start the sidecar, already parsed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Upstream base URL.
+    pub upstream: UpstreamBase,
+    /// Key file and env fallback.
+    pub key_source: KeySource,
+    /// The validated config (file over defaults).
+    pub config: Config,
+    /// The `--config` file, watched for reloads when set.
+    pub config_path: Option<PathBuf>,
+    /// Drain time after shutdown is requested.
+    pub shutdown_grace: Duration,
+    /// Key file re-check interval (safety net under the directory watch).
+    pub key_recheck: Duration,
+}
+
+impl Settings {
+    /// From parsed flags: loads the `--config` file (if any) and reads `HOLYSHEEP_API_KEY`.
+    pub fn from_args(args: &Args) -> Result<Self, RunError> {
+        let config = match &args.config {
+            Some(path) => config::load_file(path)?,
+            None => Config::default(),
+        };
+        Ok(Self {
+            upstream: args.upstream.clone(),
+            key_source: KeySource::from_env(args.api_key_file.clone()),
+            config,
+            config_path: args.config.clone(),
+            shutdown_grace: SHUTDOWN_GRACE,
+            key_recheck: RECHECK_INTERVAL,
+        })
+    }
+}
+
+/// Why the sidecar could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The `--config` file is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The upstream client could not be built.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// A listener could not be bound.
+    #[error("failed to bind {what} listener {addr}: {source}")]
+    Bind {
+        /// `proxy` or `admin`.
+        what: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The admin server failed.
+    #[error("admin server failed: {0}")]
+    Admin(#[source] std::io::Error),
+}
+
+/// The wired application: proxy state plus what the admin listener serves.
+pub struct App {
+    /// Shared per-request state.
+    pub state: Arc<AppState>,
+    /// Metrics registry, encoded on `/metrics`. Register metrics before [`serve`].
+    pub registry: Registry,
+    /// The `--config` file, for the reload watcher.
+    pub config_path: Option<PathBuf>,
+    shutdown_grace: Duration,
+    key_recheck: Duration,
+}
+
+/// Builds the app: first key load, upstream client, empty registry.
+pub fn build(settings: Settings) -> Result<App, RunError> {
+    let upstream = Upstream::new(settings.upstream, &settings.config.limits)?;
+    let state = AppState {
+        config: Arc::new(ArcSwap::from_pointee(settings.config)),
+        keys: KeyStore::load(settings.key_source),
+        upstream,
+    };
+    Ok(App {
+        state: Arc::new(state),
+        registry: Registry::default(),
+        config_path: settings.config_path,
+        shutdown_grace: settings.shutdown_grace,
+        key_recheck: settings.key_recheck,
+    })
+}
+
+/// Binds both listeners from the flags' addresses.
+pub async fn bind(args: &Args) -> Result<(TcpListener, TcpListener), RunError> {
+    let proxy = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            what: "proxy",
+            addr: args.listen,
+            source,
+        })?;
+    let admin = TcpListener::bind(args.admin_listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            what: "admin",
+            addr: args.admin_listen,
+            source,
+        })?;
+    Ok((proxy, admin))
+}
+
+/// [`build`] then [`serve`].
+pub async fn run(
+    settings: Settings,
+    proxy: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    serve(build(settings)?, proxy, admin, shutdown).await
+}
+
+#[derive(Clone)]
+struct AdminState {
+    keys: Arc<KeyStore>,
+    registry: Arc<Registry>,
+    draining: Arc<AtomicBool>,
+}
+
+/// Serves both listeners until `shutdown` resolves, then drains (see module doc).
+pub async fn serve(
+    app: App,
+    proxy: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let stop = CancellationToken::new();
+    let key_watcher = app.state.keys.spawn_watcher(app.key_recheck);
+    let admin_state = AdminState {
+        keys: Arc::clone(&app.state.keys),
+        registry: Arc::new(app.registry),
+        draining: Arc::new(AtomicBool::new(false)),
+    };
+    let draining = Arc::clone(&admin_state.draining);
+    tracing::info!(
+        proxy = ?proxy.local_addr().ok(),
+        admin = ?admin.local_addr().ok(),
+        upstream = %app.state.upstream.base().authority,
+        "holysheep-sidecar listening"
+    );
+    let admin_stop = stop.clone();
+    let admin_task = tokio::spawn(async move {
+        axum::serve(admin, admin_router(admin_state))
+            .with_graceful_shutdown(admin_stop.cancelled_owned())
+            .await
+    });
+
+    serve_proxy(proxy, app.state, shutdown, &draining, app.shutdown_grace).await;
+
+    stop.cancel();
+    key_watcher.abort();
+    match admin_task.await {
+        Ok(result) => result.map_err(RunError::Admin),
+        // The admin task only ends by returning; a join error means it panicked.
+        Err(e) => Err(RunError::Admin(std::io::Error::other(e))),
+    }
+}
+
+/// Accepts proxy connections until `shutdown`, then drains them up to `grace`.
+async fn serve_proxy(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+    draining: &AtomicBool,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // E.g. out of file descriptors: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Small request/response writes: don't wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        let service = hyper::service::service_fn(move |req| {
+            let state = Arc::clone(&state);
+            async move { Ok::<_, Infallible>(proxy::handle(state, req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    draining.store(true, Ordering::Release);
+    tracing::info!(grace = ?grace, "shutting down: draining in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("drained"),
+        () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+}
+
+fn admin_router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
+    if s.draining.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if s.keys.is_loaded() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no API key loaded\n")
+    }
+}
+
+async fn metrics(State(s): State<AdminState>) -> axum::response::Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &s.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "failed to encode metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}

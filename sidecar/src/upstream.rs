@@ -1,1 +1,160 @@
-//! (to be written)
+//! The upstream HTTP client and one attempt against it.
+//!
+//! What it does: builds the pooled hyper-util client (keep-alive, rustls with the `ring`
+//! provider and webpki roots, HTTP/2 via ALPN when offered, plain http too, connect
+//! timeout from `limits.connect_timeout`), maps a relative `/v1/<rest>` target onto the
+//! upstream base URL, and sends ONE attempt ([`send_once`]) bounded by the attempt
+//! timeout, turning client failures into [`ProxyError`]s.
+//!
+//! What it does not do: retries, fallbacks or backoff (`retry` wraps `send_once`), or
+//! touch bodies. The connect timeout is read when the client is built (at start).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri};
+use http_body_util::{Either, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::{Limits, UpstreamBase};
+use crate::error::{BoxError, ProxyError};
+
+/// How long an idle pooled upstream connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A request body going upstream: buffered (JSON, replayable) or streamed (size-bounded).
+pub type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
+
+/// Why the upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// rustls refused the protocol versions (should not happen with `ring`).
+    #[error("failed to build the TLS client config: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// The upstream: its base URL and the pooled client.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    base: Arc<UpstreamBase>,
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+}
+
+impl Upstream {
+    /// Builds the client for `base` with the connect timeout of `limits`.
+    pub fn new(base: UpstreamBase, limits: &Limits) -> Result<Self, UpstreamError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(limits.connect_timeout));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(provider)?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(https);
+        Ok(Self {
+            base: Arc::new(base),
+            client,
+        })
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &UpstreamBase {
+        &self.base
+    }
+
+    /// `<upstream>/<rest>?<query>` for a client path `/v1/<rest>`; `rest` starts with `/`.
+    pub fn uri_for(&self, rest: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+        let prefix = &self.base.path_prefix;
+        let mut pq =
+            String::with_capacity(prefix.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+        pq.push_str(prefix);
+        pq.push_str(rest);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        let path_and_query = PathAndQuery::try_from(pq).map_err(|e| ProxyError::BadRequest {
+            reason: format!("invalid path: {e}"),
+        })?;
+        Uri::builder()
+            .scheme(self.base.scheme.clone())
+            .authority(self.base.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| ProxyError::BadRequest {
+                reason: format!("invalid path: {e}"),
+            })
+    }
+}
+
+/// One attempt: sends `req` and waits for the response headers up to `attempt_timeout`.
+/// The response body is not read here: it streams back to the client.
+pub async fn send_once(
+    upstream: &Upstream,
+    req: Request<UpstreamBody>,
+    attempt_timeout: Duration,
+    body_limit: u64,
+) -> Result<Response<Incoming>, ProxyError> {
+    match tokio::time::timeout(attempt_timeout, upstream.client.request(req)).await {
+        Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
+            after: attempt_timeout,
+        }),
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => Err(classify(e, body_limit)),
+    }
+}
+
+/// Maps a client error: the streamed body went over the limit (413), no connection
+/// (502 unreachable), or the exchange broke (502).
+fn classify(e: hyper_util::client::legacy::Error, body_limit: u64) -> ProxyError {
+    if source_chain(&e).any(|s| s.is::<LengthLimitError>()) {
+        return ProxyError::BodyTooLarge { limit: body_limit };
+    }
+    if e.is_connect() {
+        ProxyError::UpstreamUnreachable {
+            source: Box::new(e),
+        }
+    } else {
+        ProxyError::UpstreamFailed {
+            source: Box::new(e) as BoxError,
+        }
+    }
+}
+
+fn source_chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(base: &str) -> Upstream {
+        Upstream::new(base.parse().unwrap(), &Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn rest_and_query_map_onto_the_base() {
+        let up = upstream("https://api.holysheep.ai/v1");
+        let uri = up.uri_for("/chat/completions", None).unwrap();
+        assert_eq!(uri, "https://api.holysheep.ai/v1/chat/completions");
+        let uri = up.uri_for("/models", Some("a=1&b=%20")).unwrap();
+        assert_eq!(uri, "https://api.holysheep.ai/v1/models?a=1&b=%20");
+        let up = upstream("http://127.0.0.1:9/");
+        assert_eq!(up.uri_for("/x", None).unwrap(), "http://127.0.0.1:9/x");
+    }
+}
