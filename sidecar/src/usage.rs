@@ -1,1 +1,225 @@
-//! (to be written)
+//! Token usage and cost of upstream responses, read on the side of the response stream.
+//!
+//! - [`parse_usage`]: the `usage` of one JSON document in every OpenAI shape (chat and
+//!   completions, embeddings, the responses API and its `response.completed` event).
+//! - [`UsageBody`]: an `http_body::Body` wrapper that forwards every frame first and
+//!   inspects it after, for SSE streams (incremental, event by event) and JSON bodies
+//!   (bounded), and reports once at the end (or when dropped).
+//! - [`request::prepare_stream_usage`]: the request-side half of stream usage injection.
+//! - [`cost_usd`]: tokens times the configured price.
+//!
+//! This module does not record metrics or log: the report callback does that.
+
+mod body;
+mod json;
+pub mod request;
+mod scan;
+mod sse;
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use crate::config::Price;
+
+pub use body::{ReportFn, UsageBody};
+pub use request::{StreamUsage, prepare_stream_usage};
+
+/// Token counts of one response.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt / input tokens.
+    pub input_tokens: u64,
+    /// Completion / output tokens (0 for embeddings).
+    pub output_tokens: u64,
+}
+
+/// What one JSON document (a body or an SSE event) said about usage.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Parsed {
+    /// The usage, if the document carried a non-null one.
+    pub usage: Option<Usage>,
+    /// The `model` the document named, if any.
+    pub model: Option<String>,
+    /// The document is a chat/completions chunk with `choices: []` and a usage: the extra
+    /// chunk an upstream sends for `stream_options.include_usage`.
+    pub usage_only_chunk: bool,
+}
+
+#[derive(Deserialize)]
+struct RawUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+}
+
+impl RawUsage {
+    fn into_usage(self) -> Usage {
+        let input = self.prompt_tokens.or(self.input_tokens).unwrap_or(0);
+        let output = self
+            .completion_tokens
+            .or(self.output_tokens)
+            // Embeddings report only prompt and total tokens.
+            .or_else(|| self.total_tokens.map(|t| t.saturating_sub(input)))
+            .unwrap_or(0);
+        Usage {
+            input_tokens: input,
+            output_tokens: output,
+        }
+    }
+}
+
+/// The responses API nests its result under `response` in stream events.
+#[derive(Deserialize)]
+struct Nested<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    usage: Option<RawUsage>,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    usage: Option<RawUsage>,
+    #[serde(borrow)]
+    response: Option<Nested<'a>>,
+    choices: Option<Vec<IgnoredAny>>,
+}
+
+/// Parses the usage out of one JSON document; `Err` when it is not a JSON object.
+pub fn parse_usage(json: &[u8]) -> Result<Parsed, serde_json::Error> {
+    let env: Envelope<'_> = serde_json::from_slice(json)?;
+    let (nested_model, nested_usage) = match env.response {
+        Some(n) => (n.model, n.usage),
+        None => (None, None),
+    };
+    let has_top_usage = env.usage.is_some();
+    let usage = env.usage.or(nested_usage).map(RawUsage::into_usage);
+    Ok(Parsed {
+        usage,
+        model: env.model.or(nested_model).map(Cow::into_owned),
+        usage_only_chunk: has_top_usage && env.choices.is_some_and(|c| c.is_empty()),
+    })
+}
+
+/// Parses a bare usage object, e.g. cut from the tail of a large body.
+fn parse_usage_object(json: &[u8]) -> Result<Usage, serde_json::Error> {
+    serde_json::from_slice::<RawUsage>(json).map(RawUsage::into_usage)
+}
+
+/// Cost in USD of `usage` at `price` (USD per 1M tokens).
+pub fn cost_usd(usage: &Usage, price: &Price) -> f64 {
+    // u64 -> f64 is exact below 2^53 tokens, far beyond any single response.
+    (usage.input_tokens as f64 * price.input + usage.output_tokens as f64 * price.output) / 1e6
+}
+
+/// How a response body is inspected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TapMode {
+    /// Not inspected (errors, compressed or non-JSON bodies); still timed.
+    Off,
+    /// A JSON body: accumulated up to a bound and parsed at the end.
+    Json,
+    /// An SSE stream forwarded frame by frame, unchanged.
+    Sse,
+    /// An SSE stream where the sidecar itself asked for usage: the usage-only chunk and
+    /// the `"usage":null` members it caused are removed from what the client gets.
+    SseStripInjected,
+}
+
+impl TapMode {
+    /// Picks the mode from the upstream response and what the request side did.
+    pub fn for_response(
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+        stream_usage: StreamUsage,
+    ) -> Self {
+        if !status.is_success() {
+            return Self::Off;
+        }
+        let encoded = headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if encoded {
+            // Compressed bytes cannot be inspected without decompressing: leave them.
+            return Self::Off;
+        }
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mime = content_type.split(';').next().unwrap_or("").trim();
+        if mime.eq_ignore_ascii_case("text/event-stream") {
+            if stream_usage == StreamUsage::Injected {
+                Self::SseStripInjected
+            } else {
+                Self::Sse
+            }
+        } else if mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json") {
+            Self::Json
+        } else {
+            Self::Off
+        }
+    }
+}
+
+/// How the response body ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The upstream finished the body.
+    Complete,
+    /// The upstream body failed mid-way.
+    Error,
+    /// The body was dropped before its end (client went away).
+    Dropped,
+}
+
+/// What [`UsageBody`] saw, handed once to its callback.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsageReport {
+    /// The inspection mode used.
+    pub mode: TapMode,
+    /// The last usage seen (streams may repeat a cumulative one), if any.
+    pub usage: Option<Usage>,
+    /// The `model` named next to that usage, if any.
+    pub response_model: Option<String>,
+    /// SSE events or JSON bodies forwarded untouched that did not parse.
+    pub unparsed: u64,
+    /// When the first body byte went to the client.
+    pub first_byte_at: Option<Instant>,
+    /// When the body ended or was dropped.
+    pub finished_at: Instant,
+    /// Body bytes handed to the client.
+    pub bytes_sent: u64,
+    /// How the body ended.
+    pub end: StreamEnd,
+}
+
+/// Accumulates what the inspectors saw.
+#[derive(Debug, Default)]
+struct Seen {
+    usage: Option<Usage>,
+    model: Option<String>,
+    unparsed: u64,
+}
+
+impl Seen {
+    fn absorb(&mut self, parsed: Parsed) {
+        if let Some(usage) = parsed.usage {
+            self.usage = Some(usage);
+            if parsed.model.is_some() {
+                self.model = parsed.model;
+            }
+        } else if self.model.is_none() {
+            self.model = parsed.model;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,222 @@
+//! Byte-level JSON helpers that avoid a full parse on the hot path: find a `usage`
+//! member and what it holds, cut a balanced object out of a tail window, and remove a
+//! top-level `"usage":null` member. They never allocate unless they rewrite.
+//!
+//! They rely on one JSON property: inside a string every `"` is escaped, so the raw bytes
+//! `"usage"` can only be a member name or a whole string value, never part of text.
+
+/// What the first non-trivial `"usage"` member of a JSON text holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UsageMember {
+    /// No `"usage":` member at all.
+    Absent,
+    /// Only `"usage": null` members.
+    Null,
+    /// At least one `"usage": {` member; worth a full parse.
+    Object,
+}
+
+const KEY: &[u8] = b"\"usage\"";
+
+fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
+    while i < bytes.len() && matches!(bytes[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    haystack
+        .get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| p + from)
+}
+
+/// Position of the value after `"usage"` `:` at `key_at`, if it is a member.
+fn member_value(bytes: &[u8], key_at: usize) -> Option<usize> {
+    let i = skip_ws(bytes, key_at + KEY.len());
+    if bytes.get(i) != Some(&b':') {
+        return None;
+    }
+    Some(skip_ws(bytes, i + 1))
+}
+
+/// Classifies the `usage` members of `json` without parsing it.
+pub(crate) fn usage_member(json: &[u8]) -> UsageMember {
+    let mut found = UsageMember::Absent;
+    let mut from = 0;
+    while let Some(at) = find(json, KEY, from) {
+        from = at + KEY.len();
+        match member_value(json, at).and_then(|v| json.get(v)) {
+            Some(b'{') => return UsageMember::Object,
+            Some(b'n') => found = UsageMember::Null,
+            _ => {}
+        }
+    }
+    found
+}
+
+/// Index one past the end of the JSON value (object, array or string) starting at
+/// `start`, tracking strings so braces inside text do not count.
+fn value_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, &b) in bytes.iter().enumerate().skip(start) {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The last `"usage": {...}` object in `window` (e.g. the tail of a large body), as the
+/// bytes of that object.
+pub(crate) fn last_usage_object(window: &[u8]) -> Option<&[u8]> {
+    let mut from = 0;
+    let mut last = None;
+    while let Some(at) = find(window, KEY, from) {
+        from = at + KEY.len();
+        if let Some(v) = member_value(window, at).filter(|&v| window.get(v) == Some(&b'{')) {
+            if let Some(end) = value_end(window, v) {
+                last = Some(&window[v..end]);
+            }
+        }
+    }
+    last
+}
+
+/// Removes a top-level `"usage": null` member from a JSON object text, as an upstream
+/// asked for `include_usage` adds it to every chunk. `None` when there is none (the
+/// usual case, checked without allocating).
+pub(crate) fn remove_top_level_null_usage(json: &[u8]) -> Option<Vec<u8>> {
+    let mut from = 0;
+    let at = loop {
+        let at = find(json, KEY, from)?;
+        from = at + KEY.len();
+        let Some(v) = member_value(json, at) else {
+            continue;
+        };
+        if json.get(v..v + 4) == Some(b"null") && depth_at(json, at) == Some(1) {
+            break (at, v + 4);
+        }
+    };
+    let (key_at, null_end) = at;
+    // Prefer removing the comma before the member; a first member takes the one after.
+    let before = json[..key_at]
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))?;
+    let (cut_start, cut_end) = if json[before] == b',' {
+        (before, null_end)
+    } else {
+        let after = skip_ws(json, null_end);
+        if json.get(after) == Some(&b',') {
+            (key_at, skip_ws(json, after + 1))
+        } else {
+            (key_at, null_end)
+        }
+    };
+    let mut out = Vec::with_capacity(json.len() - (cut_end - cut_start));
+    out.extend_from_slice(&json[..cut_start]);
+    out.extend_from_slice(&json[cut_end..]);
+    Some(out)
+}
+
+/// Object/array nesting depth at byte `pos` (outside strings), `None` if `pos` is inside
+/// a string.
+fn depth_at(bytes: &[u8], pos: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in &bytes[..pos] {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    (!in_string).then_some(depth)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_usage_members() {
+        assert_eq!(usage_member(br#"{"id":"x"}"#), UsageMember::Absent);
+        assert_eq!(usage_member(br#"{"usage":null}"#), UsageMember::Null);
+        assert_eq!(usage_member(br#"{"usage" : {"a":1}}"#), UsageMember::Object);
+        assert_eq!(
+            usage_member(br#"{"object":"usage","x":1}"#),
+            UsageMember::Absent
+        );
+        // Text that mentions usage is escaped inside a string and never matches.
+        let text = br#"{"content":"say \"usage\": {1}","usage":null}"#;
+        assert_eq!(usage_member(text), UsageMember::Null);
+    }
+
+    #[test]
+    fn cuts_the_last_usage_object_from_a_tail() {
+        let tail = br#".5,0.25]}],"model":"m","usage":{"prompt_tokens":8,"nested":{"a":"}"}}}"#;
+        assert_eq!(
+            last_usage_object(tail),
+            Some(&br#"{"prompt_tokens":8,"nested":{"a":"}"}}"#[..])
+        );
+        assert_eq!(last_usage_object(br#""usage":{"unterminated":1"#), None);
+    }
+
+    #[test]
+    fn removes_only_a_top_level_null_usage() {
+        let cases: [(&[u8], Option<&[u8]>); 6] = [
+            (br#"{"id":"a","usage":null}"#, Some(br#"{"id":"a"}"#)),
+            (br#"{"usage":null,"id":"a"}"#, Some(br#"{"id":"a"}"#)),
+            (br#"{"id":"a", "usage": null }"#, Some(br#"{"id":"a" }"#)),
+            (br#"{"id":"a","usage":{"prompt_tokens":1}}"#, None),
+            (br#"{"choices":[{"usage":null}]}"#, None),
+            (br#"{"content":"\"usage\":null"}"#, None),
+        ];
+        for (input, want) in cases {
+            let got = remove_top_level_null_usage(input);
+            assert_eq!(
+                got.as_deref(),
+                want,
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+}

@@ -1,0 +1,269 @@
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full, StreamBody};
+
+use super::*;
+
+#[test]
+fn parses_every_response_shape() {
+    type Case<'a> = (&'a str, &'a [u8], Option<Usage>, Option<&'a str>);
+    let cases: [Case<'_>; 6] = [
+        (
+            "chat completion",
+            br#"{"model":"gpt-4.1","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#,
+            Some(Usage { input_tokens: 12, output_tokens: 3 }),
+            Some("gpt-4.1"),
+        ),
+        (
+            "embeddings: prompt and total only",
+            br#"{"object":"list","data":[{"embedding":[0.1]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}"#,
+            Some(Usage { input_tokens: 8, output_tokens: 0 }),
+            Some("text-embedding-3-small"),
+        ),
+        (
+            "responses API",
+            br#"{"object":"response","model":"gpt-4.1","output":[],"usage":{"input_tokens":20,"output_tokens":9,"total_tokens":29}}"#,
+            Some(Usage { input_tokens: 20, output_tokens: 9 }),
+            Some("gpt-4.1"),
+        ),
+        (
+            "responses API completed event",
+            br#"{"type":"response.completed","response":{"model":"m2","usage":{"input_tokens":1,"output_tokens":2}}}"#,
+            Some(Usage { input_tokens: 1, output_tokens: 2 }),
+            Some("m2"),
+        ),
+        (
+            "chunk with null usage",
+            br#"{"model":"gpt-4.1","choices":[{"delta":{}}],"usage":null}"#,
+            None,
+            Some("gpt-4.1"),
+        ),
+        ("models list", br#"{"object":"list","data":[]}"#, None, None),
+    ];
+    for (name, json, usage, model) in cases {
+        let parsed = parse_usage(json).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(parsed.usage, usage, "{name}");
+        assert_eq!(parsed.model.as_deref(), model, "{name}");
+        assert!(!parsed.usage_only_chunk, "{name}");
+    }
+    let only = parse_usage(br#"{"choices":[],"usage":{"prompt_tokens":1}}"#).unwrap();
+    assert!(only.usage_only_chunk);
+    assert!(parse_usage(b"[1,2]").is_err());
+}
+
+#[test]
+fn cost_from_price_per_million() {
+    let usage = Usage {
+        input_tokens: 1_000_000,
+        output_tokens: 500_000,
+    };
+    let price = Price {
+        input: 8.0,
+        output: 2.5,
+    };
+    assert!((cost_usd(&usage, &price) - 9.25).abs() < 1e-9);
+}
+
+#[test]
+fn tap_mode_from_response() {
+    let headers = |ct: &str, enc: Option<&str>| {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_str(ct).unwrap(),
+        );
+        if let Some(enc) = enc {
+            h.insert(
+                http::header::CONTENT_ENCODING,
+                HeaderValue::from_str(enc).unwrap(),
+            );
+        }
+        h
+    };
+    let ok = StatusCode::OK;
+    let na = StreamUsage::NotApplicable;
+    let sse = headers("text/event-stream; charset=utf-8", None);
+    assert_eq!(TapMode::for_response(ok, &sse, na), TapMode::Sse);
+    assert_eq!(
+        TapMode::for_response(ok, &sse, StreamUsage::Injected),
+        TapMode::SseStripInjected
+    );
+    let json = headers("application/json", None);
+    assert_eq!(TapMode::for_response(ok, &json, na), TapMode::Json);
+    assert_eq!(
+        TapMode::for_response(StatusCode::TOO_MANY_REQUESTS, &json, na),
+        TapMode::Off
+    );
+    let gz = headers("application/json", Some("gzip"));
+    assert_eq!(TapMode::for_response(ok, &gz, na), TapMode::Off);
+    let audio = headers("audio/mpeg", None);
+    assert_eq!(TapMode::for_response(ok, &audio, na), TapMode::Off);
+}
+
+type Reports = Arc<Mutex<Vec<UsageReport>>>;
+
+fn collector() -> (Reports, ReportFn) {
+    let reports: Reports = Arc::default();
+    let sink = Arc::clone(&reports);
+    (reports, Box::new(move |r| sink.lock().unwrap().push(r)))
+}
+
+fn frames_body(
+    frames: Vec<Result<Bytes, std::io::Error>>,
+) -> impl Body<Data = Bytes, Error = std::io::Error> {
+    StreamBody::new(stream::iter(frames.into_iter().map(|f| f.map(Frame::data))))
+}
+
+const SSE_WITH_USAGE: &str = concat!(
+    "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\n",
+    "data: {\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n",
+    "data: [DONE]\n\n",
+);
+const SSE_WITHOUT_USAGE: &str = concat!(
+    "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+    "data: [DONE]\n\n",
+);
+
+#[tokio::test]
+async fn body_forwards_frames_unchanged_and_reports_once() {
+    let (reports, report) = collector();
+    let frames: Vec<Result<Bytes, std::io::Error>> = SSE_WITH_USAGE
+        .as_bytes()
+        .chunks(7)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let mut body = UsageBody::new(frames_body(frames), TapMode::Sse, report);
+    let mut got = Vec::new();
+    let mut sizes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let data = frame.unwrap().into_data().unwrap();
+        sizes.push(data.len());
+        got.extend_from_slice(&data);
+        assert!(
+            reports.lock().unwrap().is_empty(),
+            "no report before the end"
+        );
+    }
+    assert!(body.is_end_stream());
+    assert_eq!(got, SSE_WITH_USAGE.as_bytes());
+    assert!(
+        sizes.iter().all(|&s| s <= 7),
+        "frames are not merged or re-buffered"
+    );
+    drop(body);
+    let reports = reports.lock().unwrap();
+    assert_eq!(reports.len(), 1);
+    let r = &reports[0];
+    assert_eq!(r.end, StreamEnd::Complete);
+    assert_eq!(
+        r.usage,
+        Some(Usage {
+            input_tokens: 3,
+            output_tokens: 1
+        })
+    );
+    assert_eq!(r.response_model.as_deref(), Some("m"));
+    assert_eq!(r.bytes_sent, SSE_WITH_USAGE.len() as u64);
+    assert!(r.first_byte_at.is_some_and(|t| t <= r.finished_at));
+}
+
+#[tokio::test]
+async fn strip_mode_body_removes_what_the_sidecar_added() {
+    let (reports, report) = collector();
+    let frames = SSE_WITH_USAGE
+        .as_bytes()
+        .chunks(5)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let body = UsageBody::new(frames_body(frames), TapMode::SseStripInjected, report);
+    assert_eq!(body.size_hint().exact(), None);
+    let got = body.collect().await.unwrap().to_bytes();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        SSE_WITHOUT_USAGE,
+        "the client sees what it would have seen"
+    );
+    let reports = reports.lock().unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].usage.map(|u| u.input_tokens), Some(3));
+    assert_eq!(reports[0].bytes_sent, SSE_WITHOUT_USAGE.len() as u64);
+}
+
+#[tokio::test]
+async fn json_body_keeps_its_length_and_reports_usage() {
+    let (reports, report) = collector();
+    let json = r#"{"model":"e","data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+    let body = UsageBody::new(Full::new(Bytes::from(json)), TapMode::Json, report);
+    assert_eq!(body.size_hint().exact(), Some(json.len() as u64));
+    let got = body.collect().await.unwrap().to_bytes();
+    assert_eq!(got, json.as_bytes());
+    let reports = reports.lock().unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].usage.map(|u| u.input_tokens), Some(8));
+    assert_eq!(reports[0].end, StreamEnd::Complete);
+}
+
+#[tokio::test]
+async fn a_server_that_stops_at_content_length_still_gets_a_complete_report() {
+    let (reports, report) = collector();
+    let json = r#"{"usage":{"prompt_tokens":2,"completion_tokens":2}}"#;
+    let mut body = UsageBody::new(Full::new(Bytes::from(json)), TapMode::Json, report);
+    // Read exactly the announced bytes, then drop without polling for the end.
+    let frame = body.frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap().len(), json.len());
+    drop(body);
+    let reports = reports.lock().unwrap();
+    assert_eq!(reports[0].end, StreamEnd::Complete);
+    assert_eq!(reports[0].usage.map(|u| u.output_tokens), Some(2));
+}
+
+#[tokio::test]
+async fn dropped_and_failed_bodies_report_what_they_saw() {
+    let (reports, report) = collector();
+    let frames = vec![
+        Ok(Bytes::from_static(
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":0}}\n\n",
+        )),
+        Ok(Bytes::from_static(b"data: {\"choices\":[{}]}\n\n")),
+    ];
+    let mut body = UsageBody::new(frames_body(frames), TapMode::Sse, report);
+    let _ = body.frame().await.unwrap().unwrap();
+    drop(body);
+    {
+        let reports = reports.lock().unwrap();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].end, StreamEnd::Dropped);
+        assert_eq!(reports[0].usage.map(|u| u.input_tokens), Some(5));
+    }
+
+    let (reports, report) = collector();
+    let frames = vec![
+        Ok(Bytes::from_static(b"data: {}\n\n")),
+        Err(std::io::Error::other("upstream reset")),
+    ];
+    let body = UsageBody::new(frames_body(frames), TapMode::Sse, report);
+    assert!(body.collect().await.is_err());
+    let reports = reports.lock().unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].end, StreamEnd::Error);
+}
+
+#[tokio::test]
+async fn off_mode_still_times_and_counts_bytes() {
+    let (reports, report) = collector();
+    let body = UsageBody::new(
+        Full::new(Bytes::from_static(b"<binary>")),
+        TapMode::Off,
+        report,
+    );
+    let _ = body.collect().await.map_err(|e: Infallible| e).unwrap();
+    let reports = reports.lock().unwrap();
+    assert_eq!(reports[0].usage, None);
+    assert_eq!(reports[0].bytes_sent, 8);
+    assert_eq!(reports[0].unparsed, 0);
+}
