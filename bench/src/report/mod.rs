@@ -2,130 +2,15 @@
 //! BENCHMARKS.md: medians of the repetitions, ratios against nginx and direct from the same
 //! run, and each target of the proxy issue marked met or not met.
 //!
-//! Pairwise figures ("added" latency) are taken per repetition against the direct run of
-//! the same repetition, then the median is taken, so slow drift of the machine cancels.
-//! It judges only what the figures say; the notes on why belong in BENCHMARKS.md.
+//! The figures themselves are computed in `figures`. This module judges only what the figures say; the notes on why belong in BENCHMARKS.md.
 
+mod figures;
 pub mod load;
 
 use std::fmt::Write as _;
 
+use figures::Row;
 pub use load::{RunData, load};
-
-use crate::stats::median;
-
-/// Targets in the order they are shown.
-const TARGETS: [&str; 3] = ["direct", "nginx", "sidecar"];
-
-/// A figure per target, `None` where the run has no data (or the figure has no meaning,
-/// like the proxy CPU of a direct call).
-type Row = [Option<f64>; 3];
-
-impl RunData {
-    fn reps(&self) -> Vec<u32> {
-        let mut reps: Vec<u32> = self.load.keys().map(|(_, _, r)| *r).collect();
-        reps.extend(self.ttfb.keys().map(|(_, _, r)| *r));
-        reps.sort_unstable();
-        reps.dedup();
-        reps
-    }
-
-    fn clk_tck(&self) -> f64 {
-        self.meta
-            .get("clk_tck")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(100.0)
-    }
-
-    /// Median over repetitions of `f(target, rep)`.
-    fn per_target(&self, f: impl Fn(&str, u32) -> Option<f64>) -> Row {
-        TARGETS.map(|t| {
-            let values: Vec<f64> = self.reps().into_iter().filter_map(|r| f(t, r)).collect();
-            median(&values)
-        })
-    }
-
-    fn load_figure(&self, scenario: &str, f: impl Fn(&load::LoadRun) -> f64) -> Row {
-        self.per_target(|t, r| {
-            self.load
-                .get(&(t.to_owned(), scenario.to_owned(), r))
-                .map(&f)
-        })
-    }
-
-    /// Proxy (or upstream) CPU microseconds per successful request.
-    fn cpu_per_request(&self, scenario: &str, upstream: bool) -> Row {
-        let tck = self.clk_tck();
-        self.per_target(|t, r| {
-            if t == "direct" && !upstream {
-                return None;
-            }
-            let key = (t.to_owned(), scenario.to_owned(), r);
-            let (proxy, up) = self.cpu.get(&key)?;
-            let ok = self.load.get(&key)?.ok;
-            let ticks = if upstream { *up } else { *proxy };
-            (ok > 0).then(|| ticks as f64 / tck * 1e6 / ok as f64)
-        })
-    }
-
-    /// p50 at the fixed rate minus direct's p50 of the same repetition, µs.
-    fn added_p50_fixed_rate(&self) -> Row {
-        self.per_target(|t, r| {
-            let p50 = |t: &str| {
-                self.load
-                    .get(&(t.to_owned(), "q50".to_owned(), r))
-                    .map(|l| l.p50)
-            };
-            if t == "direct" {
-                return None;
-            }
-            Some((p50(t)? - p50("direct")?) * 1e6)
-        })
-    }
-
-    fn ttfb(&self, p99: bool) -> Row {
-        self.per_target(|t, r| {
-            self.ttfb
-                .get(&(t.to_owned(), "stream".to_owned(), r))
-                .map(|(p50, p99v)| if p99 { *p99v } else { *p50 })
-        })
-    }
-
-    fn ttfb_added(&self) -> Row {
-        self.per_target(|t, r| {
-            let p50 = |t: &str| {
-                self.ttfb
-                    .get(&(t.to_owned(), "stream".to_owned(), r))
-                    .map(|v| v.0)
-            };
-            if t == "direct" {
-                return None;
-            }
-            Some(p50(t)? - p50("direct")?)
-        })
-    }
-
-    /// KiB figure from rss.tsv: `hwm` picks VmHWM, else VmRSS; `max` over reps else median.
-    fn rss(&self, phase: &str, hwm: bool, max: bool) -> Row {
-        TARGETS.map(|t| {
-            let values: Vec<f64> = self
-                .rss
-                .iter()
-                .filter(|((target, p, _), _)| target == t && p == phase)
-                .map(|(_, (rss, peak))| (if hwm { *peak } else { *rss }) as f64 / 1024.0)
-                .collect();
-            if max {
-                values.into_iter().reduce(f64::max)
-            } else {
-                median(&values)
-            }
-        })
-    }
-
-    fn failures(&self) -> u64 {
-        self.load.values().map(|l| l.failed).sum()
-    }
-}
 
 fn cell(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "–".to_owned(), |v| format!("{v:.decimals$}"))
