@@ -1,21 +1,61 @@
 //! `holysheep-webhook inject`: offline injection of multi-document YAML, like
-//! `linkerd inject`. Pod templates of annotated workloads get the very same patch as the
-//! webhook would apply; every other document passes through.
+//! `linkerd inject`. The pod template of every annotated workload (Pod, Deployment,
+//! StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job, CronJob, also inside a
+//! `kind: List`) gets the very patch the webhook would apply; every other document passes
+//! through unchanged.
+//!
+//! Comments and YAML formatting are not kept (the documents are re-serialized), but key
+//! order is. It does not add the opt-in annotation: only templates that carry
+//! `holysheep/inject: "true"` are injected, exactly as in the cluster.
 
+use std::fmt;
 use std::io::{Read, Write};
 
+use k8s_openapi::api::core::v1::Pod;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::mutation::{MutationError, mutate};
 use crate::settings::Settings;
+
+/// Workload kinds with a pod template: (API group, kind, JSON pointer to the template).
+/// A kind of another group (a CRD that happens to be called `Job`) is left alone.
+const TEMPLATES: &[(&str, &str, &str)] = &[
+    ("", "Pod", ""),
+    ("apps", "Deployment", "/spec/template"),
+    ("apps", "StatefulSet", "/spec/template"),
+    ("apps", "DaemonSet", "/spec/template"),
+    ("apps", "ReplicaSet", "/spec/template"),
+    ("", "ReplicationController", "/spec/template"),
+    ("batch", "Job", "/spec/template"),
+    ("batch", "CronJob", "/spec/jobTemplate/spec/template"),
+];
 
 /// What `inject` did, for a summary on stderr.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InjectReport {
-    /// Documents read.
+    /// Documents read (empty documents not counted).
     pub documents: usize,
     /// Pod templates injected, as `kind/name`.
     pub injected: Vec<String>,
 }
 
-/// Why `inject` failed; names the document (1-based index) and its kind.
+impl fmt::Display for InjectReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} document(s), {} injected",
+            self.documents,
+            self.injected.len()
+        )?;
+        if !self.injected.is_empty() {
+            write!(f, ": {}", self.injected.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Why `inject` failed; names the document (1-based) and, once known, its kind and name.
 #[derive(Debug, thiserror::Error)]
 pub enum InjectError {
     /// Reading the input failed.
@@ -27,49 +67,286 @@ pub enum InjectError {
         #[source]
         source: std::io::Error,
     },
+    /// Writing the output failed.
+    #[error("failed to write the injected YAML")]
+    Write(#[source] std::io::Error),
+    /// A document that is not valid YAML.
+    #[error("document {index} is not valid YAML")]
+    Yaml {
+        /// 1-based document index.
+        index: usize,
+        /// The parser's error, with line and column.
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    /// A workload whose pod template is not a valid pod, or not representable as JSON.
+    #[error("{location} ({object}): the pod template is not a valid Pod: {source}")]
+    InvalidTemplate {
+        /// `document N` or `document N, item M`.
+        location: String,
+        /// `Kind/name`.
+        object: String,
+        /// The decoding error.
+        source: serde_json::Error,
+    },
+    /// The pod template cannot be injected (bad annotation, hostNetwork, port collision).
+    #[error("{location} ({object}): {source}")]
+    Mutation {
+        /// `document N` or `document N, item M`.
+        location: String,
+        /// `Kind/name`.
+        object: String,
+        /// Why, with the fix.
+        source: MutationError,
+    },
+    /// Applying the patch or writing YAML failed (a bug, not a user error).
+    #[error("{location} ({object}): internal error: {message}")]
+    Internal {
+        /// `document N` or `document N, item M`.
+        location: String,
+        /// `Kind/name`.
+        object: String,
+        /// What failed.
+        message: String,
+    },
 }
 
 /// Injects every annotated pod template in `input` and returns the YAML out.
 pub fn inject_yaml(input: &str, settings: &Settings) -> Result<String, InjectError> {
-    let _ = settings;
-    Ok(input.to_owned())
+    inject_documents(input, settings).map(|(out, _)| out)
 }
 
-/// Reads YAML from `input`, writes the injected YAML to `output`.
+/// Reads YAML from `input`, writes the injected YAML to `output`. Nothing is written when
+/// any document fails, so a pipe into `kubectl apply` never applies half a file.
 pub fn run(
     mut input: impl Read,
     mut output: impl Write,
+    settings: &Settings,
+) -> Result<InjectReport, InjectError> {
+    run_named("-", &mut input, &mut output, settings)
+}
+
+/// Like [`run`], reading the file at `path`, or stdin when `path` is `-`.
+pub fn run_path(
+    path: &str,
+    mut output: impl Write,
+    settings: &Settings,
+) -> Result<InjectReport, InjectError> {
+    if path == "-" {
+        return run(std::io::stdin().lock(), output, settings);
+    }
+    let mut file = std::fs::File::open(path).map_err(|source| InjectError::Read {
+        source_name: path.to_owned(),
+        source,
+    })?;
+    run_named(path, &mut file, &mut output, settings)
+}
+
+fn run_named(
+    name: &str,
+    input: &mut dyn Read,
+    output: &mut dyn Write,
     settings: &Settings,
 ) -> Result<InjectReport, InjectError> {
     let mut text = String::new();
     input
         .read_to_string(&mut text)
         .map_err(|source| InjectError::Read {
-            source_name: "-".to_owned(),
+            source_name: name.to_owned(),
             source,
         })?;
-    let out = inject_yaml(&text, settings)?;
+    let (out, report) = inject_documents(&text, settings)?;
     output
         .write_all(out.as_bytes())
-        .map_err(|source| InjectError::Read {
-            source_name: "-".to_owned(),
-            source,
-        })?;
-    Ok(InjectReport::default())
+        .map_err(InjectError::Write)?;
+    Ok(report)
 }
 
-/// Like [`run`], reading the file at `path`, or stdin when `path` is `-`.
-pub fn run_path(
-    path: &str,
-    output: impl Write,
+fn inject_documents(
+    input: &str,
     settings: &Settings,
-) -> Result<InjectReport, InjectError> {
-    if path == "-" {
-        return run(std::io::stdin().lock(), output, settings);
+) -> Result<(String, InjectReport), InjectError> {
+    let mut report = InjectReport::default();
+    let mut out = String::new();
+    for (i, document) in serde_yaml_ng::Deserializer::from_str(input).enumerate() {
+        let index = i + 1;
+        let yaml = serde_yaml_ng::Value::deserialize(document)
+            .map_err(|source| InjectError::Yaml { index, source })?;
+        if yaml.is_null() {
+            continue;
+        }
+        report.documents += 1;
+        let location = format!("document {index}");
+        let text = match Target::of(&yaml) {
+            Target::Untouched => to_yaml(&yaml, &location, "?")?,
+            Target::Workload(_) | Target::List => {
+                let object = describe(&yaml);
+                let mut json =
+                    serde_json::to_value(&yaml).map_err(|source| InjectError::InvalidTemplate {
+                        location: location.clone(),
+                        object: object.clone(),
+                        source,
+                    })?;
+                inject_object(&mut json, &location, settings, &mut report)?;
+                to_yaml(&json, &location, &object)?
+            }
+        };
+        if !out.is_empty() {
+            out.push_str("---\n");
+        }
+        out.push_str(&text);
     }
-    let file = std::fs::File::open(path).map_err(|source| InjectError::Read {
-        source_name: path.to_owned(),
+    Ok((out, report))
+}
+
+/// What a document is, as far as injection goes.
+enum Target {
+    /// A workload; the pointer to its pod template.
+    Workload(&'static str),
+    /// A `kind: List` whose items may be workloads.
+    List,
+    /// Anything else.
+    Untouched,
+}
+
+impl Target {
+    fn of<V: ObjectView>(object: &V) -> Self {
+        let (Some(api_version), Some(kind)) = (object.str_at("apiVersion"), object.str_at("kind"))
+        else {
+            return Self::Untouched;
+        };
+        let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+        if group.is_empty() && kind == "List" {
+            return Self::List;
+        }
+        TEMPLATES
+            .iter()
+            .find(|(g, k, _)| *g == group && *k == kind)
+            .map_or(Self::Untouched, |(_, _, pointer)| Self::Workload(pointer))
+    }
+}
+
+/// Reads top-level string fields of a YAML or JSON object alike.
+trait ObjectView {
+    fn str_at(&self, key: &str) -> Option<&str>;
+}
+
+impl ObjectView for serde_yaml_ng::Value {
+    fn str_at(&self, key: &str) -> Option<&str> {
+        self.get(key)?.as_str()
+    }
+}
+
+impl ObjectView for Value {
+    fn str_at(&self, key: &str) -> Option<&str> {
+        self.get(key)?.as_str()
+    }
+}
+
+/// Injects one object (a workload, or every item of a List) in place.
+fn inject_object(
+    object: &mut Value,
+    location: &str,
+    settings: &Settings,
+    report: &mut InjectReport,
+) -> Result<(), InjectError> {
+    match Target::of(&*object) {
+        Target::Untouched => Ok(()),
+        Target::List => {
+            let Some(items) = object.get_mut("items").and_then(Value::as_array_mut) else {
+                return Ok(());
+            };
+            for (i, item) in items.iter_mut().enumerate() {
+                let location = format!("{location}, item {}", i + 1);
+                inject_object(item, &location, settings, report)?;
+            }
+            Ok(())
+        }
+        Target::Workload(pointer) => {
+            let name = describe(&*object);
+            let Some(template) = object.pointer_mut(pointer) else {
+                return Ok(());
+            };
+            if inject_template(template, settings, location, &name)? {
+                report.injected.push(name);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Applies `mutate`'s patch to a pod template (an object with `metadata` and `spec`, as
+/// the patch's paths expect). Returns whether anything was injected.
+fn inject_template(
+    template: &mut Value,
+    settings: &Settings,
+    location: &str,
+    object: &str,
+) -> Result<bool, InjectError> {
+    let pod: Pod = Pod::deserialize(&*template).map_err(|source| InjectError::InvalidTemplate {
+        location: location.to_owned(),
+        object: object.to_owned(),
         source,
     })?;
-    run(file, output, settings)
+    let patch = mutate(&pod, settings).map_err(|source| InjectError::Mutation {
+        location: location.to_owned(),
+        object: object.to_owned(),
+        source,
+    })?;
+    let Some(patch) = patch else {
+        return Ok(false);
+    };
+    json_patch::patch(template, &patch).map_err(|error| InjectError::Internal {
+        location: location.to_owned(),
+        object: object.to_owned(),
+        message: format!("the patch does not apply: {error}"),
+    })?;
+    Ok(true)
 }
+
+/// `Kind/name` for messages and the report (`generateName` when there is no name).
+fn describe<V: ObjectView + Named>(object: &V) -> String {
+    let kind = object.str_at("kind").unwrap_or("?");
+    let name = object.name().unwrap_or("<unnamed>");
+    format!("{}/{name}", kind.to_ascii_lowercase())
+}
+
+/// `metadata.name`, else `metadata.generateName`.
+trait Named {
+    fn name(&self) -> Option<&str>;
+}
+
+impl Named for serde_yaml_ng::Value {
+    fn name(&self) -> Option<&str> {
+        let metadata = self.get("metadata")?;
+        metadata
+            .get("name")
+            .or_else(|| metadata.get("generateName"))?
+            .as_str()
+    }
+}
+
+impl Named for Value {
+    fn name(&self) -> Option<&str> {
+        let metadata = self.get("metadata")?;
+        metadata
+            .get("name")
+            .or_else(|| metadata.get("generateName"))?
+            .as_str()
+    }
+}
+
+fn to_yaml(
+    value: &impl serde::Serialize,
+    location: &str,
+    object: &str,
+) -> Result<String, InjectError> {
+    serde_yaml_ng::to_string(value).map_err(|error| InjectError::Internal {
+        location: location.to_owned(),
+        object: object.to_owned(),
+        message: format!("failed to write YAML: {error}"),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -122,7 +122,7 @@ pub fn mutate(pod: &Pod, settings: &Settings) -> Result<Option<Patch>, MutationE
     add_to_list(
         &mut ops,
         &["spec", "volumes"],
-        spec.volumes.as_ref(),
+        spec.volumes.is_some(),
         &sidecar.volumes(),
     )?;
     let app_env = sidecar.app_env();
@@ -247,21 +247,20 @@ fn annotate(
 fn add_to_list<T: Serialize>(
     ops: &mut Vec<PatchOperation>,
     path: &[&str],
-    existing: Option<&Vec<T>>,
+    exists: bool,
     items: &[T],
 ) -> Result<(), MutationError> {
     if items.is_empty() {
         return Ok(());
     }
-    match existing {
-        None => ops.push(add(path, to_value(items)?)),
-        Some(_) => {
-            let mut append = path.to_vec();
-            append.push("-");
-            for item in items {
-                ops.push(add(&append, to_value(item)?));
-            }
-        }
+    if !exists {
+        ops.push(add(path, to_value(items)?));
+        return Ok(());
+    }
+    let mut append = path.to_vec();
+    append.push("-");
+    for item in items {
+        ops.push(add(&append, to_value(item)?));
     }
     Ok(())
 }
@@ -289,7 +288,7 @@ fn add_env(
     add_to_list(
         ops,
         &["spec", list, &index, "env"],
-        container.env.as_ref(),
+        container.env.is_some(),
         &missing,
     )
 }
@@ -301,17 +300,31 @@ fn insert_sidecar(
     spec: &PodSpec,
     sidecar: &SidecarSpec,
 ) -> Result<(), MutationError> {
-    let container = sidecar.container();
+    let container = name_first(to_value(sidecar.container())?);
     if !sidecar.native {
         // An empty list may also be a missing one (k8s-openapi defaults it): add it whole.
-        let existing = (!spec.containers.is_empty()).then_some(&spec.containers);
-        return add_to_list(ops, &["spec", "containers"], existing, &[container]);
+        let exists = !spec.containers.is_empty();
+        return add_to_list(ops, &["spec", "containers"], exists, &[container]);
     }
     match spec.init_containers {
         None => ops.push(add(&["spec", "initContainers"], to_value([container])?)),
         Some(_) => ops.push(add(&["spec", "initContainers", "0"], to_value(container)?)),
     }
     Ok(())
+}
+
+/// k8s-openapi serializes fields alphabetically; put the identifying ones first so the
+/// container reads well in `inject` output and `kubectl get -o yaml`.
+fn name_first(value: Value) -> Value {
+    const FIRST: [&str; 4] = ["name", "image", "imagePullPolicy", "restartPolicy"];
+    let Value::Object(fields) = value else {
+        return value;
+    };
+    let (mut first, rest): (Vec<_>, Vec<_>) = fields
+        .into_iter()
+        .partition(|(key, _)| FIRST.contains(&key.as_str()));
+    first.sort_by_key(|(key, _)| FIRST.iter().position(|k| k == key));
+    Value::Object(first.into_iter().chain(rest).collect())
 }
 
 fn add(tokens: &[&str], value: Value) -> PatchOperation {
