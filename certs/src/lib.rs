@@ -163,7 +163,8 @@ impl std::fmt::Debug for Ca {
 }
 
 impl Ca {
-    /// Loads a CA from PEM. Fails when the certificate is not a CA or the key is not its key.
+    /// Loads a CA from PEM. `cert_pem` may be a trust bundle: its first certificate is the
+    /// signing CA. Fails when that certificate is not a CA or the key is not its key.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
         let info = parse::first_certificate(cert_pem, CA_CERT_FILE)?;
         if !info.is_ca {
@@ -177,9 +178,15 @@ impl Ca {
         })
     }
 
-    /// The CA certificate, PEM (what goes into `ca.crt` and the caBundle).
+    /// The CA certificate PEM exactly as given (possibly a bundle): `ca.crt` and the caBundle.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
+    }
+
+    /// The signing CA certificate alone, PEM, even when [`Ca::from_pem`] was given a bundle
+    /// whose first certificate is the CA.
+    pub fn signing_cert_pem(&self) -> String {
+        bundle::to_pem(self.info.der.as_ref())
     }
 
     /// The CA private key, PEM (PKCS#8). Keep it out of logs.
