@@ -1,1 +1,198 @@
-//! (to be written)
+//! Live config: watches the `--config` file and swaps a new, valid version into the
+//! process's `ArcSwap<Config>` without a restart.
+//!
+//! The parent DIRECTORY is watched, not the file: a ConfigMap volume updates by swapping
+//! its `..data` symlink, which never touches the `config.yaml` link itself. Any change in
+//! the directory (plus a slow periodic check, for filesystems that drop events) leads
+//! to re-reading the file; identical content is ignored. New content is parsed by
+//! [`config::load_file`]: on success it replaces the live config, on failure the last
+//! good config stays in force, the error is logged once as a warning naming the field,
+//! and `holysheep_config_reloads_total{result="failure"}` counts it.
+//!
+//! Not here: parsing and validation (config.rs), the first load at startup (server.rs).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::{Event, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::{self, Config};
+use crate::metrics::{Metrics, ReloadResult};
+
+/// How the watcher paces itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadOptions {
+    /// Re-read the file this often even without a filesystem event.
+    pub poll_interval: Duration,
+    /// After an event, wait this long for the burst of events of one update to end.
+    pub settle: Duration,
+}
+
+impl Default for ReloadOptions {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(10),
+            settle: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The running watcher. Dropping it stops watching.
+#[derive(Debug)]
+pub struct ConfigReloader {
+    task: JoinHandle<()>,
+}
+
+impl Drop for ConfigReloader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ConfigReloader {
+    /// Starts watching `path` (the file `live` was loaded from). Must be called inside
+    /// a tokio runtime. If the directory cannot be watched, a warning is logged and
+    /// the periodic check alone keeps the config fresh.
+    pub fn spawn(
+        path: PathBuf,
+        live: Arc<ArcSwap<Config>>,
+        metrics: Metrics,
+        options: ReloadOptions,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(1);
+        let watcher = watch_dir(&path, tx);
+        let state = Reloader {
+            baseline: std::fs::read(&path).ok(),
+            path,
+            live,
+            metrics,
+        };
+        let task = tokio::spawn(state.run(rx, watcher, options));
+        Self { task }
+    }
+}
+
+/// Watches the directory holding `path`; every relevant event pokes `tx`.
+fn watch_dir(path: &Path, tx: mpsc::Sender<()>) -> Option<RecommendedWatcher> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let handler = move |event: notify::Result<Event>| {
+        // Our own reads of the file raise access events; reacting to them would loop.
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            // A full channel already holds a poke: this event is covered by it.
+            let _ = tx.try_send(());
+        }
+    };
+    let watcher = notify::recommended_watcher(handler).and_then(|mut w| {
+        w.watch(&dir, RecursiveMode::NonRecursive)?;
+        Ok(w)
+    });
+    match watcher {
+        Ok(w) => Some(w),
+        Err(error) => {
+            tracing::warn!(
+                dir = %dir.display(),
+                %error,
+                "cannot watch the config directory; falling back to periodic checks"
+            );
+            None
+        }
+    }
+}
+
+struct Reloader {
+    path: PathBuf,
+    live: Arc<ArcSwap<Config>>,
+    metrics: Metrics,
+    /// The content last looked at (applied or refused), so each version counts once.
+    baseline: Option<Vec<u8>>,
+}
+
+impl Reloader {
+    async fn run(
+        mut self,
+        events: mpsc::Receiver<()>,
+        // Held so the watch lasts as long as this task.
+        watcher: Option<RecommendedWatcher>,
+        options: ReloadOptions,
+    ) {
+        // Without a watcher the channel is closed: only the periodic check remains.
+        let mut events = watcher.as_ref().map(|_| events);
+        let mut poll = tokio::time::interval(options.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.tick().await; // the first tick is immediate; the baseline covers it
+        loop {
+            tokio::select! {
+                Some(()) = next_event(&mut events) => {
+                    tokio::time::sleep(options.settle).await;
+                    if let Some(rx) = events.as_mut() {
+                        while rx.try_recv().is_ok() {}
+                    }
+                }
+                _ = poll.tick() => {}
+            }
+            self.check();
+        }
+    }
+
+    /// Re-reads the file and applies it if it changed.
+    fn check(&mut self) {
+        let content = match std::fs::read(&self.path) {
+            Ok(content) => content,
+            Err(error) => {
+                // Not remembered as a baseline: a missing file may come back as it was.
+                if self.baseline.take().is_some() {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        %error,
+                        "config file unreadable; keeping the previous config"
+                    );
+                    self.metrics.record_config_reload(ReloadResult::Failure);
+                }
+                return;
+            }
+        };
+        if self.baseline.as_deref() == Some(content.as_slice()) {
+            return;
+        }
+        self.baseline = Some(content);
+        match config::load_file(&self.path) {
+            Ok(config) => {
+                self.live.store(Arc::new(config));
+                self.metrics.record_config_reload(ReloadResult::Success);
+                tracing::info!(path = %self.path.display(), "config reloaded");
+            }
+            Err(error) => {
+                self.metrics.record_config_reload(ReloadResult::Failure);
+                tracing::warn!(
+                    path = %self.path.display(),
+                    %error,
+                    "config reload refused; keeping the previous config"
+                );
+            }
+        }
+    }
+}
+
+/// The next poke, or never once there is no watcher (a closed channel would otherwise
+/// answer `None` at once, forever).
+async fn next_event(events: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
+    let Some(rx) = events.as_mut() else {
+        return std::future::pending().await;
+    };
+    let poked = rx.recv().await;
+    if poked.is_none() {
+        *events = None;
+    }
+    poked
+}
+
+#[cfg(test)]
+#[path = "reload_tests.rs"]
+mod tests;
