@@ -29,9 +29,10 @@ pub struct AdmissionReview {
     pub api_version: String,
     /// Must be [`KIND`].
     pub kind: String,
-    /// The request; absent only in responses.
+    /// The request, decoded only after the envelope is checked, so that a v1beta1 review
+    /// is answered with the version problem rather than a field-level one.
     #[serde(default)]
-    pub request: Option<AdmissionRequest>,
+    pub request: Option<serde_json::Value>,
 }
 
 /// Group, version and kind of the reviewed object.
@@ -121,6 +122,9 @@ pub enum ReviewError {
     /// Empty `request.uid`.
     #[error("AdmissionReview request.uid is empty")]
     NoUid,
+    /// `request` does not have the AdmissionRequest shape.
+    #[error("invalid AdmissionReview request: {0}")]
+    Request(String),
 }
 
 impl AdmissionReview {
@@ -132,7 +136,12 @@ impl AdmissionReview {
         if self.kind != KIND {
             return Err(ReviewError::Kind(self.kind));
         }
-        let request = self.request.ok_or(ReviewError::NoRequest)?;
+        let request = self
+            .request
+            .filter(|r| !r.is_null())
+            .ok_or(ReviewError::NoRequest)?;
+        let request = AdmissionRequest::deserialize(request)
+            .map_err(|e| ReviewError::Request(e.to_string()))?;
         if request.uid.is_empty() {
             return Err(ReviewError::NoUid);
         }
@@ -184,9 +193,10 @@ pub struct AdmissionResponse {
 pub struct Status {
     /// Always `Failure`.
     pub status: &'static str,
-    /// HTTP-like code: 400 for an object that cannot be read, 403 for a refused pod.
+    /// HTTP-like code: 400 for an object or annotation that cannot be read, 403 for a
+    /// refused pod, 500 for an internal error.
     pub code: u16,
-    /// `BadRequest` or `Forbidden`, matching `code`.
+    /// `BadRequest`, `Forbidden` or `InternalError`, matching `code`.
     pub reason: &'static str,
     /// The message `kubectl` prints after "admission webhook ... denied the request:".
     pub message: String,
@@ -306,9 +316,22 @@ pub fn review(request: &AdmissionRequest, settings: &Settings) -> Decision {
             },
         },
         Err(error) => Decision {
-            response: AdmissionResponse::deny(uid, 403, denial_message(&error)),
+            response: AdmissionResponse::deny(uid, denial_code(&error), denial_message(&error)),
             result: AdmissionResult::Denied,
         },
+    }
+}
+
+/// 400 when the pod's own annotations are malformed, 500 for our bug, 403 for a
+/// well-formed pod the injection refuses (hostNetwork, port collision...). kube-apiserver
+/// turns the code into the error class `kubectl` prints (`BadRequest`, `Forbidden`...).
+fn denial_code(error: &MutationError) -> u16 {
+    match error {
+        MutationError::Annotation(_) => 400,
+        MutationError::Internal(_) => 500,
+        // A wildcard on purpose: a refusal added to the mutation later is a policy
+        // refusal until said otherwise, and must not break this crate's build.
+        _ => 403,
     }
 }
 
