@@ -1,0 +1,160 @@
+//! Unit tests of `admission`.
+
+use serde_json::json;
+
+use super::*;
+
+fn request(
+    kind: &str,
+    resource: &str,
+    operation: &str,
+    object: serde_json::Value,
+) -> AdmissionRequest {
+    let review = json!({
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": kind},
+            "resource": {"group": "", "version": "v1", "resource": resource},
+            "requestKind": {"group": "", "version": "v1", "kind": kind},
+            "requestResource": {"group": "", "version": "v1", "resource": resource},
+            "name": "",
+            "namespace": "shop",
+            "operation": operation,
+            "userInfo": {"username": "admin", "groups": ["system:authenticated"]},
+            "object": object,
+            "oldObject": null,
+            "dryRun": false,
+            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
+        }
+    });
+    serde_json::from_value::<AdmissionReview>(review)
+        .unwrap()
+        .into_request()
+        .unwrap()
+}
+
+fn plain_pod() -> serde_json::Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "web-"},
+        "spec": {"containers": [{"name": "app", "image": "nginx"}]}
+    })
+}
+
+#[test]
+fn envelope_errors_are_named() {
+    let bad = |v: serde_json::Value| {
+        serde_json::from_value::<AdmissionReview>(v)
+            .unwrap()
+            .into_request()
+            .unwrap_err()
+    };
+    assert!(matches!(
+        bad(json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": KIND})),
+        ReviewError::ApiVersion(_)
+    ));
+    assert!(matches!(
+        bad(json!({"apiVersion": API_VERSION, "kind": "Pod"})),
+        ReviewError::Kind(_)
+    ));
+    assert_eq!(
+        bad(json!({"apiVersion": API_VERSION, "kind": KIND})),
+        ReviewError::NoRequest
+    );
+    let no_uid = json!({"apiVersion": API_VERSION, "kind": KIND, "request": {
+        "uid": "", "kind": {"kind": "Pod"}, "resource": {"resource": "pods"}, "operation": "CREATE"}});
+    assert_eq!(bad(no_uid), ReviewError::NoUid);
+}
+
+#[test]
+fn not_a_pod_is_allowed_unchanged() {
+    let req = request("ConfigMap", "configmaps", "CREATE", json!({"data": {}}));
+    let d = review(&req, &Settings::default());
+    assert!(d.response.allowed);
+    assert!(d.response.patch.is_none() && d.response.patch_type.is_none());
+    assert_eq!(d.result, AdmissionResult::NotPod);
+}
+
+#[test]
+fn pod_subresources_are_not_pods() {
+    let mut req = request("Pod", "pods", "CREATE", plain_pod());
+    req.sub_resource = Some("ephemeralcontainers".into());
+    assert_eq!(
+        review(&req, &Settings::default()).result,
+        AdmissionResult::NotPod
+    );
+}
+
+#[test]
+fn update_is_allowed_unchanged() {
+    let req = request("Pod", "pods", "UPDATE", plain_pod());
+    let d = review(&req, &Settings::default());
+    assert!(d.response.allowed);
+    assert_eq!(d.result, AdmissionResult::NotCreate);
+}
+
+#[test]
+fn an_undecodable_pod_is_refused_with_400_not_a_panic() {
+    let req = request(
+        "Pod",
+        "pods",
+        "CREATE",
+        json!({"spec": {"containers": "nope"}}),
+    );
+    let d = review(&req, &Settings::default());
+    assert!(!d.response.allowed);
+    let status = d.response.status.unwrap();
+    assert_eq!((status.code, status.reason), (400, "BadRequest"));
+    assert!(
+        status.message.contains("not a valid Pod"),
+        "{}",
+        status.message
+    );
+    assert_eq!(d.result, AdmissionResult::Error);
+    let req = request("Pod", "pods", "CREATE", serde_json::Value::Null);
+    assert!(!review(&req, &Settings::default()).response.allowed);
+}
+
+#[test]
+fn a_pod_not_opted_in_is_skipped() {
+    let req = request("Pod", "pods", "CREATE", plain_pod());
+    let d = review(&req, &Settings::default());
+    assert!(d.response.allowed);
+    assert_eq!(d.result, AdmissionResult::Skipped);
+    let text = serde_json::to_value(d.response.into_review()).unwrap();
+    assert_eq!(
+        text,
+        json!({"apiVersion": API_VERSION, "kind": KIND, "response": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002", "allowed": true}})
+    );
+}
+
+#[test]
+fn the_request_namespace_fills_an_empty_pod_namespace() {
+    let req = request("Pod", "pods", "CREATE", plain_pod());
+    assert_eq!(
+        decode_pod(&req).unwrap().metadata.namespace.as_deref(),
+        Some("shop")
+    );
+    let mut own = plain_pod();
+    own["metadata"]["namespace"] = json!("other");
+    let req = request("Pod", "pods", "CREATE", own);
+    assert_eq!(
+        decode_pod(&req).unwrap().metadata.namespace.as_deref(),
+        Some("other")
+    );
+}
+
+#[test]
+fn denial_serializes_as_a_failure_status() {
+    let r = AdmissionResponse::deny("u", 403, "no".into()).into_review();
+    let v = serde_json::to_value(r).unwrap();
+    assert_eq!(
+        v["response"],
+        json!({"uid": "u", "allowed": false, "status": {
+            "status": "Failure", "code": 403, "reason": "Forbidden", "message": "no"}})
+    );
+}
