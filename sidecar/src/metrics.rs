@@ -8,9 +8,10 @@
 //! module does not parse responses (see `usage.rs`) nor serve HTTP.
 
 mod labels;
+mod meter;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -20,10 +21,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::config::Config;
+
 pub use labels::{
     AttemptOutcome, EXTRA_MODEL_CAP, ModelLabels, ModelName, NO_MODEL, OTHER_MODEL, RateLimitKind,
-    ReloadResult, RetryReason, Route, TokenType, UnparsedKind,
+    ReloadResult, RetryReason, Route, TokenType, UnparsedKind, log_safe_model,
 };
+pub use meter::RequestMeter;
 
 /// `gen_ai.provider.name` (and the older `gen_ai.system`) reported for every call.
 pub const GEN_AI_PROVIDER: &str = "holysheep";
@@ -187,10 +191,15 @@ impl TokenRecord {
     }
 }
 
-/// Every metric family of the sidecar. Cheap to clone (families share their storage).
+/// Every metric family of the sidecar. Cheap to clone: one shared allocation.
 #[derive(Clone, Debug)]
-pub struct Metrics {
-    models: Arc<ModelLabels>,
+pub struct Metrics(Arc<Families>);
+
+#[derive(Debug)]
+struct Families {
+    models: ModelLabels,
+    /// Address of the last `Config` whose model names went into `models`.
+    config_seen: AtomicUsize,
     requests: Family<RequestLabels, Counter>,
     request_duration: HistogramFamily<RouteModelLabels>,
     ttfb: HistogramFamily<RouteModelLabels>,
@@ -219,8 +228,9 @@ impl std::fmt::Debug for Buckets {
 impl Metrics {
     /// Creates every family and registers it into `registry`.
     pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self {
-            models: Arc::new(ModelLabels::default()),
+        let f = Families {
+            models: ModelLabels::default(),
+            config_seen: AtomicUsize::new(0),
             requests: Family::default(),
             request_duration: Family::new_with_constructor(Buckets(&DURATION_BUCKETS)),
             ttfb: Family::new_with_constructor(Buckets(&TTFB_BUCKETS)),
@@ -243,114 +253,134 @@ impl Metrics {
         r.register(
             "holysheep_requests",
             "Requests answered, by route, upstream model, requested model and status",
-            metrics.requests.clone(),
+            f.requests.clone(),
         );
         r.register_with_unit(
             "holysheep_request_duration",
             "Time from request received to last response byte sent",
             Unit::Seconds,
-            metrics.request_duration.clone(),
+            f.request_duration.clone(),
         );
         r.register_with_unit(
             "holysheep_time_to_first_byte",
             "Time from request received to the first response body byte sent",
             Unit::Seconds,
-            metrics.ttfb.clone(),
+            f.ttfb.clone(),
         );
         r.register(
             "holysheep_inflight_requests",
             "Requests being served right now",
-            metrics.inflight.clone(),
+            f.inflight.clone(),
         );
         r.register(
             "holysheep_upstream_attempts",
             "Upstream attempts by model and outcome",
-            metrics.attempts.clone(),
+            f.attempts.clone(),
         );
         r.register(
             "holysheep_upstream_retries",
             "Upstream attempts retried, by model and reason",
-            metrics.retries.clone(),
+            f.retries.clone(),
         );
         r.register(
             "holysheep_fallbacks",
             "Switches to a fallback model after retries on a model were exhausted",
-            metrics.fallbacks.clone(),
+            f.fallbacks.clone(),
         );
         r.register(
             "holysheep_tokens",
             "Tokens reported by the upstream, by upstream model and type",
-            metrics.tokens.clone(),
+            f.tokens.clone(),
         );
         r.register(
             "holysheep_cost_usd",
             "Cost in USD from the prices table, by upstream model",
-            metrics.cost.clone(),
+            f.cost.clone(),
         );
         r.register(
             "holysheep_unpriced_tokens",
             "Tokens of models missing from the prices table (not in holysheep_cost_usd)",
-            metrics.unpriced_tokens.clone(),
+            f.unpriced_tokens.clone(),
         );
         r.register(
             "holysheep_usage_missing",
             "Successful responses whose token usage could not be read",
-            metrics.usage_missing.clone(),
+            f.usage_missing.clone(),
         );
         r.register(
             "holysheep_usage_unparsed_events",
             "SSE events or JSON bodies forwarded untouched that could not be parsed",
-            metrics.unparsed.clone(),
+            f.unparsed.clone(),
         );
         r.register(
             "holysheep_config_reloads",
             "Config file reloads by result",
-            metrics.config_reloads.clone(),
+            f.config_reloads.clone(),
         );
         r.register(
             "holysheep_key_reloads",
             "API key file reloads by result",
-            metrics.key_reloads.clone(),
+            f.key_reloads.clone(),
         );
         r.register(
             "holysheep_rate_limited_requests",
             "Requests refused with 429 by the local rate limit",
-            metrics.rate_limited.clone(),
+            f.rate_limited.clone(),
         );
         r.register(
             "gen_ai_client_token_usage",
             "Number of input and output tokens used (OpenTelemetry gen_ai.client.token.usage)",
-            metrics.gen_ai_tokens.clone(),
+            f.gen_ai_tokens.clone(),
         );
         r.register_with_unit(
             "gen_ai_client_operation_duration",
             "GenAI operation duration (OpenTelemetry gen_ai.client.operation.duration)",
             Unit::Seconds,
-            metrics.gen_ai_duration.clone(),
+            f.gen_ai_duration.clone(),
         );
-        metrics
+        Self(Arc::new(f))
     }
 
     /// The model-name bounder; call [`ModelLabels::set_known`] with the configured names
     /// on start and on every config reload.
     pub fn models(&self) -> &ModelLabels {
-        &self.models
+        &self.0.models
+    }
+
+    /// Lets every model name in `config` (aliases and their targets, fallbacks, prices)
+    /// keep its own label value. Cheap when called again with the same config: the
+    /// request path calls it with the config in force, so reloads take effect without
+    /// the reloader knowing about metrics.
+    pub fn observe_config(&self, config: &Config) {
+        let addr = std::ptr::from_ref(config) as usize;
+        if self.0.config_seen.swap(addr, Ordering::AcqRel) == addr {
+            return;
+        }
+        let aliases = config.aliases.iter().flat_map(|(k, v)| [k, v]);
+        let fallbacks = config
+            .fallbacks
+            .iter()
+            .flat_map(|(k, v)| std::iter::once(k).chain(v));
+        self.0
+            .models
+            .set_known(aliases.chain(fallbacks).chain(config.prices.keys()));
     }
 
     /// Counts a request as in flight until the guard is dropped.
     pub fn inflight(&self) -> InflightGuard {
-        self.inflight.inc();
+        self.0.inflight.inc();
         InflightGuard {
-            gauge: self.inflight.clone(),
+            gauge: self.0.inflight.clone(),
         }
     }
 
     /// Records a finished request: count, latency, time to first byte, and the GenAI
     /// operation duration for GenAI routes.
     pub fn record_request(&self, rec: &RequestRecord<'_>) {
-        let model = self.models.label(rec.upstream_model);
-        let requested = self.models.label(rec.requested_model);
-        self.requests
+        let model = self.0.models.label(rec.upstream_model);
+        let requested = self.0.models.label(rec.requested_model);
+        self.0
+            .requests
             .get_or_create(&RequestLabels {
                 route: rec.route,
                 model: model.clone(),
@@ -362,11 +392,13 @@ impl Metrics {
             route: rec.route,
             model: model.clone(),
         };
-        self.request_duration
+        self.0
+            .request_duration
             .get_or_create(&route_model)
             .observe(rec.duration.as_secs_f64());
         if let Some(ttfb) = rec.ttfb {
-            self.ttfb
+            self.0
+                .ttfb
                 .get_or_create(&route_model)
                 .observe(ttfb.as_secs_f64());
         }
@@ -376,7 +408,8 @@ impl Metrics {
                 500..=599 => "5xx",
                 _ => "",
             };
-            self.gen_ai_duration
+            self.0
+                .gen_ai_duration
                 .get_or_create(&GenAiDurationLabels { common, error_type })
                 .observe(rec.duration.as_secs_f64());
         }
@@ -385,7 +418,7 @@ impl Metrics {
     /// Records the tokens of a response and its cost; returns the cost in USD, `None` when
     /// the upstream model is unpriced (its tokens then also go to the unpriced counter).
     pub fn record_tokens(&self, rec: &RequestRecord<'_>, tokens: &TokenRecord) -> Option<f64> {
-        let model = self.models.label(rec.upstream_model);
+        let model = self.0.models.label(rec.upstream_model);
         let cost = tokens.cost_usd();
         for (ty, n) in [
             (TokenType::Input, tokens.input),
@@ -395,19 +428,20 @@ impl Metrics {
                 model: model.clone(),
                 r#type: ty,
             };
-            self.tokens.get_or_create(&labels).inc_by(n);
+            self.0.tokens.get_or_create(&labels).inc_by(n);
             if cost.is_none() && n > 0 {
-                self.unpriced_tokens.get_or_create(&labels).inc_by(n);
+                self.0.unpriced_tokens.get_or_create(&labels).inc_by(n);
             }
         }
         if let Some(cost) = cost {
-            self.cost
+            self.0
+                .cost
                 .get_or_create(&ModelLabelSet {
                     model: model.clone(),
                 })
                 .inc_by(cost);
         }
-        let requested = self.models.label(rec.requested_model);
+        let requested = self.0.models.label(rec.requested_model);
         if let Some(common) = self.gen_ai_labels(rec, requested, model) {
             let types: &[(TokenType, u64)] = if rec.route == Route::Embeddings {
                 // Embeddings have no output tokens; an always-zero series is noise.
@@ -419,7 +453,8 @@ impl Metrics {
                 ]
             };
             for &(ty, n) in types {
-                self.gen_ai_tokens
+                self.0
+                    .gen_ai_tokens
                     .get_or_create(&GenAiTokenLabels {
                         common: common.clone(),
                         gen_ai_token_type: ty,
@@ -432,7 +467,8 @@ impl Metrics {
 
     /// Counts a successful response whose usage could not be read (its spend is unknown).
     pub fn record_usage_missing(&self, route: Route) {
-        self.usage_missing
+        self.0
+            .usage_missing
             .get_or_create(&RouteLabels { route })
             .inc();
     }
@@ -440,7 +476,8 @@ impl Metrics {
     /// Counts `n` SSE events or JSON bodies that could not be parsed.
     pub fn record_unparsed(&self, kind: UnparsedKind, n: u64) {
         if n > 0 {
-            self.unparsed
+            self.0
+                .unparsed
                 .get_or_create(&UnparsedLabels { kind })
                 .inc_by(n);
         }
@@ -448,9 +485,10 @@ impl Metrics {
 
     /// Counts one upstream attempt (every attempt, first one included).
     pub fn record_attempt(&self, upstream_model: &str, outcome: AttemptOutcome) {
-        self.attempts
+        self.0
+            .attempts
             .get_or_create(&AttemptLabels {
-                model: self.models.label(Some(upstream_model)),
+                model: self.0.models.label(Some(upstream_model)),
                 outcome,
             })
             .inc();
@@ -458,9 +496,10 @@ impl Metrics {
 
     /// Counts one retry of `upstream_model`.
     pub fn record_retry(&self, upstream_model: &str, reason: RetryReason) {
-        self.retries
+        self.0
+            .retries
             .get_or_create(&RetryLabels {
-                model: self.models.label(Some(upstream_model)),
+                model: self.0.models.label(Some(upstream_model)),
                 reason,
             })
             .inc();
@@ -468,31 +507,35 @@ impl Metrics {
 
     /// Counts one switch from `from` to the fallback model `to`.
     pub fn record_fallback(&self, from: &str, to: &str) {
-        self.fallbacks
+        self.0
+            .fallbacks
             .get_or_create(&FallbackLabels {
-                from_model: self.models.label(Some(from)),
-                to_model: self.models.label(Some(to)),
+                from_model: self.0.models.label(Some(from)),
+                to_model: self.0.models.label(Some(to)),
             })
             .inc();
     }
 
     /// Counts one config reload.
     pub fn record_config_reload(&self, result: ReloadResult) {
-        self.config_reloads
+        self.0
+            .config_reloads
             .get_or_create(&ReloadLabels { result })
             .inc();
     }
 
     /// Counts one key file reload.
     pub fn record_key_reload(&self, result: ReloadResult) {
-        self.key_reloads
+        self.0
+            .key_reloads
             .get_or_create(&ReloadLabels { result })
             .inc();
     }
 
     /// Counts one request refused by the local rate limit.
     pub fn record_rate_limited(&self, limit: RateLimitKind) {
-        self.rate_limited
+        self.0
+            .rate_limited
             .get_or_create(&RateLimitLabels { limit })
             .inc();
     }
@@ -500,14 +543,16 @@ impl Metrics {
     /// Current number of config reloads with `result` (tests wait on this instead of
     /// sleeping).
     pub fn config_reloads(&self, result: ReloadResult) -> u64 {
-        self.config_reloads
+        self.0
+            .config_reloads
             .get(&ReloadLabels { result })
             .map_or(0, |c| c.get())
     }
 
     /// Current number of key reloads with `result`.
     pub fn key_reloads(&self, result: ReloadResult) -> u64 {
-        self.key_reloads
+        self.0
+            .key_reloads
             .get(&ReloadLabels { result })
             .map_or(0, |c| c.get())
     }
@@ -520,7 +565,7 @@ impl Metrics {
     ) -> Option<GenAiLabels> {
         let operation = rec.route.gen_ai_operation()?;
         let response = match rec.response_model {
-            Some(m) => self.models.label(Some(m)),
+            Some(m) => self.0.models.label(Some(m)),
             None => upstream,
         };
         Some(GenAiLabels {

@@ -5,7 +5,7 @@
 //! - [`UsageBody`]: an `http_body::Body` wrapper that forwards every frame first and
 //!   inspects it after, for SSE streams (incremental, event by event) and JSON bodies
 //!   (bounded), and reports once at the end (or when dropped).
-//! - [`request::prepare_stream_usage`]: the request-side half of stream usage injection.
+//! - [`prepare_stream_usage`]: the request-side half of stream usage injection.
 //! - [`cost_usd`]: tokens times the configured price.
 //!
 //! This module does not record metrics or log: the report callback does that.
@@ -25,7 +25,7 @@ use serde::de::IgnoredAny;
 use crate::config::Price;
 
 pub use body::{ReportFn, UsageBody};
-pub use request::{StreamUsage, prepare_stream_usage};
+pub use request::{Prepared, StreamUsage, prepare_stream_usage};
 
 /// Token counts of one response.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -350,6 +350,16 @@ impl ModelLabels {
     }
 }
 
+/// `model` itself when it is a well-formed model id, else `"<invalid>"`: what logs may
+/// print of a client-supplied model name.
+pub fn log_safe_model(model: &str) -> &str {
+    if is_well_formed(model) {
+        model
+    } else {
+        "<invalid>"
+    }
+}
+
 fn is_well_formed(model: &str) -> bool {
     !model.is_empty()
         && model.len() <= MAX_MODEL_LABEL_LEN

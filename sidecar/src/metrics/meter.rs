@@ -1,0 +1,239 @@
+//! [`RequestMeter`]: follows one proxied request from arrival to the last byte of its
+//! response, then records its metrics and writes its log line, once.
+//!
+//! The proxy creates it first thing, tells it what it learns (models, stream usage mode,
+//! attempts) and hands it the final response, whose body it wraps in a
+//! [`UsageBody`]. It does not parse requests or decide retries.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, Response, header};
+use http_body::Body;
+
+use super::{InflightGuard, Metrics, RequestRecord, Route, TokenRecord, UnparsedKind};
+use crate::config::Config;
+use crate::logging::RequestLog;
+use crate::usage::{StreamEnd, StreamUsage, TapMode, UsageBody, UsageReport, cost_usd};
+
+/// Longest client `x-request-id` reused as the request id.
+const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// One request in flight; see the module docs.
+#[derive(Debug)]
+pub struct RequestMeter {
+    metrics: Metrics,
+    request_id: String,
+    route: Route,
+    started: Instant,
+    requested_model: Option<String>,
+    upstream_model: Option<String>,
+    stream_usage: StreamUsage,
+    attempts: u32,
+    inflight: InflightGuard,
+}
+
+impl RequestMeter {
+    /// Starts metering a request to `path` (counts it in flight).
+    pub fn start(metrics: &Metrics, path: &str, headers: &HeaderMap) -> Self {
+        let request_id = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|id| is_safe_id(id))
+            .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
+        Self {
+            metrics: metrics.clone(),
+            request_id,
+            route: Route::from_path(path),
+            started: Instant::now(),
+            requested_model: None,
+            upstream_model: None,
+            stream_usage: StreamUsage::NotApplicable,
+            attempts: 0,
+            inflight: metrics.inflight(),
+        }
+    }
+
+    /// The id in the log line.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// The request's route.
+    pub fn route(&self) -> Route {
+        self.route
+    }
+
+    /// The model the client asked for and the one sent upstream.
+    pub fn set_models(&mut self, requested: Option<&str>, upstream: Option<&str>) {
+        self.requested_model = requested.map(str::to_owned);
+        self.upstream_model = upstream.map(str::to_owned);
+    }
+
+    /// A fallback switched the upstream model.
+    pub fn set_upstream_model(&mut self, upstream: &str) {
+        self.upstream_model = Some(upstream.to_owned());
+    }
+
+    /// What the request side did about stream usage.
+    pub fn set_stream_usage(&mut self, stream_usage: StreamUsage) {
+        self.stream_usage = stream_usage;
+    }
+
+    /// Upstream attempts made so far (the proxy sets 1 for a single send).
+    pub fn set_attempts(&mut self, attempts: u32) {
+        self.attempts = attempts;
+    }
+
+    /// Wraps the response body so usage is read as it streams; when the body ends (or is
+    /// dropped) the request's metrics are recorded and its log line written. `config`
+    /// supplies the prices in force.
+    pub fn finish<B>(self, resp: Response<B>, config: Arc<Config>) -> Response<UsageBody<B>>
+    where
+        B: Body<Data = Bytes>,
+    {
+        let (mut parts, body) = resp.into_parts();
+        let mode = TapMode::for_response(parts.status, &parts.headers, self.stream_usage);
+        if mode == TapMode::SseStripInjected {
+            // Events are removed, so the upstream's length no longer holds.
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        let status = parts.status.as_u16();
+        let report = Box::new(move |report: UsageReport| self.report(status, &config, report));
+        Response::from_parts(parts, UsageBody::new(body, mode, report))
+    }
+
+    fn report(self, status: u16, config: &Config, report: UsageReport) {
+        let metrics = &self.metrics;
+        metrics.observe_config(config);
+        let rec = RequestRecord {
+            route: self.route,
+            requested_model: self.requested_model.as_deref(),
+            upstream_model: self.upstream_model.as_deref(),
+            response_model: report.response_model.as_deref(),
+            status,
+            duration: report.finished_at.saturating_duration_since(self.started),
+            ttfb: report
+                .first_byte_at
+                .map(|t| t.saturating_duration_since(self.started)),
+        };
+        metrics.record_request(&rec);
+        let kind = match report.mode {
+            TapMode::Json => UnparsedKind::JsonBody,
+            TapMode::Off | TapMode::Sse | TapMode::SseStripInjected => UnparsedKind::SseEvent,
+        };
+        metrics.record_unparsed(kind, report.unparsed);
+        let mut cost = None;
+        if let Some(usage) = report.usage {
+            let price = self
+                .upstream_model
+                .as_deref()
+                .and_then(|m| config.prices.get(m));
+            cost = price.map(|p| cost_usd(&usage, p));
+            metrics.record_tokens(
+                &rec,
+                &TokenRecord {
+                    input: usage.input_tokens,
+                    output: usage.output_tokens,
+                    price_per_million: price.map(|p| (p.input, p.output)),
+                },
+            );
+        } else if report.mode != TapMode::Off && report.end == StreamEnd::Complete {
+            // A successful body we read to the end without usage: spend we cannot see.
+            metrics.record_usage_missing(self.route);
+        }
+        RequestLog {
+            request_id: &self.request_id,
+            route: self.route,
+            requested_model: rec.requested_model,
+            upstream_model: rec.upstream_model,
+            response_model: rec.response_model,
+            status,
+            attempts: self.attempts,
+            latency: rec.duration,
+            ttfb: rec.ttfb,
+            input_tokens: report.usage.map(|u| u.input_tokens),
+            output_tokens: report.usage.map(|u| u.output_tokens),
+            cost_usd: cost,
+            stream: matches!(report.mode, TapMode::Sse | TapMode::SseStripInjected),
+            end: report.end,
+        }
+        .emit();
+        // In flight until the report is made (the last byte has gone).
+        drop(self.inflight);
+    }
+}
+
+fn is_safe_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{BodyExt, Full};
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::metrics::ReloadResult;
+
+    #[test]
+    fn request_ids_from_clients_only_when_safe() {
+        let metrics = Metrics::register(&mut Registry::default());
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", "abc-123".parse().unwrap());
+        let meter = RequestMeter::start(&metrics, "/v1/models", &headers);
+        assert_eq!(meter.request_id(), "abc-123");
+        assert_eq!(meter.route(), Route::Models);
+        headers.insert("x-request-id", "has space".parse().unwrap());
+        let meter = RequestMeter::start(&metrics, "/v1/models", &headers);
+        assert_eq!(meter.request_id().len(), 32);
+    }
+
+    #[tokio::test]
+    async fn finish_records_tokens_cost_and_inflight() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let mut meter = RequestMeter::start(&metrics, "/v1/embeddings", &HeaderMap::new());
+        meter.set_models(
+            Some("text-embedding-3-small"),
+            Some("text-embedding-3-small"),
+        );
+        meter.set_attempts(1);
+        let mut config = Config::default();
+        config.prices.insert(
+            "text-embedding-3-small".to_owned(),
+            crate::config::Price {
+                input: 0.02,
+                output: 0.0,
+            },
+        );
+        let json =
+            r#"{"model":"text-embedding-3-small","usage":{"prompt_tokens":50,"total_tokens":50}}"#;
+        let resp = Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(json)))
+            .unwrap();
+        let resp = meter.finish(resp, Arc::new(config));
+        assert_eq!(metrics.0.inflight.get(), 1, "in flight until the body ends");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, json.as_bytes());
+        assert_eq!(metrics.0.inflight.get(), 0);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(
+                r#"holysheep_tokens_total{model="text-embedding-3-small",type="input"} 50"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"holysheep_cost_usd_total{model="text-embedding-3-small"} 0.000001"#)
+        );
+        assert_eq!(metrics.config_reloads(ReloadResult::Success), 0);
+    }
+}
