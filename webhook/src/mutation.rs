@@ -243,7 +243,7 @@ fn annotate(
 }
 
 /// Adds `items` to the list at `path`: the whole list when it is missing, else one
-/// append (`/-`) per item.
+/// append (`/-`) per item. Each item is written name-first.
 fn add_to_list<T: Serialize>(
     ops: &mut Vec<PatchOperation>,
     path: &[&str],
@@ -253,14 +253,18 @@ fn add_to_list<T: Serialize>(
     if items.is_empty() {
         return Ok(());
     }
+    let values = items
+        .iter()
+        .map(|item| to_value(item).map(name_first))
+        .collect::<Result<Vec<_>, _>>()?;
     if !exists {
-        ops.push(add(path, to_value(items)?));
+        ops.push(add(path, Value::Array(values)));
         return Ok(());
     }
     let mut append = path.to_vec();
     append.push("-");
-    for item in items {
-        ops.push(add(&append, to_value(item)?));
+    for value in values {
+        ops.push(add(&append, value));
     }
     Ok(())
 }
@@ -300,17 +304,20 @@ fn insert_sidecar(
     spec: &PodSpec,
     sidecar: &SidecarSpec,
 ) -> Result<(), MutationError> {
-    let container = name_first(to_value(sidecar.container())?);
+    let container = sidecar.container();
     if !sidecar.native {
         // An empty list may also be a missing one (k8s-openapi defaults it): add it whole.
         let exists = !spec.containers.is_empty();
         return add_to_list(ops, &["spec", "containers"], exists, &[container]);
     }
     match spec.init_containers {
-        None => ops.push(add(&["spec", "initContainers"], to_value([container])?)),
-        Some(_) => ops.push(add(&["spec", "initContainers", "0"], to_value(container)?)),
+        None => add_to_list(ops, &["spec", "initContainers"], false, &[container]),
+        Some(_) => {
+            let value = name_first(to_value(container)?);
+            ops.push(add(&["spec", "initContainers", "0"], value));
+            Ok(())
+        }
     }
-    Ok(())
 }
 
 /// k8s-openapi serializes fields alphabetically; put the identifying ones first so the
