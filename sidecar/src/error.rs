@@ -150,6 +150,18 @@ impl ProxyError {
         matches!(self, Self::UpstreamUnreachable { .. })
     }
 
+    /// Upstream failures the sidecar answers only once its own retries are over.
+    fn is_after_retries(&self) -> bool {
+        matches!(
+            self,
+            Self::UpstreamUnreachable { .. }
+                | Self::UpstreamFailed { .. }
+                | Self::UpstreamTimeout { .. }
+                | Self::DeadlineExceeded { .. }
+                | Self::RetriesExhausted { .. }
+        )
+    }
+
     /// Renders the OpenAI-shaped JSON error response.
     pub fn into_response(self) -> Response<ResponseBody> {
         let (status, kind, code) = self.status_and_kind();
@@ -172,6 +184,10 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if self.is_after_retries() {
+            // The sidecar already retried (or could not): the SDKs must not multiply it.
+            headers.insert("x-should-retry", HeaderValue::from_static("false"));
+        }
         if let Self::RateLimited { retry_after, .. } = &self {
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));

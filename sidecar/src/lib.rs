@@ -13,6 +13,7 @@ pub mod models;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
+pub mod resilience;
 pub mod retry;
 pub mod server;
 pub mod upstream;

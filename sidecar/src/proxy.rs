@@ -3,8 +3,8 @@
 //! `handle` = route -> require key -> bound body -> remap model -> set key -> send ->
 //! stream back. Each step is a small function below, read top to bottom.
 //!
-//! What it does not do: retry or fall back (the `send` step is the seam where `retry`
-//! wraps [`upstream::send_once`]), count tokens (the `stream_back` step is the seam for
+//! What it does not do: retry or fall back (the `send` step hands the request to
+//! `resilience`, which runs the attempts under the `retry` policy), count tokens (the `stream_back` step is the seam for
 //! the usage tap), or buffer responses: upstream bodies stream back frame by frame, and
 //! dropping the client connection drops the upstream request.
 
@@ -21,7 +21,8 @@ use crate::config::Config;
 use crate::error::{BoxError, ProxyError, ResponseBody};
 use crate::keys::{ApiKey, KeyStore};
 use crate::models::{self, ModelField};
-use crate::upstream::{self, Upstream, UpstreamBody};
+use crate::resilience::{Answer, Resilience, SseErrorTail, is_event_stream};
+use crate::upstream::{Upstream, UpstreamBody};
 
 /// Everything a request needs, shared by all connections.
 #[derive(Debug)]
@@ -32,6 +33,8 @@ pub struct AppState {
     pub keys: Arc<KeyStore>,
     /// The upstream client.
     pub upstream: Upstream,
+    /// Retry budget and local rate limits.
+    pub resilience: Resilience,
 }
 
 /// The client path prefix that is forwarded.
@@ -59,15 +62,27 @@ async fn forward(
     let uri = route(&state.upstream, &parts.uri)?;
     let key = state.keys.current().ok_or(ProxyError::NoKey)?;
     let body = bound_body(&parts.headers, body, config.limits.max_body_bytes).await?;
-    let (body, model) = remap_model(body, &config);
+    let (body, model, requested) = remap_model(body, &config);
+    // Tokens over the estimate are not charged back yet (needs the usage report).
+    let _tokens = state.resilience.admit(&config, &body)?;
     let outgoing = Outgoing {
         method: parts.method,
         uri,
         headers: set_key(parts.headers, &key, &body),
         body,
     };
-    let resp = send(state, &config, outgoing, model.as_ref()).await?;
-    Ok(stream_back(resp))
+    let answer = send(
+        state,
+        &config,
+        outgoing,
+        model.as_ref(),
+        requested.as_deref(),
+    )
+    .await?;
+    let mut resp = stream_back(answer.response);
+    Answer::mark(answer.model.as_deref(), answer.gave_up, &mut resp);
+    let sse = is_event_stream(resp.headers());
+    Ok(resp.map(|body| SseErrorTail::new(body, sse).boxed_unsync()))
 }
 
 /// A request ready to go upstream (key set, model remapped).
@@ -177,8 +192,9 @@ fn is_json(headers: &HeaderMap) -> bool {
         || essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case("+json")
 }
 
-/// Step: rewrite the JSON `model` through the alias table; returns the model sent.
-fn remap_model(body: OutBody, config: &Config) -> (OutBody, Option<ModelField>) {
+/// Step: rewrite the JSON `model` through the alias table; returns the model sent and
+/// the one the client asked for.
+fn remap_model(body: OutBody, config: &Config) -> (OutBody, Option<ModelField>, Option<String>) {
     match body {
         OutBody::Buffered(bytes) => {
             let remapped = models::remap(bytes, &config.aliases);
@@ -187,9 +203,13 @@ fn remap_model(body: OutBody, config: &Config) -> (OutBody, Option<ModelField>) 
                     tracing::debug!(requested = %from, sent = %to.name, "model alias applied");
                 }
             }
-            (OutBody::Buffered(remapped.body), remapped.sent)
+            (
+                OutBody::Buffered(remapped.body),
+                remapped.sent,
+                remapped.requested,
+            )
         }
-        streamed @ OutBody::Streamed(_) => (streamed, None),
+        streamed @ OutBody::Streamed(_) => (streamed, None, None),
     }
 }
 
@@ -253,15 +273,13 @@ async fn send(
     state: &AppState,
     config: &Config,
     outgoing: Outgoing,
-    _model: Option<&ModelField>,
-) -> Result<Response<Incoming>, ProxyError> {
-    upstream::send_once(
-        &state.upstream,
-        outgoing.into_request(),
-        config.retry.attempt_timeout,
-        config.limits.max_body_bytes,
-    )
-    .await
+    model: Option<&ModelField>,
+    requested: Option<&str>,
+) -> Result<Answer, ProxyError> {
+    state
+        .resilience
+        .send(&state.upstream, config, outgoing, model, requested)
+        .await
 }
 
 /// Step: stream the upstream response back unchanged but for hop-by-hop headers.

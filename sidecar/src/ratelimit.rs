@@ -62,6 +62,15 @@ pub struct RateLimited {
     pub retry_after: Duration,
 }
 
+impl From<RateLimited> for crate::error::ProxyError {
+    fn from(limited: RateLimited) -> Self {
+        Self::RateLimited {
+            limit: limited.kind.field(),
+            retry_after: limited.retry_after,
+        }
+    }
+}
+
 impl RateLimited {
     /// `retry_after` rounded up to whole seconds, at least 1: the `Retry-After` value.
     pub fn retry_after_secs(&self) -> u64 {

@@ -20,8 +20,19 @@ use notify::{Event, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, ConfigError};
 use crate::metrics::{Metrics, ReloadResult};
+
+/// Told about every reload: the new config once applied, or why the file was refused.
+/// Runs on the watcher task; keep it short (count a metric, refresh model labels).
+pub type OnReload = Box<dyn Fn(Result<&Config, &ConfigError>) + Send + Sync + 'static>;
+
+/// An [`OnReload`] that counts reloads in `holysheep_config_reloads_total{result}`.
+pub fn count_reloads(metrics: Metrics) -> OnReload {
+    Box::new(move |result| {
+        metrics.record_config_reload(ReloadResult::from_ok(result.is_ok()));
+    })
+}
 
 /// How the watcher paces itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +71,7 @@ impl ConfigReloader {
     pub fn spawn(
         path: PathBuf,
         live: Arc<ArcSwap<Config>>,
-        metrics: Metrics,
+        on_reload: OnReload,
         options: ReloadOptions,
     ) -> Self {
         let (tx, rx) = mpsc::channel(1);
@@ -69,7 +80,7 @@ impl ConfigReloader {
             baseline: std::fs::read(&path).ok(),
             path,
             live,
-            metrics,
+            on_reload,
         };
         let task = tokio::spawn(state.run(rx, watcher, options));
         Self { task }
@@ -109,7 +120,7 @@ fn watch_dir(path: &Path, tx: mpsc::Sender<()>) -> Option<RecommendedWatcher> {
 struct Reloader {
     path: PathBuf,
     live: Arc<ArcSwap<Config>>,
-    metrics: Metrics,
+    on_reload: OnReload,
     /// The content last looked at (applied or refused), so each version counts once.
     baseline: Option<Vec<u8>>,
 }
@@ -145,15 +156,15 @@ impl Reloader {
     fn check(&mut self) {
         let content = match std::fs::read(&self.path) {
             Ok(content) => content,
-            Err(error) => {
+            Err(source) => {
                 // Not remembered as a baseline: a missing file may come back as it was.
                 if self.baseline.take().is_some() {
-                    tracing::warn!(
-                        path = %self.path.display(),
-                        %error,
-                        "config file unreadable; keeping the previous config"
-                    );
-                    self.metrics.record_config_reload(ReloadResult::Failure);
+                    let error = ConfigError::Read {
+                        path: self.path.clone(),
+                        source,
+                    };
+                    tracing::warn!(%error, "config file unreadable; keeping the previous config");
+                    (self.on_reload)(Err(&error));
                 }
                 return;
             }
@@ -164,17 +175,14 @@ impl Reloader {
         self.baseline = Some(content);
         match config::load_file(&self.path) {
             Ok(config) => {
-                self.live.store(Arc::new(config));
-                self.metrics.record_config_reload(ReloadResult::Success);
+                let config = Arc::new(config);
+                self.live.store(Arc::clone(&config));
                 tracing::info!(path = %self.path.display(), "config reloaded");
+                (self.on_reload)(Ok(&config));
             }
             Err(error) => {
-                self.metrics.record_config_reload(ReloadResult::Failure);
-                tracing::warn!(
-                    path = %self.path.display(),
-                    %error,
-                    "config reload refused; keeping the previous config"
-                );
+                tracing::warn!(%error, "config reload refused; keeping the previous config");
+                (self.on_reload)(Err(&error));
             }
         }
     }

@@ -56,8 +56,12 @@ fn attempts(live: &ArcSwap<Config>) -> u32 {
 #[tokio::test]
 async fn a_valid_change_is_applied() {
     let f = fixture("retry:\n  max_attempts: 2\n");
-    let _reloader =
-        ConfigReloader::spawn(f.path.clone(), f.live.clone(), f.metrics.clone(), OPTIONS);
+    let _reloader = ConfigReloader::spawn(
+        f.path.clone(),
+        f.live.clone(),
+        count_reloads(f.metrics.clone()),
+        OPTIONS,
+    );
     write_atomic(&f.path, "retry:\n  max_attempts: 5\n");
     eventually("a successful reload", || {
         f.metrics.config_reloads(ReloadResult::Success) == 1
@@ -70,8 +74,12 @@ async fn a_valid_change_is_applied() {
 #[tokio::test]
 async fn a_bad_file_keeps_the_last_good_config_then_a_fix_applies() {
     let f = fixture("retry:\n  max_attempts: 2\n");
-    let _reloader =
-        ConfigReloader::spawn(f.path.clone(), f.live.clone(), f.metrics.clone(), OPTIONS);
+    let _reloader = ConfigReloader::spawn(
+        f.path.clone(),
+        f.live.clone(),
+        count_reloads(f.metrics.clone()),
+        OPTIONS,
+    );
     for bad in [
         "retry:\n  max_attemps: 4\n",
         "retry: [unclosed\n",
@@ -104,7 +112,8 @@ async fn a_configmap_symlink_swap_is_seen() {
     let path = root.join("config.yaml");
     let live = Arc::new(ArcSwap::from_pointee(config::load_file(&path).unwrap()));
     let metrics = Metrics::register(&mut Registry::default());
-    let _reloader = ConfigReloader::spawn(path, live.clone(), metrics.clone(), OPTIONS);
+    let _reloader =
+        ConfigReloader::spawn(path, live.clone(), count_reloads(metrics.clone()), OPTIONS);
 
     std::fs::create_dir(root.join("..v2")).unwrap();
     std::fs::write(root.join("..v2/config.yaml"), "retry:\n  max_attempts: 7\n").unwrap();
@@ -123,7 +132,7 @@ async fn periodic_check_catches_changes_without_events() {
         baseline: std::fs::read(&f.path).ok(),
         path: f.path.clone(),
         live: f.live.clone(),
-        metrics: f.metrics.clone(),
+        on_reload: count_reloads(f.metrics.clone()),
     };
     reloader.check();
     assert_eq!(
@@ -146,8 +155,12 @@ async fn periodic_check_catches_changes_without_events() {
         poll_interval: Duration::from_millis(20),
         ..OPTIONS
     };
-    let _reloader =
-        ConfigReloader::spawn(f.path.clone(), f.live.clone(), f.metrics.clone(), options);
+    let _reloader = ConfigReloader::spawn(
+        f.path.clone(),
+        f.live.clone(),
+        count_reloads(f.metrics.clone()),
+        options,
+    );
     std::fs::write(&f.path, "retry:\n  max_attempts: 6\n").unwrap();
     eventually("the polled change", || attempts(&f.live) == 6).await;
 }
@@ -159,7 +172,7 @@ async fn a_vanished_file_keeps_the_config_and_counts_once() {
         baseline: std::fs::read(&f.path).ok(),
         path: f.path.clone(),
         live: f.live.clone(),
-        metrics: f.metrics.clone(),
+        on_reload: count_reloads(f.metrics.clone()),
     };
     std::fs::remove_file(&f.path).unwrap();
     reloader.check();
@@ -171,8 +184,12 @@ async fn a_vanished_file_keeps_the_config_and_counts_once() {
 #[tokio::test]
 async fn dropping_the_reloader_stops_it() {
     let f = fixture("retry:\n  max_attempts: 2\n");
-    let reloader =
-        ConfigReloader::spawn(f.path.clone(), f.live.clone(), f.metrics.clone(), OPTIONS);
+    let reloader = ConfigReloader::spawn(
+        f.path.clone(),
+        f.live.clone(),
+        count_reloads(f.metrics.clone()),
+        OPTIONS,
+    );
     assert_eq!(
         Arc::strong_count(&f.live),
         2,

@@ -118,6 +118,7 @@ pub fn build(settings: Settings) -> Result<App, RunError> {
         config: Arc::new(ArcSwap::from_pointee(settings.config)),
         keys: KeyStore::load(settings.key_source),
         upstream,
+        resilience: crate::resilience::Resilience::default(),
     };
     Ok(App {
         state: Arc::new(state),
@@ -173,6 +174,15 @@ pub async fn serve(
 ) -> Result<(), RunError> {
     let stop = CancellationToken::new();
     let key_watcher = app.state.keys.spawn_watcher(app.key_recheck);
+    // Live config: a changed --config file is swapped in; a bad one keeps the last good.
+    let _config_watcher = app.config_path.clone().map(|path| {
+        crate::reload::ConfigReloader::spawn(
+            path,
+            Arc::clone(&app.state.config),
+            Box::new(|_| {}),
+            crate::reload::ReloadOptions::default(),
+        )
+    });
     let admin_state = AdminState {
         keys: Arc::clone(&app.state.keys),
         registry: Arc::new(app.registry),

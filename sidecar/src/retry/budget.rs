@@ -73,6 +73,13 @@ pub struct SharedRetryBudget {
     current: ArcSwap<RetryBudget>,
 }
 
+impl Default for SharedRetryBudget {
+    /// Starts at the default `retry.budget_ratio`; the first request's config corrects it.
+    fn default() -> Self {
+        Self::new(crate::config::RetryConfig::default().budget_ratio)
+    }
+}
+
 impl SharedRetryBudget {
     /// A shared budget starting at `ratio`.
     pub fn new(ratio: f64) -> Self {

@@ -1,0 +1,274 @@
+//! Carries out the retry policy around single upstream attempts: the local rate limit
+//! before the first one, then attempts, pauses and fallback models until the policy says
+//! to hand an answer to the client; and marks what the client gets (`x-holysheep-model`,
+//! `x-should-retry: false` once the sidecar gave up, an SSE `error` event when a stream
+//! breaks after its first byte).
+//!
+//! The decisions themselves are made by the pure policy in retry.rs; this module only
+//! performs them (sleeps, re-sends, rewrites the `model` field). Nothing is retried once
+//! a response was handed on: a response leaves [`Resilience::send`] only as the final answer, so a
+//! stream that breaks later is never sent upstream again.
+//!
+//! Not here: one attempt (upstream.rs), the policy (retry.rs), the limits (ratelimit.rs).
+
+mod stream_error;
+
+pub use stream_error::{SseErrorTail, is_event_stream};
+
+use std::time::SystemTime;
+
+use http::{HeaderValue, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::models::{self, ModelField};
+use crate::proxy::{OutBody, Outgoing};
+use crate::ratelimit::{LocalRateLimit, TokenReservation, estimate_tokens};
+use crate::retry::{
+    Decision, GiveUpReason, Outcome, RequestRetry, SharedRetryBudget, fallback_chain,
+};
+use crate::upstream::{self, Upstream};
+
+/// The response header naming the model that produced the answer.
+pub const X_HOLYSHEEP_MODEL: &str = "x-holysheep-model";
+/// The header the OpenAI SDKs obey; `false` stops their own retries.
+pub const X_SHOULD_RETRY: &str = "x-should-retry";
+
+/// Process-wide state of the resilience layer: the retry budget and the local limits.
+#[derive(Debug, Default)]
+pub struct Resilience {
+    /// Retries and fallbacks as a share of recent requests.
+    pub budget: SharedRetryBudget,
+    /// The pod-local RPM/TPM limits.
+    pub rate_limit: LocalRateLimit,
+}
+
+/// The answer the attempt loop settled on.
+#[derive(Debug)]
+pub struct Answer {
+    /// The upstream response, body not yet read.
+    pub response: Response<Incoming>,
+    /// The model this response came from (after aliases and fallbacks), when the request
+    /// named one.
+    pub model: Option<String>,
+    /// True when the sidecar stopped retrying (the answer is a failure it gave up on).
+    pub gave_up: bool,
+    /// How many upstream attempts were made, fallbacks included.
+    pub attempts: u32,
+}
+
+impl Answer {
+    /// Sets `x-holysheep-model` and, after a give-up, `x-should-retry: false` on the
+    /// response going to the client.
+    pub fn mark<B>(model: Option<&str>, gave_up: bool, response: &mut Response<B>) {
+        let headers = response.headers_mut();
+        if let Some(value) = model.and_then(|m| HeaderValue::from_str(m).ok()) {
+            headers.insert(X_HOLYSHEEP_MODEL, value);
+        }
+        if gave_up {
+            headers.insert(X_SHOULD_RETRY, HeaderValue::from_static("false"));
+        }
+    }
+}
+
+impl Resilience {
+    /// Admits the request under the local rate limit, before any upstream call. The
+    /// token estimate is only computed when a token limit is configured.
+    pub fn admit(&self, config: &Config, body: &OutBody) -> Result<TokenReservation, ProxyError> {
+        let limits = &config.rate_limit;
+        let estimated = match body {
+            OutBody::Buffered(bytes) if limits.tokens_per_minute.is_some() => {
+                serde_json::from_slice(bytes).map_or(0, |json| estimate_tokens(&json))
+            }
+            _ => 0,
+        };
+        Ok(self.rate_limit.check(limits, estimated)?)
+    }
+
+    /// Sends `outgoing` with retries and fallbacks (see the module doc). `model` is the
+    /// request's `model` field after aliasing, `requested` the name the client sent.
+    pub async fn send(
+        &self,
+        upstream: &Upstream,
+        config: &Config,
+        mut outgoing: Outgoing,
+        model: Option<&ModelField>,
+        requested: Option<&str>,
+    ) -> Result<Answer, ProxyError> {
+        let chain = model.map_or_else(Vec::new, |field| {
+            fallback_chain(
+                requested.unwrap_or(&field.name),
+                &field.name,
+                |m| config.fallbacks.get(m).map(Vec::as_slice),
+                |m| {
+                    models::resolve_alias(&config.aliases, m)
+                        .unwrap_or(m)
+                        .to_owned()
+                },
+            )
+        });
+        if let OutBody::Streamed(_) = outgoing.body {
+            return send_streamed(upstream, config, outgoing).await;
+        }
+        let budget = self.budget.get(config.retry.budget_ratio);
+        let mut plan = RequestRetry::new(&config.retry, budget, chain, true, Instant::now());
+        let mut field = model.cloned();
+        let mut attempts = 0;
+        loop {
+            let timeout = plan.attempt_timeout(Instant::now());
+            if timeout.is_zero() {
+                return Err(deadline(config));
+            }
+            let request = outgoing.try_clone_request().ok_or_else(not_replayable)?;
+            let attempt = plan.attempt();
+            attempts += 1;
+            let result =
+                upstream::send_once(upstream, request, timeout, config.limits.max_body_bytes).await;
+            let outcome = match result {
+                Ok(ref resp) => {
+                    Outcome::from_response(resp.status(), resp.headers(), SystemTime::now())
+                }
+                Err(ProxyError::UpstreamTimeout { .. }) => Outcome::AttemptTimeout,
+                // No response: refused, reset or closed before headers.
+                Err(ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamFailed { .. }) => {
+                    Outcome::ConnectError
+                }
+                // Our own request is at fault (e.g. body over the limit): no retry helps.
+                Err(other) => return Err(other),
+            };
+            let decision = plan.decide(outcome, Instant::now(), &mut rand::rng());
+            let answered_by = plan.model().map(str::to_owned);
+            match decision {
+                Decision::Return => {
+                    plan.commit();
+                    return result.map(|response| Answer {
+                        response,
+                        model: answered_by,
+                        gave_up: false,
+                        attempts,
+                    });
+                }
+                Decision::Retry { after } => {
+                    tracing::info!(
+                        model = answered_by.as_deref().unwrap_or(""),
+                        attempt,
+                        outcome = outcome_name(outcome),
+                        wait_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+                        "retrying upstream request"
+                    );
+                    // Drop the failed response (and its connection) before waiting.
+                    drop(result);
+                    tokio::time::sleep(after).await;
+                }
+                Decision::Fallback {
+                    model: next,
+                    reason,
+                } => {
+                    tracing::info!(
+                        from = answered_by.as_deref().unwrap_or(""),
+                        to = %next,
+                        reason = reason.as_str(),
+                        "falling back to the next model"
+                    );
+                    drop(result);
+                    if let (OutBody::Buffered(body), Some(current)) = (&outgoing.body, &field) {
+                        let (body, moved) = models::set_model(body, current, &next);
+                        outgoing.body = OutBody::Buffered(body);
+                        field = Some(moved);
+                    }
+                }
+                Decision::GiveUp(reason) => {
+                    tracing::warn!(
+                        model = answered_by.as_deref().unwrap_or(""),
+                        attempts,
+                        outcome = outcome_name(outcome),
+                        reason = reason.as_str(),
+                        "giving up on the upstream request"
+                    );
+                    plan.commit();
+                    return match result {
+                        Ok(response) => Ok(Answer {
+                            response,
+                            model: answered_by,
+                            gave_up: true,
+                            attempts,
+                        }),
+                        Err(_) if reason == GiveUpReason::Deadline => Err(deadline(config)),
+                        Err(last) if attempts > 1 => Err(ProxyError::RetriesExhausted {
+                            source: Box::new(last),
+                        }),
+                        Err(last) => Err(last),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// A streamed (non-JSON) body cannot be replayed: one attempt, answered as it comes,
+/// and no `x-should-retry` verdict, so the client may retry it itself.
+async fn send_streamed(
+    upstream: &Upstream,
+    config: &Config,
+    outgoing: Outgoing,
+) -> Result<Answer, ProxyError> {
+    let timeout = config.retry.attempt_timeout.min(config.retry.deadline);
+    let response = upstream::send_once(
+        upstream,
+        outgoing.into_request(),
+        timeout,
+        config.limits.max_body_bytes,
+    )
+    .await?;
+    Ok(Answer {
+        response,
+        model: None,
+        gave_up: false,
+        attempts: 1,
+    })
+}
+
+fn deadline(config: &Config) -> ProxyError {
+    ProxyError::DeadlineExceeded {
+        after: config.retry.deadline,
+    }
+}
+
+fn not_replayable() -> ProxyError {
+    // Only buffered bodies reach the loop; reaching this is a logic error, answered as a
+    // failed exchange rather than a panic.
+    ProxyError::UpstreamFailed {
+        source: "internal: a streamed request body cannot be sent twice".into(),
+    }
+}
+
+fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Response { .. } => "status",
+        Outcome::ConnectError => "connect_error",
+        Outcome::AttemptTimeout => "timeout",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_name_the_model_and_stop_sdk_retries_only_after_giving_up() {
+        let mut resp = Response::new(());
+        Answer::mark(Some("deepseek-chat-v3-0324"), false, &mut resp);
+        assert_eq!(resp.headers()[X_HOLYSHEEP_MODEL], "deepseek-chat-v3-0324");
+        assert!(!resp.headers().contains_key(X_SHOULD_RETRY));
+        resp.headers_mut()
+            .insert(X_SHOULD_RETRY, HeaderValue::from_static("true"));
+        Answer::mark(None, true, &mut resp);
+        assert_eq!(
+            resp.headers()[X_SHOULD_RETRY],
+            "false",
+            "upstream's verdict replaced"
+        );
+    }
+}
