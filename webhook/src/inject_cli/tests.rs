@@ -20,12 +20,14 @@ fn workload(api_version: &str, kind: &str, template_path: &[&str]) -> String {
     // Nest the template under its path with two spaces per level; a Pod is its template.
     let mut yaml = format!("apiVersion: {api_version}\nkind: {kind}\n");
     if template_path.is_empty() {
-        return yaml
-            + &ANNOTATED_TEMPLATE
-                .replace("\n    ", "\n")
-                .replacen("metadata:\n", "metadata:\n  name: web\n", 1)
-                .trim_start()
-            + "\n";
+        let pod = ANNOTATED_TEMPLATE.replace("\n    ", "\n").replacen(
+            "metadata:\n",
+            "metadata:\n  name: web\n",
+            1,
+        );
+        yaml.push_str(pod.trim_start());
+        yaml.push('\n');
+        return yaml;
     }
     yaml.push_str("metadata:\n  name: web\n");
     let depth = template_path.len();
