@@ -108,7 +108,10 @@ impl BootstrapOptions {
             );
         }
         if self.check_interval.is_zero() || self.retry_delay.is_zero() {
-            return invalid("check interval", "check interval and retry delay must be > 0");
+            return invalid(
+                "check interval",
+                "check interval and retry delay must be > 0",
+            );
         }
         Ok(())
     }
@@ -184,8 +187,9 @@ impl BootstrapError {
                 detail
             }
             other => format!(
-                "cannot talk to the Kubernetes API ({other}); check that the pod can reach \
-                 the API server and that its ServiceAccount token is mounted"
+                "cannot talk to the Kubernetes API ({}); check that the pod can reach the \
+                 API server and that its ServiceAccount token and CA are mounted",
+                error_chain(other)
             ),
         };
         Self::Api {
@@ -194,6 +198,22 @@ impl BootstrapError {
             source,
         }
     }
+}
+
+/// `e: cause: cause...`, because kube's top-level message for a TLS or connect failure
+/// ("client error (Connect)") hides the useful part (e.g. `UnknownIssuer`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 /// One bootstrap pass: ensure the shared Secret, write the local files, sync the caBundle.

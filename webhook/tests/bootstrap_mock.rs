@@ -2,7 +2,10 @@
 //! start creates the Secret, later starts reuse it, racing replicas share one CA, the
 //! caBundle patch carries the CA, expiry and mismatches renew, API errors are clear.
 
-#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] fns may unwrap")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] fns may unwrap"
+)]
 
 #[path = "bootstrap_mock/fake_apiserver.rs"]
 mod fake_apiserver;
@@ -430,4 +433,55 @@ async fn wait_until(mut cond: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test]
+async fn bootstrap_works_over_https_verified_with_the_cluster_ca() {
+    // As in a pod: HTTPS to the apiserver, verified against the cluster CA (the
+    // ServiceAccount's ca.crt), through kube's own rustls setup with only ring built in.
+    let cluster_ca = generate_ca("cluster-ca", DAY).unwrap();
+    let apiserver_cert = cluster_ca
+        .issue_serving("kubernetes", "default", DAY)
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![
+                rustls_pki_types::pem::PemObject::from_pem_slice(
+                    apiserver_cert.cert_pem().as_bytes(),
+                )
+                .unwrap(),
+            ],
+            rustls_pki_types::pem::PemObject::from_pem_slice(apiserver_cert.key_pem().as_bytes())
+                .unwrap(),
+        )
+        .unwrap();
+    let server = FakeApiServer::start_tls(std::sync::Arc::new(tls)).await;
+    server.insert_webhook_config(webhook_config(None));
+    let url = format!("https://{}", server.addr).parse().unwrap();
+    let mut config = kube::Config::new(url);
+    config.root_cert = Some(bundle::certificates(cluster_ca.cert_pem().as_bytes()).unwrap());
+    config.tls_server_name = Some("kubernetes.default.svc".to_owned());
+    let client = kube::Client::try_from(config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    let outcome = bootstrap_once(client, &opts(&dir)).await.unwrap();
+
+    assert_eq!(outcome.secret, SecretAction::Created);
+    assert_eq!(outcome.ca_bundle, CaBundleStatus::Patched { webhooks: 2 });
+
+    // The wrong cluster CA: a clear error that names the TLS failure.
+    let url = format!("https://{}", server.addr).parse().unwrap();
+    let mut config = kube::Config::new(url);
+    let wrong_ca = generate_ca("not-the-cluster-ca", DAY).unwrap();
+    config.root_cert = Some(bundle::certificates(wrong_ca.cert_pem().as_bytes()).unwrap());
+    config.tls_server_name = Some("kubernetes.default.svc".to_owned());
+    let client = kube::Client::try_from(config).unwrap();
+    let err = bootstrap_once(client, &opts(&dir)).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("cannot talk to the Kubernetes API"), "{msg}");
+    assert!(msg.contains("UnknownIssuer"), "{msg}");
 }

@@ -65,13 +65,47 @@ impl FakeApiServer {
             create_barrier: racing_creates.map(|n| Arc::new(Barrier::new(n))),
             addr,
         };
-        let app = Router::new()
+        let app = server.router();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        server
+    }
+
+    /// Like [`start`](Self::start) without racing, but serving HTTPS with `tls`, as the
+    /// in-cluster apiserver does.
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> Self {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Self {
+            inner: Arc::default(),
+            create_barrier: None,
+            addr,
+        };
+        let app = server.router();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        server
+    }
+
+    fn router(&self) -> Router {
+        Router::new()
             .route(SECRETS, axum::routing::post(create_secret))
             .route(SECRET, get(get_secret).put(replace_secret))
             .route(MWC, get(get_mwc).patch(patch_mwc))
-            .with_state(server.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        server
+            .with_state(self.clone())
     }
 
     /// A kube client talking plain HTTP to this fake.
