@@ -21,7 +21,6 @@ use crate::usage::{StreamEnd, StreamUsage, TapMode, UsageBody, UsageReport, cost
 const MAX_REQUEST_ID_LEN: usize = 64;
 
 /// One request in flight; see the module docs.
-#[derive(Debug)]
 pub struct RequestMeter {
     metrics: Metrics,
     request_id: String,
@@ -31,7 +30,22 @@ pub struct RequestMeter {
     upstream_model: Option<String>,
     stream_usage: StreamUsage,
     attempts: u32,
+    on_tokens: Option<TokensHook>,
     inflight: InflightGuard,
+}
+
+/// Called once with the response's total tokens (0 when unknown), e.g. to settle a
+/// token rate-limit reservation.
+type TokensHook = Box<dyn FnOnce(u64) + Send + 'static>;
+
+impl std::fmt::Debug for RequestMeter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestMeter")
+            .field("request_id", &self.request_id)
+            .field("route", &self.route)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RequestMeter {
@@ -51,6 +65,7 @@ impl RequestMeter {
             upstream_model: None,
             stream_usage: StreamUsage::NotApplicable,
             attempts: 0,
+            on_tokens: None,
             inflight: metrics.inflight(),
         }
     }
@@ -86,6 +101,12 @@ impl RequestMeter {
         self.attempts = attempts;
     }
 
+    /// Runs `hook` with the response's total tokens when the body ends (0 when the
+    /// response reported none).
+    pub fn on_tokens(&mut self, hook: impl FnOnce(u64) + Send + 'static) {
+        self.on_tokens = Some(Box::new(hook));
+    }
+
     /// Wraps the response body so usage is read as it streams; when the body ends (or is
     /// dropped) the request's metrics are recorded and its log line written. `config`
     /// supplies the prices in force.
@@ -104,7 +125,14 @@ impl RequestMeter {
         Response::from_parts(parts, UsageBody::new(body, mode, report))
     }
 
-    fn report(self, status: u16, config: &Config, report: UsageReport) {
+    fn report(mut self, status: u16, config: &Config, report: UsageReport) {
+        if let Some(hook) = self.on_tokens.take() {
+            hook(
+                report
+                    .usage
+                    .map_or(0, |u| u.input_tokens.saturating_add(u.output_tokens)),
+            );
+        }
         let metrics = &self.metrics;
         metrics.observe_config(config);
         let rec = RequestRecord {
@@ -218,11 +246,15 @@ mod tests {
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(json)))
             .unwrap();
+        let settled = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+        let hook = Arc::clone(&settled);
+        meter.on_tokens(move |t| hook.store(t, std::sync::atomic::Ordering::SeqCst));
         let resp = meter.finish(resp, Arc::new(config));
         assert_eq!(metrics.0.inflight.get(), 1, "in flight until the body ends");
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, json.as_bytes());
         assert_eq!(metrics.0.inflight.get(), 0);
+        assert_eq!(settled.load(std::sync::atomic::Ordering::SeqCst), 50);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(
