@@ -20,13 +20,15 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{Limits, UpstreamBase};
 use crate::error::{BoxError, ProxyError};
 
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How often an HTTP/2 upstream connection is pinged.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// A request body going upstream: buffered (JSON, replayable) or streamed (size-bounded).
 pub type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
@@ -60,8 +62,13 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        // The pool timer makes the idle timeout effective; the h2 keep-alive pings find
+        // dead multiplexed connections before a request is sent on them.
         let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .http2_keep_alive_interval(H2_KEEP_ALIVE)
             .build(https);
         Ok(Self {
             base: Arc::new(base),
