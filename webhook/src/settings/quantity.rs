@@ -17,13 +17,13 @@ impl Quantity {
     /// Parses `text` with the grammar of `k8s.io/apimachinery/pkg/api/resource`:
     /// `<sign?><digits>[.<digits>]<suffix>`, suffix one of `Ki Mi Gi Ti Pi Ei`,
     /// `m k M G T P E` (or none), or `e<n>`/`E<n>`. Negative values are refused since
-    /// requests and limits cannot be negative. The error is the reason, without the name
-    /// of the field, which the caller adds.
+    /// requests and limits cannot be negative. The error is the reason, without the value
+    /// or the name of the field, which the caller adds (shortened when huge).
     pub fn parse(text: &str) -> Result<Self, String> {
         const FORM: &str = "expected a Kubernetes quantity such as 100m, 0.5, 64Mi or 1Gi";
         let unsigned = text.strip_prefix('+').unwrap_or(text);
         if unsigned.starts_with('-') {
-            return Err(format!("{text:?} is negative: {FORM}"));
+            return Err(format!("negative; {FORM}"));
         }
         let number_len = unsigned
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -31,17 +31,17 @@ impl Quantity {
         let (number, suffix) = unsigned.split_at(number_len);
         let digits = number.chars().filter(char::is_ascii_digit).count();
         if digits == 0 || number.matches('.').count() > 1 {
-            return Err(format!("{text:?} has no valid number: {FORM}"));
+            return Err(format!("no valid number; {FORM}"));
         }
         let Ok(mantissa) = number.parse::<f64>() else {
-            return Err(format!("{text:?} has no valid number: {FORM}"));
+            return Err(format!("no valid number; {FORM}"));
         };
         let Some(multiplier) = suffix_multiplier(suffix) else {
-            return Err(format!("{text:?} has an unknown suffix {suffix:?}: {FORM}"));
+            return Err(format!("unknown suffix; {FORM}"));
         };
         let value = mantissa * multiplier;
         if !value.is_finite() {
-            return Err(format!("{text:?} is out of range: {FORM}"));
+            return Err(format!("out of range; {FORM}"));
         }
         Ok(Self {
             text: text.to_owned(),
