@@ -9,91 +9,19 @@
 
 #[path = "bootstrap_mock/fake_apiserver.rs"]
 mod fake_apiserver;
+#[path = "bootstrap_mock/helpers.rs"]
+mod helpers;
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use fake_apiserver::FakeApiServer;
-use holysheep_certs::{Ca, ServingCert, bundle, generate_ca};
+use holysheep_certs::{ServingCert, bundle, generate_ca};
 use holysheep_webhook::bootstrap::{
-    BootstrapError, BootstrapOptions, CaBundleStatus, SecretAction, bootstrap_once,
-    run_renewal_loop,
+    BootstrapError, CaBundleStatus, SecretAction, bootstrap_once, run_renewal_loop,
 };
-use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-const NS: &str = "holysheep-system";
-const SECRET: &str = "holysheep-webhook-tls";
-const MWC: &str = "holysheep-sidecar-injector";
-const DAY: Duration = Duration::from_secs(86_400);
-
-fn opts(dir: &tempfile::TempDir) -> BootstrapOptions {
-    BootstrapOptions::new(NS, dir.path().join("certs"))
-}
-
-fn webhook_config(ca_bundle: Option<&str>) -> Value {
-    let client_config = |path: &str| {
-        let mut cc = json!({"service": {"name": "holysheep-webhook", "namespace": NS, "path": path, "port": 443}});
-        if let Some(pem) = ca_bundle {
-            cc["caBundle"] = json!(bundle::encode(pem));
-        }
-        cc
-    };
-    json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": MWC},
-        "webhooks": [
-            {"name": "inject.holysheep.ai", "clientConfig": client_config("/mutate"),
-             "admissionReviewVersions": ["v1"], "sideEffects": "None",
-             "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}]},
-            {"name": "inject-b.holysheep.ai", "clientConfig": client_config("/mutate"),
-             "admissionReviewVersions": ["v1"], "sideEffects": "None"}
-        ]
-    })
-}
-
-fn data(secret: &Value, key: &str) -> String {
-    let b64 = secret["data"][key].as_str().unwrap_or_default();
-    String::from_utf8(STANDARD.decode(b64).unwrap()).unwrap()
-}
-
-/// The caBundle of every webhook, decoded.
-fn ca_bundles(server: &FakeApiServer) -> Vec<String> {
-    let config = server.webhook_config(MWC).unwrap();
-    config["webhooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| {
-            let b64 = w["clientConfig"]["caBundle"].as_str().unwrap_or_default();
-            String::from_utf8(STANDARD.decode(b64).unwrap()).unwrap()
-        })
-        .collect()
-}
-
-fn secret_value(ca: &Ca, bundle_pem: &str, serving: &ServingCert) -> Value {
-    let e = |s: &str| STANDARD.encode(s);
-    json!({
-        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-        "metadata": {"name": SECRET, "namespace": NS, "labels": {"keep": "me"}},
-        "data": {"ca.crt": e(bundle_pem), "ca.key": e(ca.key_pem()),
-                 "tls.crt": e(serving.cert_pem()), "tls.key": e(serving.key_pem())}
-    })
-}
-
-fn file(dir: &tempfile::TempDir, name: &str) -> String {
-    std::fs::read_to_string(dir.path().join("certs").join(name)).unwrap()
-}
-
-/// Checks that the files a replica wrote form a CA + serving cert valid for the Service.
-fn assert_files_valid(dir: &tempfile::TempDir, secret: &Value) {
-    let ca = Ca::from_pem(&file(dir, "ca.crt"), &data(secret, "ca.key")).unwrap();
-    let serving = ServingCert::from_pem(&file(dir, "tls.crt"), &file(dir, "tls.key")).unwrap();
-    ca.verify_serving(&serving, "holysheep-webhook", NS, OffsetDateTime::now_utc())
-        .unwrap();
-}
+use helpers::*;
 
 #[tokio::test]
 async fn first_start_creates_the_secret_writes_files_and_patches_every_ca_bundle() {
@@ -421,18 +349,6 @@ async fn renewal_loop_waits_for_the_webhook_config_and_restores_a_wiped_ca_bundl
         .await
         .expect("loop stops on shutdown")
         .unwrap();
-}
-
-/// Polls `cond` every 10 ms for at most 10 s.
-async fn wait_until(mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within 10s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]
