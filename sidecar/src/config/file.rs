@@ -1,0 +1,192 @@
+//! The `--config` file as written (every field optional, unknown keys refused) and its
+//! merge over the defaults, followed by range and consistency checks.
+//!
+//! What it does not do: read files (see `config::load_file`) or hold the live config.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{Config, ConfigError, Price};
+
+/// The file as written: every field optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileConfig {
+    #[serde(default)]
+    aliases: Option<HashMap<String, String>>,
+    #[serde(default)]
+    fallbacks: Option<HashMap<String, Vec<String>>>,
+    #[serde(default)]
+    retry: Option<RetryFile>,
+    #[serde(default)]
+    rate_limit: Option<RateLimitFile>,
+    #[serde(default)]
+    prices: Option<HashMap<String, Price>>,
+    #[serde(default)]
+    limits: Option<LimitsFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryFile {
+    max_attempts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    base_backoff: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_backoff: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_retry_after: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    attempt_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    deadline: Option<Duration>,
+    on_status: Option<Vec<u16>>,
+    budget_ratio: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitFile {
+    requests_per_minute: Option<u32>,
+    tokens_per_minute: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    max_body_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
+}
+
+impl FileConfig {
+    pub(super) fn merge_over(self, mut cfg: Config) -> Result<Config, ConfigError> {
+        if let Some(aliases) = self.aliases {
+            for (from, to) in aliases {
+                check_model_name(&format!("aliases.{from}"), &from)?;
+                check_model_name(&format!("aliases.{from}"), &to)?;
+                cfg.aliases.insert(from, to);
+            }
+        }
+        if let Some(fallbacks) = self.fallbacks {
+            for (model, list) in &fallbacks {
+                check_model_name(&format!("fallbacks.{model}"), model)?;
+                for (i, fb) in list.iter().enumerate() {
+                    let field = format!("fallbacks.{model}[{i}]");
+                    check_model_name(&field, fb)?;
+                    if fb == model {
+                        return Err(ConfigError::invalid(
+                            field,
+                            "a model cannot be its own fallback; remove it from the list",
+                        ));
+                    }
+                }
+            }
+            cfg.fallbacks = fallbacks;
+        }
+        if let Some(r) = self.retry {
+            let d = &mut cfg.retry;
+            merge(&mut d.max_attempts, r.max_attempts);
+            merge(&mut d.base_backoff, r.base_backoff);
+            merge(&mut d.max_backoff, r.max_backoff);
+            merge(&mut d.max_retry_after, r.max_retry_after);
+            merge(&mut d.attempt_timeout, r.attempt_timeout);
+            merge(&mut d.deadline, r.deadline);
+            merge(&mut d.on_status, r.on_status);
+            merge(&mut d.budget_ratio, r.budget_ratio);
+        }
+        if let Some(rl) = self.rate_limit {
+            cfg.rate_limit.requests_per_minute =
+                positive("rate_limit.requests_per_minute", rl.requests_per_minute)?;
+            cfg.rate_limit.tokens_per_minute =
+                positive("rate_limit.tokens_per_minute", rl.tokens_per_minute)?;
+        }
+        if let Some(prices) = self.prices {
+            for (model, price) in prices {
+                check_model_name(&format!("prices.{model}"), &model)?;
+                for (part, v) in [("input", price.input), ("output", price.output)] {
+                    if !v.is_finite() || v < 0.0 {
+                        return Err(ConfigError::invalid(
+                            format!("prices.{model}.{part}"),
+                            format!("{v} is not a price; use USD per 1M tokens, 0 or more"),
+                        ));
+                    }
+                }
+                cfg.prices.insert(model, price);
+            }
+        }
+        if let Some(l) = self.limits {
+            merge(&mut cfg.limits.max_body_bytes, l.max_body_bytes);
+            merge(&mut cfg.limits.connect_timeout, l.connect_timeout);
+        }
+        validate(&cfg)?;
+        Ok(cfg)
+    }
+}
+
+fn merge<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+fn positive(field: &str, v: Option<u32>) -> Result<Option<NonZeroU32>, ConfigError> {
+    match v {
+        None => Ok(None),
+        Some(n) => NonZeroU32::new(n).map(Some).ok_or_else(|| {
+            ConfigError::invalid(field, "must be at least 1; leave it out for no limit")
+        }),
+    }
+}
+
+fn check_model_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.trim().is_empty() {
+        return Err(ConfigError::invalid(field, "model name must not be empty"));
+    }
+    Ok(())
+}
+
+/// Range and consistency checks on the merged values.
+fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    let r = &cfg.retry;
+    let err = |f: &str, m: &str| Err(ConfigError::invalid(f, m));
+    if r.max_attempts == 0 {
+        return err(
+            "retry.max_attempts",
+            "must be at least 1 (1 means no retry)",
+        );
+    }
+    if r.max_attempts > 20 {
+        return err("retry.max_attempts", "must be at most 20");
+    }
+    if r.base_backoff > r.max_backoff {
+        return err("retry.base_backoff", "must not exceed retry.max_backoff");
+    }
+    if r.attempt_timeout.is_zero() {
+        return err("retry.attempt_timeout", "must be greater than 0, e.g. 60s");
+    }
+    if r.deadline.is_zero() {
+        return err("retry.deadline", "must be greater than 0, e.g. 120s");
+    }
+    for (i, s) in r.on_status.iter().enumerate() {
+        if !(400..=599).contains(s) {
+            return Err(ConfigError::invalid(
+                format!("retry.on_status[{i}]"),
+                format!("{s} is not an error status; use codes 400-599"),
+            ));
+        }
+    }
+    if !(0.0..=1.0).contains(&r.budget_ratio) {
+        return err("retry.budget_ratio", "must be between 0 and 1, e.g. 0.2");
+    }
+    if cfg.limits.max_body_bytes == 0 {
+        return err("limits.max_body_bytes", "must be at least 1, e.g. 20971520");
+    }
+    if cfg.limits.connect_timeout.is_zero() {
+        return err("limits.connect_timeout", "must be greater than 0, e.g. 5s");
+    }
+    Ok(())
+}
