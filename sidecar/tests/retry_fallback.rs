@@ -1,0 +1,430 @@
+//! Retries, `Retry-After`, fallback models, the deadline, the retry budget and broken
+//! streams, end to end: a client talks to an in-process sidecar in front of a scripted
+//! upstream. Every upstream keeps a timestamped log, so each test can also check that no
+//! request went upstream after the client had received any byte of its answer.
+
+#![allow(clippy::unwrap_used, reason = "tests: a failure should panic")]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use holysheep_sidecar::config::Config;
+use serde_json::{Value, json};
+use support::upstream::{FakeUpstream, Reply, Seen};
+use support::{Sidecar, fixture, http_client, settings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Short timings so the suite stays fast; each test overrides what it exercises.
+const FAST_RETRY: &str = "
+retry:
+  max_attempts: 3
+  base_backoff: 5ms
+  max_backoff: 20ms
+  attempt_timeout: 2s
+  deadline: 5s
+";
+
+async fn sidecar(upstream: &str, yaml: &str) -> Sidecar {
+    let mut s = settings(upstream);
+    s.config = Config::from_yaml_str(yaml).unwrap();
+    Sidecar::start_with(s).await
+}
+
+/// When the upstream saw each request, next to what it saw.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<(Instant, Value)>>>);
+
+impl Log {
+    fn push(&self, body: Value) {
+        self.0.lock().unwrap().push((Instant::now(), body));
+    }
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    fn models(&self) -> Vec<String> {
+        let log = self.0.lock().unwrap();
+        log.iter()
+            .map(|(_, body)| body["model"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+    /// Nothing reached the upstream after `first_byte` (the client's first byte).
+    fn nothing_after(&self, first_byte: Instant) {
+        let log = self.0.lock().unwrap();
+        let late = log.iter().filter(|(at, _)| *at > first_byte).count();
+        assert_eq!(
+            late, 0,
+            "{late} upstream request(s) after the client got bytes"
+        );
+    }
+}
+
+/// A fake upstream answering with `reply(n, body)` for its n-th request (0-based).
+async fn logged(
+    reply: impl Fn(usize, &Value) -> Reply + Send + Sync + 'static,
+) -> (FakeUpstream, Log) {
+    let log = Log::default();
+    let log2 = log.clone();
+    let up = FakeUpstream::start(move |seen: &Seen| {
+        let body: Value = serde_json::from_slice(&seen.body).unwrap_or(Value::Null);
+        let n = log2.len();
+        log2.push(body.clone());
+        reply(n, &body)
+    })
+    .await;
+    (up, log)
+}
+
+fn completion(model: &str) -> Reply {
+    let mut body: Value = serde_json::from_str(&fixture("openai/chat_completion.json")).unwrap();
+    body["model"] = json!(model);
+    Reply::json(200, body.to_string())
+}
+
+fn error(status: u16, message: &str) -> Reply {
+    let body = json!({"error": {"message": message, "type": "server_error", "code": null}});
+    Reply::json(status, body.to_string())
+}
+
+/// POSTs a chat request; returns the response and when its headers arrived.
+async fn chat(sidecar: &Sidecar, model: &str) -> (reqwest::Response, Instant) {
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    let resp = http_client()
+        .post(sidecar.url("/v1/chat/completions"))
+        .bearer_auth("injected-by-holysheep")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (resp, Instant::now())
+}
+
+#[tokio::test]
+async fn two_503_then_200_is_one_success_for_the_client() {
+    let (up, log) = logged(|n, body| match n {
+        0 | 1 => error(503, "overloaded"),
+        _ => completion(body["model"].as_str().unwrap()),
+    })
+    .await;
+    let sidecar = sidecar(&up.url(), FAST_RETRY).await;
+
+    // The real SDK sees a single, successful call.
+    let msg = async_openai::types::chat::ChatCompletionRequestUserMessageArgs::default()
+        .content("hi")
+        .build()
+        .unwrap();
+    let request = async_openai::types::chat::CreateChatCompletionRequestArgs::default()
+        .model("gpt-4.1")
+        .messages([msg.into()])
+        .build()
+        .unwrap();
+    let resp = sidecar.openai().chat().create(request).await.unwrap();
+    let answered = Instant::now();
+
+    assert_eq!(resp.model, "gpt-4.1");
+    assert_eq!(log.len(), 3, "two failures and the success");
+    let bodies: Vec<Value> = up.requests().iter().map(Seen::json).collect();
+    assert!(
+        bodies.iter().all(|b| *b == bodies[0]),
+        "every attempt resent the same body"
+    );
+    log.nothing_after(answered);
+}
+
+#[tokio::test]
+async fn retry_after_one_second_is_honoured() {
+    let (up, log) = logged(|n, body| match n {
+        0 => error(429, "slow down").with_header("retry-after", "1"),
+        _ => completion(body["model"].as_str().unwrap()),
+    })
+    .await;
+    let sidecar = sidecar(&up.url(), FAST_RETRY).await;
+
+    let start = Instant::now();
+    let (resp, first_byte) = chat(&sidecar, "gpt-4.1").await;
+    let elapsed = start.elapsed();
+
+    assert_eq!(resp.status(), 200);
+    assert!(
+        elapsed >= Duration::from_millis(950),
+        "waited only {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(3), "waited {elapsed:?}");
+    assert_eq!(log.len(), 2);
+    log.nothing_after(first_byte);
+}
+
+#[tokio::test]
+async fn always_429_model_falls_back_to_the_next_one() {
+    let (up, log) = logged(|_, body| {
+        let model = body["model"].as_str().unwrap();
+        if model == "gpt-4.1" {
+            error(429, "rate limited")
+        } else {
+            completion(model)
+        }
+    })
+    .await;
+    let yaml = format!("{FAST_RETRY}fallbacks:\n  gpt-4.1: [deepseek, gemini-2.5-flash]\n");
+    let sidecar = sidecar(&up.url(), &yaml).await;
+
+    // `gpt-4` is an alias of gpt-4.1; `deepseek` in the list is an alias too.
+    let (resp, first_byte) = chat(&sidecar, "gpt-4").await;
+
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-holysheep-model"], "deepseek-chat-v3-0324");
+    assert!(!resp.headers().contains_key("x-should-retry"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["model"], "deepseek-chat-v3-0324");
+    assert_eq!(
+        log.models(),
+        ["gpt-4.1", "gpt-4.1", "gpt-4.1", "deepseek-chat-v3-0324"],
+        "three attempts on the model, then its first fallback"
+    );
+    log.nothing_after(first_byte);
+}
+
+#[tokio::test]
+async fn when_every_model_fails_the_last_error_comes_back_marked_final() {
+    let (up, log) = logged(|_, _| error(503, "down")).await;
+    let yaml = format!("{FAST_RETRY}fallbacks:\n  gpt-4.1: [deepseek-chat-v3-0324]\n");
+    let sidecar = sidecar(&up.url(), &yaml).await;
+
+    let (resp, first_byte) = chat(&sidecar, "gpt-4.1").await;
+
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["x-should-retry"], "false");
+    assert_eq!(resp.headers()["x-holysheep-model"], "deepseek-chat-v3-0324");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"], "down",
+        "the upstream's own error, untouched"
+    );
+    assert_eq!(log.len(), 6, "3 attempts on each of the 2 models");
+    log.nothing_after(first_byte);
+}
+
+#[tokio::test]
+async fn long_retry_after_skips_straight_to_the_fallback() {
+    let (up, log) = logged(|_, body| {
+        let model = body["model"].as_str().unwrap();
+        if model == "gpt-4.1" {
+            error(429, "come back in an hour").with_header("retry-after", "3600")
+        } else {
+            completion(model)
+        }
+    })
+    .await;
+    let yaml = format!(
+        "{FAST_RETRY}  max_retry_after: 2s\nfallbacks:\n  gpt-4.1: [deepseek-chat-v3-0324]\n"
+    );
+    let sidecar = sidecar(&up.url(), &yaml).await;
+
+    let start = Instant::now();
+    let (resp, _) = chat(&sidecar, "gpt-4.1").await;
+
+    assert_eq!(resp.status(), 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "did not wait for the hour"
+    );
+    assert_eq!(log.models(), ["gpt-4.1", "deepseek-chat-v3-0324"]);
+}
+
+/// A raw upstream that accepts connections and never answers; counts them.
+async fn silent_upstream() -> (String, Arc<Mutex<usize>>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let accepted = Arc::new(Mutex::new(0));
+    let counter = Arc::clone(&accepted);
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            *counter.lock().unwrap() += 1;
+            held.push(stream);
+        }
+    });
+    (url, accepted, task)
+}
+
+#[tokio::test]
+async fn deadline_exceeded_is_a_504_within_the_deadline() {
+    let (url, accepted, task) = silent_upstream().await;
+    let yaml = "
+retry:
+  max_attempts: 10
+  base_backoff: 5ms
+  max_backoff: 10ms
+  attempt_timeout: 250ms
+  deadline: 700ms
+";
+    let sidecar = sidecar(&url, yaml).await;
+
+    let start = Instant::now();
+    let (resp, _) = chat(&sidecar, "gpt-4.1").await;
+    let elapsed = start.elapsed();
+
+    assert_eq!(resp.status(), 504);
+    assert_eq!(resp.headers()["x-should-retry"], "false");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "deadline_exceeded");
+    assert!(
+        elapsed >= Duration::from_millis(600),
+        "gave up early: {elapsed:?}"
+    );
+    // The deadline itself plus scheduling slack on a busy 2-core machine.
+    assert!(
+        elapsed < Duration::from_millis(700 + 250),
+        "overran: {elapsed:?}"
+    );
+    assert!(
+        *accepted.lock().unwrap() >= 3,
+        "attempts were cut by their timeout and retried"
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn retry_budget_stops_retries_under_sustained_errors() {
+    let (up, log) = logged(|_, _| error(503, "down")).await;
+    let yaml = "
+retry:
+  max_attempts: 3
+  base_backoff: 1ms
+  max_backoff: 2ms
+  budget_ratio: 0.1
+";
+    let sidecar = sidecar(&up.url(), yaml).await;
+
+    const REQUESTS: usize = 40;
+    let mut per_request = Vec::new();
+    for _ in 0..REQUESTS {
+        let before = log.len();
+        let (resp, _) = chat(&sidecar, "gpt-4.1").await;
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["x-should-retry"], "false");
+        per_request.push(log.len() - before);
+    }
+
+    // Without a budget: 3 attempts each (120). With it: one attempt each, plus 10% of
+    // the requests, plus the floor of 1 retry/s over the 10 s window.
+    let total: usize = per_request.iter().sum();
+    assert!(
+        total <= REQUESTS + REQUESTS / 10 + 10,
+        "{total} upstream calls: {per_request:?}"
+    );
+    assert!(
+        per_request[0] == 3,
+        "a fresh budget still retries: {per_request:?}"
+    );
+    // Once the floor is spent, only the ratio's share is retried: 1 in 10 requests.
+    let tail = &per_request[REQUESTS / 2..];
+    let tail_retries: usize = tail.iter().map(|n| n - 1).sum();
+    assert!(
+        tail_retries <= tail.len() / 10 + 1,
+        "retries in the tail: {per_request:?}"
+    );
+}
+
+/// A raw upstream that answers each request with SSE headers and one event, then
+/// drops the connection mid-body. Logs when each request arrived.
+async fn breaking_stream_upstream() -> (String, Log, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let log = Log::default();
+    let log2 = log.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = log2.clone();
+            tokio::spawn(async move {
+                if let Some(body) = read_request(stream).await {
+                    log.push(body.0);
+                    let mut stream = body.1;
+                    let event = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n";
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                    let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(chunk.as_bytes()).await;
+                    let _ = stream.flush().await;
+                    // Dropped here: the chunked body never gets its last chunk.
+                }
+            });
+        }
+    });
+    (url, log, task)
+}
+
+/// Reads one HTTP/1.1 request (head and Content-Length body); returns the JSON body.
+async fn read_request(mut stream: TcpStream) -> Option<(Value, TcpStream)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or(Value::Null);
+    Some((body, stream))
+}
+
+#[tokio::test]
+async fn a_stream_broken_after_its_first_chunk_ends_with_an_error_event_and_no_retry() {
+    let (url, log, task) = breaking_stream_upstream().await;
+    let sidecar = sidecar(&url, FAST_RETRY).await;
+
+    let body = json!({"model": "gpt-4.1", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let read = async {
+        let mut resp = http_client()
+            .post(sidecar.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let first_byte = Instant::now();
+        assert_eq!(resp.status(), 200);
+        let mut text = Vec::new();
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            text.extend_from_slice(&chunk);
+        }
+        (String::from_utf8(text).unwrap(), first_byte)
+    };
+    // Bounded: a hang fails the test instead of stalling the suite.
+    let (text, first_byte) = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap();
+
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(
+        events.len(),
+        2,
+        "the first chunk, then the error event: {text:?}"
+    );
+    assert!(events[0].contains("\"Hel\""));
+    let error = events[1].strip_prefix("event: error\ndata: ").unwrap();
+    let error: Value = serde_json::from_str(error).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_stream_broken");
+    assert_eq!(error["error"]["type"], "server_error");
+    assert_eq!(log.len(), 1, "a started stream is never retried");
+    log.nothing_after(first_byte);
+    task.abort();
+}
