@@ -495,3 +495,47 @@ async fn admin_endpoints_answer() {
     assert!(metrics.text().await.unwrap().ends_with("# EOF\n"));
     sidecar.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn client_leaving_before_response_headers_cancels_the_upstream_request() {
+    // A raw TCP upstream that reads the request, never answers, and reports when the
+    // sidecar closes the connection (read returns 0): the upstream request was dropped.
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (got_request, request_seen) = tokio::sync::oneshot::channel::<()>();
+    let upstream = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got_request = Some(got_request);
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    if let Some(tx) = got_request.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        }
+    });
+    let sidecar = Sidecar::start(&format!("http://{addr}/v1")).await;
+
+    let client = tokio::spawn(
+        http_client()
+            .post(sidecar.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(r#"{"model":"gpt-4.1","messages":[]}"#)
+            .send(),
+    );
+    tokio::time::timeout(Duration::from_secs(5), request_seen)
+        .await
+        .unwrap()
+        .unwrap();
+    client.abort(); // the app gives up (timeout, user closed the page...)
+
+    tokio::time::timeout(Duration::from_secs(5), upstream)
+        .await
+        .expect("the sidecar closed its upstream request after the client left")
+        .unwrap();
+}
