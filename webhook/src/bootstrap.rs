@@ -173,6 +173,10 @@ pub enum BootstrapError {
 /// Read-modify-write rounds before [`BootstrapError::Contention`].
 const MAX_ATTEMPTS: u32 = 5;
 
+/// Our name in `managedFields`, so `kubectl get -o yaml --show-managed-fields` says who
+/// wrote the Secret and the caBundle.
+const FIELD_MANAGER: &str = "holysheep-webhook";
+
 impl BootstrapError {
     fn api(action: String, verb_hint: &str, source: kube::Error) -> Self {
         let detail = match &source {

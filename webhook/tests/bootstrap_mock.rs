@@ -63,6 +63,21 @@ async fn first_start_creates_the_secret_writes_files_and_patches_every_ca_bundle
         "/mutate"
     );
     assert!(outcome.serving_not_after > OffsetDateTime::now_utc() + time::Duration::days(300));
+    // Every write names its field manager.
+    let writes: Vec<_> = server
+        .lock()
+        .queries
+        .iter()
+        .filter(|(method, _)| method != http::Method::GET)
+        .map(|(method, query)| format!("{method} ?{query}"))
+        .collect();
+    assert_eq!(writes.len(), 2, "{writes:?}");
+    assert!(
+        writes
+            .iter()
+            .all(|w| w.contains("fieldManager=holysheep-webhook")),
+        "{writes:?}"
+    );
 }
 
 #[tokio::test]

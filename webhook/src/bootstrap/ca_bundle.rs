@@ -14,7 +14,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::api::{Api, Patch, PatchParams};
 
 use super::secret::has_code;
-use super::{BootstrapError, BootstrapOptions, MAX_ATTEMPTS};
+use super::{BootstrapError, BootstrapOptions, FIELD_MANAGER, MAX_ATTEMPTS};
 
 /// What happened to the caBundle during a pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,14 @@ pub(super) async fn sync(
             "webhooks": webhooks,
         });
         match api
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                name,
+                &PatchParams {
+                    field_manager: Some(FIELD_MANAGER.to_owned()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(&patch),
+            )
             .await
         {
             Ok(_) => {

@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
 use time::OffsetDateTime;
 
-use super::{BootstrapError, BootstrapOptions, MAX_ATTEMPTS};
+use super::{BootstrapError, BootstrapOptions, FIELD_MANAGER, MAX_ATTEMPTS};
 
 /// Key of the CA private key in the Secret.
 pub(super) const CA_KEY: &str = "ca.key";
@@ -135,7 +135,7 @@ pub(super) async fn ensure(
         let Some(existing) = found else {
             let (material, data) = generate(opts, SecretAction::Created, Vec::new(), now)?;
             let secret = new_secret(opts, data);
-            match api.create(&PostParams::default(), &secret).await {
+            match api.create(&post_params(), &secret).await {
                 Ok(_) => {
                     tracing::info!(secret = %what, "created the webhook TLS Secret");
                     return Ok(material);
@@ -197,7 +197,7 @@ pub(super) async fn ensure(
         let mut updated = existing;
         updated.data = Some(data);
         match api
-            .replace(&opts.secret_name, &PostParams::default(), &updated)
+            .replace(&opts.secret_name, &post_params(), &updated)
             .await
         {
             Ok(_) => return Ok(material),
@@ -276,6 +276,13 @@ fn new_secret(opts: &BootstrapOptions, data: BTreeMap<String, ByteString>) -> Se
         type_: Some(SECRET_TYPE.to_owned()),
         data: Some(data),
         ..Secret::default()
+    }
+}
+
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
     }
 }
 

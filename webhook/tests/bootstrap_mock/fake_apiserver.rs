@@ -42,6 +42,8 @@ pub struct Inner {
     pub webhook_configs: HashMap<String, Value>,
     pub resource_version: u64,
     pub log: Vec<Seen>,
+    /// `(method, query string)` of every request, in order.
+    pub queries: Vec<(Method, String)>,
     /// Injected answers: the first entry whose method matches and whose path contains
     /// the fragment is used once, instead of the normal behaviour.
     pub fail_next: Vec<(Method, &'static str, u16, &'static str)>,
@@ -105,6 +107,10 @@ impl FakeApiServer {
             .route(SECRETS, axum::routing::post(create_secret))
             .route(SECRET, get(get_secret).put(replace_secret))
             .route(MWC, get(get_mwc).patch(patch_mwc))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                record_query,
+            ))
             .with_state(self.clone())
     }
 
@@ -161,6 +167,16 @@ impl FakeApiServer {
     pub fn clear_log(&self) {
         self.lock().log.clear();
     }
+}
+
+async fn record_query(
+    State(s): State<FakeApiServer>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let query = request.uri().query().unwrap_or_default().to_owned();
+    s.lock().queries.push((request.method().clone(), query));
+    next.run(request).await
 }
 
 fn status(code: u16, reason: &str, message: String) -> Response {
