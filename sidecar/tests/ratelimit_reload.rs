@@ -51,3 +51,84 @@ fn example_configmap_parses_with_every_section() {
         ]
     );
 }
+
+mod support;
+
+use serde_json::{Value, json};
+use support::upstream::{FakeUpstream, Reply};
+use support::{Sidecar, fixture, http_client, settings};
+
+async fn sidecar(upstream: &str, yaml: &str) -> Sidecar {
+    let mut s = settings(upstream);
+    s.config = Config::from_yaml_str(yaml).unwrap();
+    Sidecar::start_with(s).await
+}
+
+async fn chat(sidecar: &Sidecar, body: Value) -> reqwest::Response {
+    http_client()
+        .post(sidecar.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn hello(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// Checks an OpenAI-shaped local 429 and returns its `Retry-After` in seconds.
+async fn local_429(resp: reqwest::Response, field: &str) -> u64 {
+    assert_eq!(resp.status(), 429);
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert_eq!(body["error"]["code"], "local_rate_limit_exceeded");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(field), "{message}");
+    retry_after
+}
+
+#[tokio::test]
+async fn requests_per_minute_is_enforced_locally_without_calling_upstream() {
+    let up =
+        FakeUpstream::start(|_| Reply::json(200, fixture("openai/chat_completion.json"))).await;
+    let sidecar = sidecar(&up.url(), "rate_limit:\n  requests_per_minute: 2\n").await;
+
+    assert_eq!(chat(&sidecar, hello("gpt-4.1")).await.status(), 200);
+    assert_eq!(chat(&sidecar, hello("gpt-4.1")).await.status(), 200);
+    let retry_after = local_429(
+        chat(&sidecar, hello("gpt-4.1")).await,
+        "rate_limit.requests_per_minute",
+    )
+    .await;
+
+    // 2 per minute refill one every 30 s.
+    assert!(
+        (29..=30).contains(&retry_after),
+        "Retry-After {retry_after}"
+    );
+    assert_eq!(
+        up.requests().len(),
+        2,
+        "the refused request never reached upstream"
+    );
+}
+
+#[tokio::test]
+async fn tokens_per_minute_counts_the_prompt_and_max_tokens() {
+    let up =
+        FakeUpstream::start(|_| Reply::json(200, fixture("openai/chat_completion.json"))).await;
+    let sidecar = sidecar(&up.url(), "rate_limit:\n  tokens_per_minute: 1000\n").await;
+
+    let mut big = hello("gpt-4.1");
+    big["max_tokens"] = json!(900);
+    assert_eq!(chat(&sidecar, big.clone()).await.status(), 200);
+    local_429(chat(&sidecar, big).await, "rate_limit.tokens_per_minute").await;
+    assert_eq!(up.requests().len(), 1);
+}
