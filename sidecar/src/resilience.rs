@@ -17,7 +17,9 @@ pub use stream_error::{SseErrorTail, is_event_stream};
 
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use http::{HeaderValue, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -109,8 +111,13 @@ impl Resilience {
                 },
             )
         });
-        if let OutBody::Streamed(_) = outgoing.body {
-            return send_streamed(upstream, config, outgoing).await;
+        match &outgoing.body {
+            // No body at all (GET /v1/models): as replayable as a buffered one.
+            OutBody::Streamed(body) if body.is_end_stream() => {
+                outgoing.body = OutBody::Buffered(Bytes::new());
+            }
+            OutBody::Streamed(_) => return send_streamed(upstream, config, outgoing).await,
+            OutBody::Buffered(_) => {}
         }
         let budget = self.budget.get(config.retry.budget_ratio);
         let mut plan = RequestRetry::new(&config.retry, budget, chain, true, Instant::now());

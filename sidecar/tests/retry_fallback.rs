@@ -428,3 +428,33 @@ async fn a_stream_broken_after_its_first_chunk_ends_with_an_error_event_and_no_r
     log.nothing_after(first_byte);
     task.abort();
 }
+
+#[tokio::test]
+async fn a_request_without_body_is_retried_too() {
+    let (up, log) = logged(|n, _| match n {
+        0 => error(502, "bad gateway"),
+        _ => Reply::json(200, fixture("openai/models.json")),
+    })
+    .await;
+    let sidecar = sidecar(&up.url(), FAST_RETRY).await;
+
+    let resp = http_client()
+        .get(sidecar.url("/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    let first_byte = Instant::now();
+
+    assert_eq!(resp.status(), 200);
+    assert!(
+        !resp.headers().contains_key("x-holysheep-model"),
+        "no model in the request"
+    );
+    assert_eq!(log.len(), 2);
+    assert!(
+        up.requests()
+            .iter()
+            .all(|r| r.method == http::Method::GET && r.body.is_empty())
+    );
+    log.nothing_after(first_byte);
+}
