@@ -11,6 +11,8 @@
 mod fake_apiserver;
 #[path = "bootstrap_mock/helpers.rs"]
 mod helpers;
+#[path = "bootstrap_mock/serve_binary.rs"]
+mod serve_binary;
 
 use std::time::Duration;
 
