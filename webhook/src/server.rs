@@ -320,7 +320,7 @@ where
         }
     };
     let tls = ReloadingTls::load(files, Some(state.metrics().clone()))?;
-    tls.spawn_watcher(args.tls_reload_interval, stopped(stop_rx.clone()))?;
+    tls.spawn_watcher(args.tls_reload_interval, stopped(stop_rx.clone()));
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|source| WebhookError::Bind {

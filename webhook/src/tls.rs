@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
+use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
@@ -230,42 +231,29 @@ impl ReloadingTls {
     }
 
     /// Starts watching the certificate directories, re-checking at least every `interval`,
-    /// until `shutdown` completes. Errors of individual reloads are logged, not returned.
-    pub fn spawn_watcher<F>(
-        &self,
-        interval: Duration,
-        shutdown: F,
-    ) -> Result<JoinHandle<()>, TlsError>
+    /// until `shutdown` completes. Errors of individual reloads are logged, not returned;
+    /// if the directory watch cannot be set up, only the periodic check runs.
+    pub fn spawn_watcher<F>(&self, interval: Duration, shutdown: F) -> JoinHandle<()>
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                // Our own reads show up as Access events: reacting to them would loop.
-                let relevant = match event {
-                    Ok(event) => !matches!(event.kind, EventKind::Access(_)),
-                    Err(_) => true,
-                };
-                if relevant {
-                    let _ = tx.send(());
-                }
-            })
-            .map_err(|source| TlsError::Watch {
-                path: self.inner.files.cert.clone(),
-                source,
-            })?;
-        for dir in watch_dirs(&self.inner.files) {
-            watcher
-                .watch(&dir, RecursiveMode::NonRecursive)
-                .map_err(|source| TlsError::Watch {
-                    path: dir.clone(),
-                    source,
-                })?;
-        }
+        // Without a watch (inotify limits reached, exotic filesystem) the periodic check
+        // still rotates the certificate, only later: degrade, don't refuse to serve.
+        let watcher = match self.dir_watcher(tx) {
+            Ok(watcher) => Some(watcher),
+            Err(error) => {
+                tracing::warn!(
+                    error = %error,
+                    interval_s = interval.as_secs(),
+                    "cannot watch the certificate directory, relying on the periodic check"
+                );
+                None
+            }
+        };
         let this = self.clone();
         let interval = interval.max(Duration::from_secs(1));
-        Ok(tokio::spawn(async move {
+        tokio::spawn(async move {
             // Dropping the watcher ends the inotify watch, so it lives as long as the task.
             let _watcher = watcher;
             let mut ticker = tokio::time::interval(interval);
@@ -286,7 +274,41 @@ impl ReloadingTls {
                     _ = ticker.tick() => this.reload_and_log("periodic check"),
                 }
             }
-        }))
+        })
+    }
+
+    /// A `notify` watch on the directories of both files, sending on `tx` for every event
+    /// that may mean new content.
+    fn dir_watcher(
+        &self,
+        tx: mpsc::UnboundedSender<()>,
+    ) -> Result<notify::RecommendedWatcher, TlsError> {
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Our own reads show up as open/close-read events: reacting to them would
+                // loop. A close after writing is a real change.
+                let relevant = match event.map(|e| e.kind) {
+                    Ok(EventKind::Access(AccessKind::Close(AccessMode::Write))) => true,
+                    Ok(EventKind::Access(_)) => false,
+                    Ok(_) | Err(_) => true,
+                };
+                if relevant {
+                    let _ = tx.send(());
+                }
+            })
+            .map_err(|source| TlsError::Watch {
+                path: self.inner.files.cert.clone(),
+                source,
+            })?;
+        for dir in watch_dirs(&self.inner.files) {
+            watcher
+                .watch(&dir, RecursiveMode::NonRecursive)
+                .map_err(|source| TlsError::Watch {
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
+        Ok(watcher)
     }
 
     fn reload_and_log(&self, trigger: &'static str) {

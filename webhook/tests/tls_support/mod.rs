@@ -74,12 +74,9 @@ pub async fn start_with(
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (watch_stop_tx, watch_stop_rx) = oneshot::channel::<()>();
     let watcher = if watch {
-        Some(
-            tls.spawn_watcher(Duration::from_secs(3600), async move {
-                let _ = watch_stop_rx.await;
-            })
-            .unwrap(),
-        )
+        Some(tls.spawn_watcher(Duration::from_secs(3600), async move {
+            let _ = watch_stop_rx.await;
+        }))
     } else {
         None
     };
