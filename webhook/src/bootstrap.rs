@@ -3,13 +3,13 @@
 //!
 //! One pass ([`bootstrap_once`]):
 //! 1. get or create the Secret `holysheep-webhook-tls` holding the CA and the serving
-//!    certificate, so every replica serves a certificate of the same CA ([`secret`]);
+//!    certificate, so every replica serves a certificate of the same CA (submodule `secret`);
 //!    a lost creation race (409 AlreadyExists) adopts the winner's, an expiring or
 //!    mismatched certificate is renewed with an optimistic-concurrency update;
 //! 2. write `ca.crt`, `tls.crt`, `tls.key` into the local directory the TLS server reads
 //!    (`tls.rs` notices the change and swaps the certificate), only when they differ;
 //! 3. make the caBundle of every webhook of the MutatingWebhookConfiguration
-//!    `holysheep-sidecar-injector` equal to the CA bundle ([`ca_bundle`]).
+//!    `holysheep-sidecar-injector` equal to the CA bundle (submodule `ca_bundle`).
 //!
 //! [`run_renewal_loop`] repeats that pass periodically so certificates are renewed before
 //! they expire and a caBundle wiped by a re-apply of the manifests is restored.
