@@ -14,7 +14,8 @@ use crate::settings::SettingsArgs;
 
 /// Mutating admission webhook that injects the holysheep LLM-forwarding sidecar.
 ///
-/// Logs are JSON lines on stderr; set the level with RUST_LOG (default `info`).
+/// Logs go to stderr (JSON lines for `serve`, plain text otherwise; HOLYSHEEP_LOG_FORMAT=json|text
+/// overrides); set the level with RUST_LOG (default `info`).
 #[derive(Debug, Parser)]
 #[command(name = "holysheep-webhook", version, about, long_about = None)]
 pub struct Cli {

@@ -1,4 +1,4 @@
-//! `holysheep-webhook`: parse the command line, start JSON logging, run the command, turn
+//! `holysheep-webhook`: parse the command line, start logging, run the command, turn
 //! an error into a non-zero exit code. Everything else lives in the library.
 
 use std::error::Error as _;
@@ -13,7 +13,14 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(error) = init_tracing() {
+    // `serve` runs in a container: JSON lines for the log pipeline. `inject` and `certs`
+    // run in a terminal: plain lines. HOLYSHEEP_LOG_FORMAT=json|text overrides.
+    let json = match std::env::var("HOLYSHEEP_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => matches!(cli.command, Command::Serve(_)),
+    };
+    if let Err(error) = init_tracing(json) {
         eprintln!("holysheep-webhook: {error}");
         return ExitCode::FAILURE;
     }
@@ -72,16 +79,21 @@ fn run(cli: Cli) -> Result<(), WebhookError> {
     }
 }
 
-/// JSON lines on stderr (stdout carries `inject`'s YAML), level from RUST_LOG, `info` by
-/// default.
-fn init_tracing() -> Result<(), WebhookError> {
+/// Logs on stderr (stdout carries `inject`'s YAML), level from RUST_LOG, `info` by
+/// default; one JSON object per line when `json`.
+fn init_tracing(json: bool) -> Result<(), WebhookError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init()
-        .map_err(|e| WebhookError::Logging(e.to_string()))
+        .with_writer(std::io::stderr);
+    let result = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
+    } else {
+        builder.without_time().with_target(false).try_init()
+    };
+    result.map_err(|e| WebhookError::Logging(e.to_string()))
 }
