@@ -271,15 +271,12 @@ main() {
   [[ -n ${NGINX_PID:-} ]] && echo "nginx idle 1 $(mem_kib "$NGINX_PID" "$NGINX_WORKER")" >>"$OUT/rss.tsv"
   [[ -n ${SIDECAR_PID:-} ]] && echo "sidecar idle 1 $(mem_kib "$SIDECAR_PID")" >>"$OUT/rss.tsv"
 
-  local metrics=off
-  if [[ -n ${SIDECAR_ADMIN:-} ]] && curl -fsS "$SIDECAR_ADMIN/metrics" 2>/dev/null | grep -q '^holysheep_'; then
-    metrics=on
-  fi
-
   cat >"$OUT/meta.env" <<EOF
 run_id=$RUN_ID
 date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+sidecar_tree=$(if git diff --quiet HEAD -- sidecar 2>/dev/null; then echo clean; else echo "uncommitted changes in sidecar/"; fi)
+loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)
 nproc=$(nproc)
 cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 kernel=$(uname -r)
@@ -292,7 +289,6 @@ rate_duration_s=$RATE_DURATION
 reps=$REPS
 pinning=$PINNING
 sidecar_log=$SIDECAR_LOG
-sidecar_metrics=$metrics
 EOF
 
   for rep in $(seq 1 "$REPS"); do
@@ -300,6 +296,15 @@ EOF
       measure_target "$target" "$rep"
     done
   done
+
+  # Metrics count as "on" when the sidecar's /metrics has request samples after the load.
+  local metrics=off
+  if [[ -n ${SIDECAR_ADMIN:-} ]]; then
+    curl -fsS "$SIDECAR_ADMIN/metrics" >"$OUT/sidecar-metrics.txt" 2>/dev/null || true
+    grep -q '^holysheep_requests_total' "$OUT/sidecar-metrics.txt" && metrics=on
+  fi
+  echo "sidecar_metrics=$metrics" >>"$OUT/meta.env"
+  echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/meta.env"
 
   "$ROOT/target/release/bench-report" --dir "$OUT" | tee "$OUT/report.md"
   log "raw results and report.md in $OUT"

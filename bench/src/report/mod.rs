@@ -50,14 +50,20 @@ pub fn render(data: &RunData) -> String {
     let meta = |k: &str| data.meta.get(k).map_or("?", String::as_str);
     let _ = writeln!(
         out,
-        "Run `{}`: {} repetitions, medians shown; {} s per load run, {} s at 50 req/s; pinning: {}; \
-         sidecar metrics: {}; failed requests (non-200 or errors): {}.\n",
+        "Run `{}` at commit {} (sidecar/ {}): {} repetitions, medians shown; {} s per load run, \
+         {} s at 50 req/s; pinning: {}; sidecar RUST_LOG={}, metrics {}; load average {} at \
+         start, {} at end; failed requests (non-200 or errors): {}.\n",
         meta("run_id"),
+        meta("commit"),
+        meta("sidecar_tree"),
         data.reps().len(),
         meta("duration_s"),
         meta("rate_duration_s"),
         meta("pinning"),
+        meta("sidecar_log"),
         meta("sidecar_metrics"),
+        meta("loadavg_start"),
+        meta("loadavg_end"),
         data.failures(),
     );
     let _ = writeln!(
