@@ -1,6 +1,8 @@
 //! Local rate limit and live config, end to end through the proxy; plus the shipped
 //! example ConfigMap parses with the sidecar's own parser.
 
+#![allow(clippy::unwrap_used, reason = "tests: a failure should panic")]
+
 use holysheep_sidecar::config::Config;
 
 /// `manifests/examples/sidecar-config.yaml` is a ConfigMap whose `config.yaml` the
