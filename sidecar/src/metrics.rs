@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -213,7 +214,6 @@ struct Families {
     usage_missing: Family<RouteLabels, Counter>,
     unparsed: Family<UnparsedLabels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
-    key_reloads: Family<ReloadLabels, Counter>,
     rate_limited: Family<RateLimitLabels, Counter>,
     gen_ai_tokens: HistogramFamily<GenAiTokenLabels>,
     gen_ai_duration: HistogramFamily<GenAiDurationLabels>,
@@ -244,7 +244,6 @@ impl Metrics {
             usage_missing: Family::default(),
             unparsed: Family::default(),
             config_reloads: Family::default(),
-            key_reloads: Family::default(),
             rate_limited: Family::default(),
             gen_ai_tokens: Family::new_with_constructor(Buckets(&GEN_AI_TOKEN_BUCKETS)),
             gen_ai_duration: Family::new_with_constructor(Buckets(&GEN_AI_DURATION_BUCKETS)),
@@ -316,11 +315,6 @@ impl Metrics {
             "holysheep_config_reloads",
             "Config file reloads by result",
             f.config_reloads.clone(),
-        );
-        r.register(
-            "holysheep_key_reloads",
-            "API key file reloads by result",
-            f.key_reloads.clone(),
         );
         r.register(
             "holysheep_rate_limited_requests",
@@ -524,14 +518,6 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one key file reload.
-    pub fn record_key_reload(&self, result: ReloadResult) {
-        self.0
-            .key_reloads
-            .get_or_create(&ReloadLabels { result })
-            .inc();
-    }
-
     /// Counts one request refused by the local rate limit.
     pub fn record_rate_limited(&self, limit: RateLimitKind) {
         self.0
@@ -549,12 +535,17 @@ impl Metrics {
             .map_or(0, |c| c.get())
     }
 
-    /// Current number of key reloads with `result`.
-    pub fn key_reloads(&self, result: ReloadResult) -> u64 {
-        self.0
-            .key_reloads
-            .get(&ReloadLabels { result })
-            .map_or(0, |c| c.get())
+    /// Registers `holysheep_key_reloads_total{result="success"}`, read from `changes`
+    /// at each scrape: the key store counts key changes itself, so nothing has to be
+    /// told. Call once, with the count at start as the baseline.
+    pub fn register_key_reloads(
+        registry: &mut Registry,
+        changes: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        let baseline = changes();
+        registry.register_collector(Box::new(KeyReloads {
+            read: Box::new(move || changes().saturating_sub(baseline)),
+        }));
     }
 
     fn gen_ai_labels(
@@ -575,6 +566,33 @@ impl Metrics {
             gen_ai_request_model: requested,
             gen_ai_response_model: response,
         })
+    }
+}
+
+/// Exposes the key store's own change count as `holysheep_key_reloads_total`.
+struct KeyReloads {
+    read: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for KeyReloads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyReloads").finish_non_exhaustive()
+    }
+}
+
+impl Collector for KeyReloads {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let counter = ConstCounter::new((self.read)());
+        let mut family = encoder.encode_descriptor(
+            "holysheep_key_reloads",
+            "API key changes picked up from the key file (Secret rotation) since start",
+            None,
+            counter.metric_type(),
+        )?;
+        let labels = ReloadLabels {
+            result: ReloadResult::Success,
+        };
+        counter.encode(family.encode_family(&labels)?)
     }
 }
 

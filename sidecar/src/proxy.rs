@@ -4,8 +4,9 @@
 //! stream back. Each step is a small function below, read top to bottom.
 //!
 //! What it does not do: retry or fall back (the `send` step hands the request to
-//! `resilience`, which runs the attempts under the `retry` policy), count tokens (the `stream_back` step is the seam for
-//! the usage tap), or buffer responses: upstream bodies stream back frame by frame, and
+//! `resilience`, which runs the attempts under the `retry` policy), count tokens (a
+//! `metrics::RequestMeter` follows each request and wraps the response body in the usage
+//! tap), or buffer responses: upstream bodies stream back frame by frame, and
 //! dropping the client connection drops the upstream request.
 
 use std::sync::Arc;
@@ -20,9 +21,11 @@ use hyper::body::Incoming;
 use crate::config::Config;
 use crate::error::{BoxError, ProxyError, ResponseBody};
 use crate::keys::{ApiKey, KeyStore};
+use crate::metrics::{Metrics, RateLimitKind, RequestMeter};
 use crate::models::{self, ModelField};
 use crate::resilience::{Answer, Resilience, SseErrorTail, is_event_stream};
 use crate::upstream::{Upstream, UpstreamBody};
+use crate::usage::{self, StreamUsage};
 
 /// Everything a request needs, shared by all connections.
 #[derive(Debug)]
@@ -35,6 +38,8 @@ pub struct AppState {
     pub upstream: Upstream,
     /// Retry budget and local rate limits.
     pub resilience: Resilience,
+    /// Request, token and cost metrics (registered in the admin registry).
+    pub metrics: Metrics,
 }
 
 /// The client path prefix that is forwarded.
@@ -42,20 +47,31 @@ const ROUTE_PREFIX: &str = "/v1";
 
 /// Handles one proxied request; never fails: errors become OpenAI-shaped responses.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ResponseBody> {
-    match forward(&state, req).await {
+    let mut meter = RequestMeter::start(&state.metrics, req.uri().path(), req.headers());
+    let resp = match forward(&state, req, &mut meter).await {
         Ok(resp) => resp,
         Err(err) => {
             // The one place a failed request is logged (no key, no body, no query).
             let (status, _, code) = err.status_and_kind();
             tracing::warn!(status = status.as_u16(), code, error = %err, "request failed");
+            if let ProxyError::RateLimited { limit, .. } = &err {
+                state
+                    .metrics
+                    .record_rate_limited(RateLimitKind::from_field(limit));
+            }
             err.into_response()
         }
-    }
+    };
+    // Metrics and the request log line are written when the body ends.
+    meter
+        .finish(resp, state.config.load_full())
+        .map(BodyExt::boxed_unsync)
 }
 
 async fn forward(
     state: &AppState,
     req: Request<Incoming>,
+    meter: &mut RequestMeter,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let config = state.config.load_full();
     let (parts, body) = req.into_parts();
@@ -63,8 +79,14 @@ async fn forward(
     let key = state.keys.current().ok_or(ProxyError::NoKey)?;
     let body = bound_body(&parts.headers, body, config.limits.max_body_bytes).await?;
     let (body, model, requested) = remap_model(body, &config);
-    // Tokens over the estimate are not charged back yet (needs the usage report).
-    let _tokens = state.resilience.admit(&config, &body)?;
+    meter.set_models(
+        requested.as_deref(),
+        model.as_ref().map(|m| m.name.as_str()),
+    );
+    let (body, model) = ask_for_usage(body, model, meter);
+    let tokens = state.resilience.admit(&config, &body)?;
+    // Tokens over the estimate are charged once the response reported its usage.
+    meter.on_tokens(move |used| tokens.settle(used));
     let outgoing = Outgoing {
         method: parts.method,
         uri,
@@ -79,6 +101,10 @@ async fn forward(
         requested.as_deref(),
     )
     .await?;
+    meter.set_attempts(answer.attempts);
+    if let Some(model) = &answer.model {
+        meter.set_upstream_model(model);
+    }
     let mut resp = stream_back(answer.response);
     Answer::mark(answer.model.as_deref(), answer.gave_up, &mut resp);
     let sse = is_event_stream(resp.headers());
@@ -210,6 +236,26 @@ fn remap_model(body: OutBody, config: &Config) -> (OutBody, Option<ModelField>, 
             )
         }
         streamed @ OutBody::Streamed(_) => (streamed, None, None),
+    }
+}
+
+/// Step: a streamed chat/completions request that does not ask for usage is made to,
+/// so tokens can be counted; the meter's usage tap removes what that adds to the stream.
+fn ask_for_usage(
+    body: OutBody,
+    model: Option<ModelField>,
+    meter: &mut RequestMeter,
+) -> (OutBody, Option<ModelField>) {
+    match body {
+        OutBody::Buffered(bytes) => {
+            let prepared = usage::prepare_stream_usage(meter.route(), bytes, model);
+            meter.set_stream_usage(prepared.stream_usage);
+            (OutBody::Buffered(prepared.body), prepared.model)
+        }
+        streamed @ OutBody::Streamed(_) => {
+            meter.set_stream_usage(StreamUsage::NotApplicable);
+            (streamed, model)
+        }
     }
 }
 

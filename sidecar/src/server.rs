@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Args, Config, ConfigError, UpstreamBase};
 use crate::keys::{KeySource, KeyStore, RECHECK_INTERVAL};
+use crate::metrics::Metrics;
 use crate::proxy::{self, AppState};
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -111,18 +112,25 @@ pub struct App {
     key_recheck: Duration,
 }
 
-/// Builds the app: first key load, upstream client, empty registry.
+/// Builds the app: first key load, upstream client, registry with the sidecar metrics.
 pub fn build(settings: Settings) -> Result<App, RunError> {
     let upstream = Upstream::new(settings.upstream, &settings.config.limits)?;
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let keys = KeyStore::load(settings.key_source);
+    let key_changes = Arc::clone(&keys);
+    Metrics::register_key_reloads(&mut registry, move || key_changes.changes());
     let state = AppState {
         config: Arc::new(ArcSwap::from_pointee(settings.config)),
-        keys: KeyStore::load(settings.key_source),
+        keys,
         upstream,
         resilience: crate::resilience::Resilience::default(),
+        metrics,
     };
+    state.metrics.observe_config(&state.config.load());
     Ok(App {
         state: Arc::new(state),
-        registry: Registry::default(),
+        registry,
         config_path: settings.config_path,
         shutdown_grace: settings.shutdown_grace,
         key_recheck: settings.key_recheck,
@@ -179,7 +187,7 @@ pub async fn serve(
         crate::reload::ConfigReloader::spawn(
             path,
             Arc::clone(&app.state.config),
-            Box::new(|_| {}),
+            crate::reload::count_reloads(app.state.metrics.clone()),
             crate::reload::ReloadOptions::default(),
         )
     });

@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use async_openai::types::chat::{
-    ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequest,
+    ChatCompletionRequestUserMessageArgs, ChatCompletionStreamOptions, CreateChatCompletionRequest,
     CreateChatCompletionRequestArgs,
 };
 use async_openai::types::embeddings::CreateEmbeddingRequestArgs;
@@ -30,6 +30,16 @@ fn chat(model: &str) -> CreateChatCompletionRequest {
         .messages([msg.into()])
         .build()
         .unwrap()
+}
+
+/// Asks for the usage chunk, which the scripted stream fixtures end with (a client that
+/// does not ask never sees it: the sidecar removes the one it requested itself).
+fn with_usage(mut req: CreateChatCompletionRequest) -> CreateChatCompletionRequest {
+    req.stream_options = Some(ChatCompletionStreamOptions {
+        include_usage: Some(true),
+        include_obfuscation: None,
+    });
+    req
 }
 
 #[tokio::test]
@@ -134,7 +144,7 @@ async fn streamed_chat_first_chunk_arrives_before_upstream_finishes() {
     let mut stream = sidecar
         .openai()
         .chat()
-        .create_stream(chat("gpt-4"))
+        .create_stream(with_usage(chat("gpt-4")))
         .await
         .unwrap();
     let first = tokio::time::timeout(Duration::from_secs(5), stream.next())
@@ -421,7 +431,7 @@ async fn shutdown_lets_in_flight_streams_finish() {
     let mut stream = sidecar
         .openai()
         .chat()
-        .create_stream(chat("gpt-4.1"))
+        .create_stream(with_usage(chat("gpt-4.1")))
         .await
         .unwrap();
     stream.next().await.unwrap().unwrap();

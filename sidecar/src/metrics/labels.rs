@@ -217,6 +217,16 @@ pub enum RateLimitKind {
 }
 
 impl RateLimitKind {
+    /// From the config field that refused the request, e.g.
+    /// `rate_limit.tokens_per_minute`.
+    pub fn from_field(field: &str) -> Self {
+        if field.contains("tokens") {
+            Self::Tokens
+        } else {
+            Self::Requests
+        }
+    }
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -396,6 +406,18 @@ mod tests {
         for (path, want) in cases {
             assert_eq!(Route::from_path(path), want, "path {path:?}");
         }
+    }
+
+    #[test]
+    fn rate_limit_kind_from_config_field() {
+        assert_eq!(
+            RateLimitKind::from_field("rate_limit.tokens_per_minute"),
+            RateLimitKind::Tokens
+        );
+        assert_eq!(
+            RateLimitKind::from_field("rate_limit.requests_per_minute"),
+            RateLimitKind::Requests
+        );
     }
 
     #[test]

@@ -214,13 +214,17 @@ fn reload_rate_limit_and_unparsed_counters() {
     metrics.record_config_reload(ReloadResult::Success);
     metrics.record_config_reload(ReloadResult::Failure);
     metrics.record_config_reload(ReloadResult::Failure);
-    metrics.record_key_reload(ReloadResult::Success);
+    let changes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let read = std::sync::Arc::clone(&changes);
+    Metrics::register_key_reloads(&mut registry, move || {
+        read.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    changes.store(3, std::sync::atomic::Ordering::SeqCst);
     metrics.record_rate_limited(RateLimitKind::Tokens);
     metrics.record_unparsed(UnparsedKind::SseEvent, 3);
     metrics.record_unparsed(UnparsedKind::JsonBody, 0);
     metrics.record_usage_missing(Route::Responses);
     assert_eq!(metrics.config_reloads(ReloadResult::Failure), 2);
-    assert_eq!(metrics.key_reloads(ReloadResult::Failure), 0);
 
     let s = scrape(&registry);
     let cfg = |r| counter(&s, "holysheep_config_reloads_total", &[("result", r)]);
@@ -228,7 +232,8 @@ fn reload_rate_limit_and_unparsed_counters() {
     assert_eq!(cfg("failure"), 2.0);
     assert_eq!(
         counter(&s, "holysheep_key_reloads_total", &[("result", "success")]),
-        1.0
+        2.0,
+        "changes since start, not the first load"
     );
     assert_eq!(
         counter(

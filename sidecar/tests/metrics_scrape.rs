@@ -1,0 +1,201 @@
+//! `/metrics` after a plain, a streamed and an embeddings call made with the real OpenAI
+//! SDK: token and cost counters equal the fake upstream's usage numbers, the GenAI
+//! semantic-convention series are there, and neither `/metrics` nor the logs ever hold
+//! the key or the prompt.
+
+#![allow(clippy::unwrap_used, reason = "tests: a failure should panic")]
+
+mod observe;
+mod support;
+
+use async_openai::types::chat::{
+    ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequest,
+    CreateChatCompletionRequestArgs,
+};
+use async_openai::types::embeddings::CreateEmbeddingRequestArgs;
+use futures_util::StreamExt;
+use observe::{
+    STREAM_COMPLETION_TOKENS, STREAM_PROMPT_TOKENS, capture_logs, openai_like, request_lines,
+    scrape, value, wait_for_requests,
+};
+use support::upstream::FakeUpstream;
+use support::{Sidecar, TEST_KEY};
+
+/// Usage in the shared fixtures `openai/chat_completion.json` and `openai/embeddings.json`.
+const PLAIN_PROMPT: u64 = 12;
+const PLAIN_COMPLETION: u64 = 7;
+const EMBED_PROMPT: u64 = 5;
+/// Built-in price of gpt-4.1, USD per 1M tokens (input and output).
+const GPT41_PRICE: f64 = 8.0;
+const SECRET_PROMPT: &str = "my card number is 4111-1111-1111-1111";
+
+fn chat(model: &str) -> CreateChatCompletionRequest {
+    let msg = ChatCompletionRequestUserMessageArgs::default()
+        .content(SECRET_PROMPT)
+        .build()
+        .unwrap();
+    CreateChatCompletionRequestArgs::default()
+        .model(model)
+        .messages([msg.into()])
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn plain_streamed_and_embeddings_calls_are_counted_exactly() {
+    let logs = capture_logs();
+    let up = FakeUpstream::start(openai_like).await;
+    let sidecar = Sidecar::start(&up.url()).await;
+    let client = sidecar.openai();
+
+    // 1. plain chat (alias gpt-4 -> gpt-4.1)
+    let resp = client.chat().create(chat("gpt-4")).await.unwrap();
+    assert_eq!(resp.usage.unwrap().prompt_tokens as u64, PLAIN_PROMPT);
+    // 2. streamed chat, read to the end
+    let mut stream = client.chat().create_stream(chat("gpt-4")).await.unwrap();
+    while let Some(chunk) = stream.next().await {
+        chunk.unwrap();
+    }
+    // 3. embeddings (no price configured for this model)
+    let req = CreateEmbeddingRequestArgs::default()
+        .model("text-embedding-3-small")
+        .input(SECRET_PROMPT)
+        .build()
+        .unwrap();
+    let emb = client.embeddings().create(req).await.unwrap();
+    assert_eq!(u64::from(emb.usage.prompt_tokens), EMBED_PROMPT);
+
+    let (text, s) = wait_for_requests(&sidecar, 3.0).await;
+
+    let tokens = |model, ty| {
+        value(
+            &s,
+            "holysheep_tokens_total",
+            &[("model", model), ("type", ty)],
+        )
+    };
+    let gpt_in = PLAIN_PROMPT + STREAM_PROMPT_TOKENS;
+    let gpt_out = PLAIN_COMPLETION + STREAM_COMPLETION_TOKENS;
+    assert_eq!(tokens("gpt-4.1", "input"), Some(gpt_in as f64));
+    assert_eq!(tokens("gpt-4.1", "output"), Some(gpt_out as f64));
+    assert_eq!(
+        tokens("text-embedding-3-small", "input"),
+        Some(EMBED_PROMPT as f64)
+    );
+    assert_eq!(tokens("text-embedding-3-small", "output"), Some(0.0));
+
+    let cost = value(&s, "holysheep_cost_usd_total", &[("model", "gpt-4.1")]).unwrap();
+    let want = (gpt_in + gpt_out) as f64 * GPT41_PRICE / 1e6;
+    assert!((cost - want).abs() < 1e-12, "cost {cost} != {want}");
+    // Unpriced model: tokens counted, no cost, the unpriced counter says so.
+    let emb_model = [("model", "text-embedding-3-small")];
+    assert_eq!(value(&s, "holysheep_cost_usd_total", &emb_model), None);
+    let unpriced = [("model", "text-embedding-3-small"), ("type", "input")];
+    assert_eq!(
+        value(&s, "holysheep_unpriced_tokens_total", &unpriced),
+        Some(EMBED_PROMPT as f64)
+    );
+
+    let requests = |route, model, requested| {
+        let labels = [
+            ("route", route),
+            ("model", model),
+            ("requested_model", requested),
+            ("status", "200"),
+        ];
+        value(&s, "holysheep_requests_total", &labels)
+    };
+    assert_eq!(requests("chat_completions", "gpt-4.1", "gpt-4"), Some(2.0));
+    assert_eq!(
+        requests(
+            "embeddings",
+            "text-embedding-3-small",
+            "text-embedding-3-small"
+        ),
+        Some(1.0)
+    );
+    let chat_rm = [("route", "chat_completions"), ("model", "gpt-4.1")];
+    assert_eq!(
+        value(&s, "holysheep_request_duration_seconds", &chat_rm),
+        Some(2.0)
+    );
+    assert_eq!(value(&s, "holysheep_inflight_requests", &[]), Some(0.0));
+
+    // OpenTelemetry GenAI names.
+    let genai_in = [
+        ("gen_ai_operation_name", "chat"),
+        ("gen_ai_provider_name", "holysheep"),
+        ("gen_ai_request_model", "gpt-4"),
+        ("gen_ai_response_model", "gpt-4.1-2025-04-14"),
+        ("gen_ai_token_type", "input"),
+    ];
+    assert_eq!(value(&s, "gen_ai_client_token_usage", &genai_in), Some(2.0));
+    let genai_emb = [
+        ("gen_ai_operation_name", "embeddings"),
+        ("gen_ai_token_type", "input"),
+    ];
+    assert_eq!(
+        value(&s, "gen_ai_client_token_usage", &genai_emb),
+        Some(1.0)
+    );
+    let genai_dur = [("gen_ai_operation_name", "chat"), ("error_type", "")];
+    assert_eq!(
+        value(&s, "gen_ai_client_operation_duration_seconds", &genai_dur),
+        Some(2.0)
+    );
+
+    // Nothing secret in the exposition.
+    assert!(!text.contains(TEST_KEY), "key in /metrics");
+    assert!(!text.contains("4111"), "prompt in /metrics");
+
+    // One request line per call, with tokens and cost; no key, no prompt anywhere.
+    let lines = request_lines(&logs);
+    let ours: Vec<_> = lines
+        .iter()
+        .filter(|l| l["fields"]["status"] == 200 && l["fields"]["route"] != "models")
+        .collect();
+    assert!(ours.len() >= 3, "request lines: {lines:#?}");
+    let streamed = ours
+        .iter()
+        .find(|l| {
+            l["fields"]["stream"] == true && l["fields"]["input_tokens"] == STREAM_PROMPT_TOKENS
+        })
+        .expect("a log line for the streamed call");
+    let f = &streamed["fields"];
+    assert_eq!(f["requested_model"], "gpt-4");
+    assert_eq!(f["model"], "gpt-4.1");
+    assert_eq!(f["output_tokens"], STREAM_COMPLETION_TOKENS);
+    assert_eq!(f["end"], "complete");
+    assert!(f["latency_ms"].as_f64().unwrap() >= f["ttfb_ms"].as_f64().unwrap());
+    assert!(f["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    let all = logs.text();
+    assert!(!all.is_empty());
+    assert!(!all.contains(TEST_KEY), "key in the logs");
+    assert!(!all.contains("4111"), "prompt in the logs");
+}
+
+#[tokio::test]
+async fn metrics_endpoint_is_openmetrics_text_before_any_request() {
+    let up = FakeUpstream::start(openai_like).await;
+    let sidecar = Sidecar::start(&up.url()).await;
+    let resp = support::http_client()
+        .get(sidecar.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let (text, s) = scrape(&sidecar).await;
+    assert!(text.ends_with("# EOF\n"));
+    // Families with labels appear with their first series; these two are there at once.
+    assert_eq!(value(&s, "holysheep_inflight_requests", &[]), Some(0.0));
+    let success = [("result", "success")];
+    assert_eq!(
+        value(&s, "holysheep_key_reloads_total", &success),
+        Some(0.0)
+    );
+    assert_eq!(value(&s, "holysheep_requests_total", &[]), None);
+}
