@@ -324,7 +324,14 @@ async fn send(
 ) -> Result<Answer, ProxyError> {
     state
         .resilience
-        .send(&state.upstream, config, outgoing, model, requested)
+        .send(
+            &state.upstream,
+            config,
+            outgoing,
+            model,
+            requested,
+            &state.metrics,
+        )
         .await
 }
 

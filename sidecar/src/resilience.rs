@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::error::ProxyError;
+use crate::metrics::{AttemptOutcome, Metrics, RetryReason};
 use crate::models::{self, ModelField};
 use crate::proxy::{OutBody, Outgoing};
 use crate::ratelimit::{LocalRateLimit, TokenReservation, estimate_tokens};
@@ -98,6 +99,7 @@ impl Resilience {
         mut outgoing: Outgoing,
         model: Option<&ModelField>,
         requested: Option<&str>,
+        metrics: &Metrics,
     ) -> Result<Answer, ProxyError> {
         let chain = model.map_or_else(Vec::new, |field| {
             fallback_chain(
@@ -116,7 +118,9 @@ impl Resilience {
             OutBody::Streamed(body) if body.is_end_stream() => {
                 outgoing.body = OutBody::Buffered(Bytes::new());
             }
-            OutBody::Streamed(_) => return send_streamed(upstream, config, outgoing).await,
+            OutBody::Streamed(_) => {
+                return send_streamed(upstream, config, outgoing, metrics).await;
+            }
             OutBody::Buffered(_) => {}
         }
         let budget = self.budget.get(config.retry.budget_ratio);
@@ -145,6 +149,10 @@ impl Resilience {
                 // Our own request is at fault (e.g. body over the limit): no retry helps.
                 Err(other) => return Err(other),
             };
+            // The model this attempt went to (a fallback decision moves the plan on).
+            let tried = plan.model().map(str::to_owned);
+            let counted_as = tried.as_deref().unwrap_or("");
+            metrics.record_attempt(counted_as, attempt_outcome(outcome));
             let decision = plan.decide(outcome, Instant::now(), &mut rand::rng());
             let answered_by = plan.model().map(str::to_owned);
             match decision {
@@ -158,6 +166,7 @@ impl Resilience {
                     });
                 }
                 Decision::Retry { after } => {
+                    metrics.record_retry(counted_as, retry_reason(outcome));
                     tracing::info!(
                         model = answered_by.as_deref().unwrap_or(""),
                         attempt,
@@ -173,6 +182,7 @@ impl Resilience {
                     model: next,
                     reason,
                 } => {
+                    metrics.record_fallback(counted_as, &next);
                     tracing::info!(
                         from = answered_by.as_deref().unwrap_or(""),
                         to = %next,
@@ -220,15 +230,29 @@ async fn send_streamed(
     upstream: &Upstream,
     config: &Config,
     outgoing: Outgoing,
+    metrics: &Metrics,
 ) -> Result<Answer, ProxyError> {
     let timeout = config.retry.attempt_timeout.min(config.retry.deadline);
-    let response = upstream::send_once(
+    let result = upstream::send_once(
         upstream,
         outgoing.into_request(),
         timeout,
         config.limits.max_body_bytes,
     )
-    .await?;
+    .await;
+    let outcome = match &result {
+        Ok(resp) => Some(AttemptOutcome::from_status(resp.status().as_u16())),
+        Err(ProxyError::UpstreamTimeout { .. }) => Some(AttemptOutcome::Timeout),
+        Err(ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamFailed { .. }) => {
+            Some(AttemptOutcome::ConnectError)
+        }
+        // Refused before it went out (e.g. body over the limit): not an attempt.
+        Err(_) => None,
+    };
+    if let Some(outcome) = outcome {
+        metrics.record_attempt("", outcome);
+    }
+    let response = result?;
     Ok(Answer {
         response,
         model: None,
@@ -248,6 +272,25 @@ fn not_replayable() -> ProxyError {
     // failed exchange rather than a panic.
     ProxyError::UpstreamFailed {
         source: "internal: a streamed request body cannot be sent twice".into(),
+    }
+}
+
+/// `holysheep_upstream_attempts_total{outcome}` of one attempt.
+fn attempt_outcome(outcome: Outcome) -> AttemptOutcome {
+    match outcome {
+        Outcome::Response { status, .. } => AttemptOutcome::from_status(status.as_u16()),
+        Outcome::ConnectError => AttemptOutcome::ConnectError,
+        Outcome::AttemptTimeout => AttemptOutcome::Timeout,
+    }
+}
+
+/// `holysheep_upstream_retries_total{reason}` of an attempt that is retried.
+fn retry_reason(outcome: Outcome) -> RetryReason {
+    match outcome {
+        Outcome::Response { status, .. } if status.as_u16() == 429 => RetryReason::RateLimited,
+        Outcome::Response { .. } => RetryReason::ServerError,
+        Outcome::ConnectError => RetryReason::Connect,
+        Outcome::AttemptTimeout => RetryReason::Timeout,
     }
 }
 

@@ -27,7 +27,9 @@ const PLAIN_COMPLETION: u64 = 7;
 const EMBED_PROMPT: u64 = 5;
 /// Built-in price of gpt-4.1, USD per 1M tokens (input and output).
 const GPT41_PRICE: f64 = 8.0;
-const SECRET_PROMPT: &str = "my card number is 4111-1111-1111-1111";
+/// The prompt; its marker must show up nowhere (a bare number could be a port).
+const SECRET_PROMPT: &str = "my card number is 4111-1111-1111-1111, zebra-unicorn-secret";
+const SECRET_MARKER: &str = "zebra-unicorn-secret";
 
 fn chat(model: &str) -> CreateChatCompletionRequest {
     let msg = ChatCompletionRequestUserMessageArgs::default()
@@ -146,7 +148,7 @@ async fn plain_streamed_and_embeddings_calls_are_counted_exactly() {
 
     // Nothing secret in the exposition.
     assert!(!text.contains(TEST_KEY), "key in /metrics");
-    assert!(!text.contains("4111"), "prompt in /metrics");
+    assert!(!text.contains(SECRET_MARKER), "prompt in /metrics");
 
     // One request line per call, with tokens and cost; no key, no prompt anywhere.
     let lines = request_lines(&logs);
@@ -171,7 +173,8 @@ async fn plain_streamed_and_embeddings_calls_are_counted_exactly() {
     let all = logs.text();
     assert!(!all.is_empty());
     assert!(!all.contains(TEST_KEY), "key in the logs");
-    assert!(!all.contains("4111"), "prompt in the logs");
+    let leaks: Vec<&str> = all.lines().filter(|l| l.contains(SECRET_MARKER)).collect();
+    assert!(leaks.is_empty(), "prompt in the logs: {leaks:#?}");
 }
 
 #[tokio::test]
@@ -198,4 +201,70 @@ async fn metrics_endpoint_is_openmetrics_text_before_any_request() {
         Some(0.0)
     );
     assert_eq!(value(&s, "holysheep_requests_total", &[]), None);
+}
+
+#[tokio::test]
+async fn retries_fallbacks_and_attempts_are_counted_and_logged() {
+    let logs = capture_logs();
+    // gpt-4.1 always answers 503; its fallback answers with the chat fixture.
+    let up = FakeUpstream::start(|seen| {
+        if seen.json()["model"] == "gpt-4.1" {
+            support::upstream::Reply::json(503, r#"{"error":{"message":"busy"}}"#)
+        } else {
+            openai_like(seen)
+        }
+    })
+    .await;
+    let mut settings = support::settings(&up.url());
+    settings.config = holysheep_sidecar::config::Config::from_yaml_str(
+        "retry:\n  max_attempts: 2\n  base_backoff: 1ms\n  max_backoff: 2ms\n\
+         fallbacks:\n  gpt-4.1: [deepseek-chat-v3-0324]\n",
+    )
+    .unwrap();
+    let sidecar = Sidecar::start_with(settings).await;
+    let req = chat("gpt-4");
+    let resp = sidecar.openai().chat().create(req).await.unwrap();
+    assert_eq!(resp.usage.unwrap().prompt_tokens as u64, PLAIN_PROMPT);
+
+    let (_, s) = wait_for_requests(&sidecar, 1.0).await;
+    let attempts = |model, outcome| {
+        value(
+            &s,
+            "holysheep_upstream_attempts_total",
+            &[("model", model), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(attempts("gpt-4.1", "server_error"), Some(2.0));
+    assert_eq!(attempts("deepseek-chat-v3-0324", "success"), Some(1.0));
+    let retries = [("model", "gpt-4.1"), ("reason", "server_error")];
+    assert_eq!(
+        value(&s, "holysheep_upstream_retries_total", &retries),
+        Some(1.0)
+    );
+    let fallback = [
+        ("from_model", "gpt-4.1"),
+        ("to_model", "deepseek-chat-v3-0324"),
+    ];
+    assert_eq!(value(&s, "holysheep_fallbacks_total", &fallback), Some(1.0));
+    // Tokens and the request go to the model that answered.
+    let req_labels = [
+        ("model", "deepseek-chat-v3-0324"),
+        ("requested_model", "gpt-4"),
+        ("status", "200"),
+    ];
+    assert_eq!(
+        value(&s, "holysheep_requests_total", &req_labels),
+        Some(1.0)
+    );
+    let input = [("model", "deepseek-chat-v3-0324"), ("type", "input")];
+    assert_eq!(
+        value(&s, "holysheep_tokens_total", &input),
+        Some(PLAIN_PROMPT as f64)
+    );
+    let line = request_lines(&logs)
+        .into_iter()
+        .find(|l| l["fields"]["model"] == "deepseek-chat-v3-0324")
+        .expect("a request line for the fallback answer");
+    assert_eq!(line["fields"]["attempts"], 3);
+    assert_eq!(line["fields"]["requested_model"], "gpt-4");
 }
