@@ -154,13 +154,12 @@ impl Resilience {
             let counted_as = tried.as_deref().unwrap_or("");
             metrics.record_attempt(counted_as, attempt_outcome(outcome));
             let decision = plan.decide(outcome, Instant::now(), &mut rand::rng());
-            let answered_by = plan.model().map(str::to_owned);
             match decision {
                 Decision::Return => {
                     plan.commit();
                     return result.map(|response| Answer {
                         response,
-                        model: answered_by,
+                        model: tried,
                         gave_up: false,
                         attempts,
                     });
@@ -168,7 +167,7 @@ impl Resilience {
                 Decision::Retry { after } => {
                     metrics.record_retry(counted_as, retry_reason(outcome));
                     tracing::info!(
-                        model = answered_by.as_deref().unwrap_or(""),
+                        model = tried.as_deref().unwrap_or(""),
                         attempt,
                         outcome = outcome_name(outcome),
                         wait_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
@@ -184,7 +183,7 @@ impl Resilience {
                 } => {
                     metrics.record_fallback(counted_as, &next);
                     tracing::info!(
-                        from = answered_by.as_deref().unwrap_or(""),
+                        from = tried.as_deref().unwrap_or(""),
                         to = %next,
                         reason = reason.as_str(),
                         "falling back to the next model"
@@ -198,7 +197,7 @@ impl Resilience {
                 }
                 Decision::GiveUp(reason) => {
                     tracing::warn!(
-                        model = answered_by.as_deref().unwrap_or(""),
+                        model = tried.as_deref().unwrap_or(""),
                         attempts,
                         outcome = outcome_name(outcome),
                         reason = reason.as_str(),
@@ -208,7 +207,7 @@ impl Resilience {
                     return match result {
                         Ok(response) => Ok(Answer {
                             response,
-                            model: answered_by,
+                            model: tried,
                             gave_up: true,
                             attempts,
                         }),

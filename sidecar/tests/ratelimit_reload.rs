@@ -56,9 +56,12 @@ fn example_configmap_parses_with_every_section() {
 
 mod support;
 
+use std::time::Duration;
+
+use holysheep_sidecar::metrics::ReloadResult;
 use serde_json::{Value, json};
 use support::upstream::{FakeUpstream, Reply};
-use support::{Sidecar, fixture, http_client, settings};
+use support::{Sidecar, eventually, fixture, http_client, settings};
 
 async fn sidecar(upstream: &str, yaml: &str) -> Sidecar {
     let mut s = settings(upstream);
@@ -132,5 +135,103 @@ async fn tokens_per_minute_counts_the_prompt_and_max_tokens() {
     big["max_tokens"] = json!(900);
     assert_eq!(chat(&sidecar, big.clone()).await.status(), 200);
     local_429(chat(&sidecar, big).await, "rate_limit.tokens_per_minute").await;
+    assert_eq!(up.requests().len(), 1);
+}
+
+/// Replaces `path` in one step, as the kubelet's symlink swap does.
+fn write_atomic(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The model the upstream saw for a request asking for `mini`.
+async fn mini_goes_to(sidecar: &Sidecar, up: &FakeUpstream) -> String {
+    let before = up.requests().len();
+    assert_eq!(chat(sidecar, hello("mini")).await.status(), 200);
+    let seen = up.wait_for_requests(before + 1).await;
+    seen[before].json()["model"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_bad_config_file_keeps_the_sidecar_on_the_last_good_one() {
+    let up =
+        FakeUpstream::start(|_| Reply::json(200, fixture("openai/chat_completion.json"))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, "aliases:\n  mini: model-a\n").unwrap();
+    let mut s = settings(&up.url());
+    s.config = holysheep_sidecar::config::load_file(&path).unwrap();
+    s.config_path = Some(path.clone());
+    let sidecar = Sidecar::start_with(s).await;
+    let reloads = |result| sidecar.state.metrics.config_reloads(result);
+    assert_eq!(mini_goes_to(&sidecar, &up).await, "model-a");
+
+    // An unknown key: refused, counted, and the old aliases keep serving.
+    write_atomic(
+        &path,
+        "aliases:\n  mini: model-b\nretry:\n  max_attemps: 2\n",
+    );
+    eventually(Duration::from_secs(5), "the refused reload", || async {
+        reloads(ReloadResult::Failure) == 1
+    })
+    .await;
+    assert_eq!(mini_goes_to(&sidecar, &up).await, "model-a");
+    let metrics = http_client()
+        .get(sidecar.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("holysheep_config_reloads_total{result=\"failure\"} 1"),
+        "{metrics}"
+    );
+
+    // The fixed file is applied without a restart.
+    write_atomic(
+        &path,
+        "aliases:\n  mini: model-b\nretry:\n  max_attempts: 2\n",
+    );
+    eventually(Duration::from_secs(5), "the applied reload", || async {
+        reloads(ReloadResult::Success) == 1
+    })
+    .await;
+    assert_eq!(mini_goes_to(&sidecar, &up).await, "model-b");
+    assert_eq!(sidecar.state.config.load().retry.max_attempts, 2);
+}
+
+#[tokio::test]
+async fn tokens_used_beyond_the_estimate_are_charged_after_the_answer() {
+    // The answer reports 900 tokens for a request estimated at a handful.
+    let mut answer: Value = serde_json::from_str(&fixture("openai/chat_completion.json")).unwrap();
+    answer["usage"] = json!({"prompt_tokens": 100, "completion_tokens": 800, "total_tokens": 900});
+    let answer = answer.to_string();
+    let up = FakeUpstream::start(move |_| Reply::json(200, answer.clone())).await;
+    let sidecar = sidecar(&up.url(), "rate_limit:\n  tokens_per_minute: 1000\n").await;
+
+    assert_eq!(chat(&sidecar, hello("gpt-4.1")).await.status(), 200);
+    // The charge happens when the response body ends; the usage metric is written
+    // right after it, so wait for that.
+    eventually(Duration::from_secs(5), "the usage report", || async {
+        let text = http_client()
+            .get(sidecar.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .any(|l| l.starts_with("holysheep_tokens_total{") && l.ends_with(" 800"))
+    })
+    .await;
+
+    // ~100 tokens are left of the 1000: a request capped at 200 must wait.
+    let mut capped = hello("gpt-4.1");
+    capped["max_tokens"] = json!(200);
+    local_429(chat(&sidecar, capped).await, "rate_limit.tokens_per_minute").await;
     assert_eq!(up.requests().len(), 1);
 }
