@@ -6,10 +6,12 @@
 //! the directory (plus a slow periodic check, for filesystems that drop events) leads
 //! to re-reading the file; identical content is ignored. New content is parsed by
 //! [`config::load_file`]: on success it replaces the live config, on failure the last
-//! good config stays in force, the error is logged once as a warning naming the field,
-//! and `holysheep_config_reloads_total{result="failure"}` counts it.
+//! good config stays in force and the error is logged once as a warning naming the
+//! field. Either way the [`OnReload`] hook is told; the server's hook ([`count_reloads`])
+//! counts it in `holysheep_config_reloads_total{result}`.
 //!
-//! Not here: parsing and validation (config.rs), the first load at startup (server.rs).
+//! Not here: parsing and validation (config.rs), the first load at startup and starting
+//! this watcher (server.rs).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

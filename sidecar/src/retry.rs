@@ -61,7 +61,8 @@ pub enum Outcome {
         /// The upstream's own `x-should-retry`, if it sent one.
         should_retry: Option<bool>,
     },
-    /// No connection could be made (DNS, TCP, TLS).
+    /// No response at all: the connection could not be made (DNS, TCP, TLS) or broke
+    /// before response headers (reset, closed).
     ConnectError,
     /// No response headers within the attempt's timeout.
     AttemptTimeout,
