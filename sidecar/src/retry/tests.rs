@@ -383,3 +383,5 @@ fn fallback_chains() {
         chain(&["none"])
     );
 }
+
+mod properties;
