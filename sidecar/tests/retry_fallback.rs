@@ -7,15 +7,16 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+#[path = "retry_fallback/raw.rs"]
+mod raw;
+
 use std::time::{Duration, Instant};
 
 use holysheep_sidecar::config::Config;
+use raw::{Log, RawUpstream};
 use serde_json::{Value, json};
 use support::upstream::{FakeUpstream, Reply, Seen};
 use support::{Sidecar, fixture, http_client, settings};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 /// Short timings so the suite stays fast; each test overrides what it exercises.
 const FAST_RETRY: &str = "
@@ -31,34 +32,6 @@ async fn sidecar(upstream: &str, yaml: &str) -> Sidecar {
     let mut s = settings(upstream);
     s.config = Config::from_yaml_str(yaml).unwrap();
     Sidecar::start_with(s).await
-}
-
-/// When the upstream saw each request, next to what it saw.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<(Instant, Value)>>>);
-
-impl Log {
-    fn push(&self, body: Value) {
-        self.0.lock().unwrap().push((Instant::now(), body));
-    }
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-    fn models(&self) -> Vec<String> {
-        let log = self.0.lock().unwrap();
-        log.iter()
-            .map(|(_, body)| body["model"].as_str().unwrap_or("").to_owned())
-            .collect()
-    }
-    /// Nothing reached the upstream after `first_byte` (the client's first byte).
-    fn nothing_after(&self, first_byte: Instant) {
-        let log = self.0.lock().unwrap();
-        let late = log.iter().filter(|(at, _)| *at > first_byte).count();
-        assert_eq!(
-            late, 0,
-            "{late} upstream request(s) after the client got bytes"
-        );
-    }
 }
 
 /// A fake upstream answering with `reply(n, body)` for its n-th request (0-based).
@@ -233,25 +206,9 @@ async fn long_retry_after_skips_straight_to_the_fallback() {
     assert_eq!(log.models(), ["gpt-4.1", "deepseek-chat-v3-0324"]);
 }
 
-/// A raw upstream that accepts connections and never answers; counts them.
-async fn silent_upstream() -> (String, Arc<Mutex<usize>>, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let accepted = Arc::new(Mutex::new(0));
-    let counter = Arc::clone(&accepted);
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            *counter.lock().unwrap() += 1;
-            held.push(stream);
-        }
-    });
-    (url, accepted, task)
-}
-
 #[tokio::test]
 async fn deadline_exceeded_is_a_504_within_the_deadline() {
-    let (url, accepted, task) = silent_upstream().await;
+    let up = RawUpstream::silent().await;
     let yaml = "
 retry:
   max_attempts: 10
@@ -260,7 +217,7 @@ retry:
   attempt_timeout: 250ms
   deadline: 700ms
 ";
-    let sidecar = sidecar(&url, yaml).await;
+    let sidecar = sidecar(&up.url, yaml).await;
 
     let start = Instant::now();
     let (resp, _) = chat(&sidecar, "gpt-4.1").await;
@@ -280,10 +237,9 @@ retry:
         "overran: {elapsed:?}"
     );
     assert!(
-        *accepted.lock().unwrap() >= 3,
+        up.log.len() >= 3,
         "attempts were cut by their timeout and retried"
     );
-    task.abort();
 }
 
 #[tokio::test]
@@ -328,69 +284,11 @@ retry:
     );
 }
 
-/// A raw upstream that answers each request with SSE headers and one event, then
-/// drops the connection mid-body. Logs when each request arrived.
-async fn breaking_stream_upstream() -> (String, Log, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let log = Log::default();
-    let log2 = log.clone();
-    let task = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let log = log2.clone();
-            tokio::spawn(async move {
-                if let Some(body) = read_request(stream).await {
-                    log.push(body.0);
-                    let mut stream = body.1;
-                    let event = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n";
-                    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-                    let chunk = format!("{:x}\r\n{event}\r\n", event.len());
-                    let _ = stream.write_all(head.as_bytes()).await;
-                    let _ = stream.write_all(chunk.as_bytes()).await;
-                    let _ = stream.flush().await;
-                    // Dropped here: the chunked body never gets its last chunk.
-                }
-            });
-        }
-    });
-    (url, log, task)
-}
-
-/// Reads one HTTP/1.1 request (head and Content-Length body); returns the JSON body.
-async fn read_request(mut stream: TcpStream) -> Option<(Value, TcpStream)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    while buf.len() < head_end + len {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let body = serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or(Value::Null);
-    Some((body, stream))
-}
-
 #[tokio::test]
 async fn a_stream_broken_after_its_first_chunk_ends_with_an_error_event_and_no_retry() {
-    let (url, log, task) = breaking_stream_upstream().await;
-    let sidecar = sidecar(&url, FAST_RETRY).await;
+    let up = RawUpstream::breaking_stream().await;
+    let log = up.log.clone();
+    let sidecar = sidecar(&up.url, FAST_RETRY).await;
 
     let body = json!({"model": "gpt-4.1", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     let read = async {
@@ -426,7 +324,6 @@ async fn a_stream_broken_after_its_first_chunk_ends_with_an_error_event_and_no_r
     assert_eq!(error["error"]["type"], "server_error");
     assert_eq!(log.len(), 1, "a started stream is never retried");
     log.nothing_after(first_byte);
-    task.abort();
 }
 
 #[tokio::test]
