@@ -355,3 +355,35 @@ async fn a_request_without_body_is_retried_too() {
     );
     log.nothing_after(first_byte);
 }
+
+#[tokio::test]
+async fn a_stream_that_fails_before_its_first_byte_is_retried() {
+    let (up, log) = logged(|n, _| match n {
+        0 => error(503, "overloaded"),
+        _ => Reply::Full {
+            status: http::StatusCode::OK,
+            headers: vec![("content-type".into(), "text/event-stream".into())],
+            body: fixture("openai/chat_stream_2.sse").into(),
+        },
+    })
+    .await;
+    let sidecar = sidecar(&up.url(), FAST_RETRY).await;
+
+    let body = json!({"model": "gpt-4.1", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let resp = http_client()
+        .post(sidecar.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let first_byte = Instant::now();
+
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-holysheep-model"], "gpt-4.1");
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("\"lo!\""), "{text}");
+    assert!(!text.contains("event: error"), "{text}");
+    assert_eq!(log.len(), 2);
+    assert!(up.requests().iter().all(|r| r.json()["stream"] == true));
+    log.nothing_after(first_byte);
+}
