@@ -9,6 +9,8 @@
 
 mod labels;
 mod meter;
+#[cfg(test)]
+mod overhead;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
