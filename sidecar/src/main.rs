@@ -39,13 +39,9 @@ async fn start(args: Args) -> Result<(), RunError> {
 
 /// JSON lines, level from `RUST_LOG` (default `info`).
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(false)
-        .init();
+    if let Err(e) = holysheep_sidecar::logging::init() {
+        eprintln!("holysheep-sidecar: {e}");
+    }
 }
 
 /// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
