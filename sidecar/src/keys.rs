@@ -14,7 +14,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -95,7 +94,8 @@ pub enum Origin {
 pub struct KeyStore {
     source: KeySource,
     current: ArcSwapOption<ApiKey>,
-    changes: AtomicU64,
+    /// Count of key changes; a watch so tests and readiness waiters need not poll.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl KeyStore {
@@ -105,7 +105,7 @@ impl KeyStore {
         let store = Arc::new(Self {
             source,
             current: ArcSwapOption::empty(),
-            changes: AtomicU64::new(0),
+            changes: tokio::sync::watch::Sender::new(0),
         });
         store.reload();
         if store.current().is_none() {
@@ -129,7 +129,19 @@ impl KeyStore {
 
     /// How many times the key changed (first load included). Tests wait on it.
     pub fn changes(&self) -> u64 {
-        self.changes.load(Ordering::Acquire)
+        *self.changes.borrow()
+    }
+
+    /// A receiver of the change count, for waiting on the next reload without polling.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Resolves once a key is loaded (immediately if one already is).
+    pub async fn wait_loaded(&self) {
+        let mut rx = self.changes.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we borrow it.
+        let _ = rx.wait_for(|_| self.is_loaded()).await;
     }
 
     /// Re-reads the source; swaps in a new valid key, keeps the old one otherwise.
@@ -147,7 +159,7 @@ impl KeyStore {
             return false;
         }
         self.current.store(Some(Arc::new(key)));
-        self.changes.fetch_add(1, Ordering::AcqRel);
+        self.changes.send_modify(|n| *n += 1);
         tracing::info!(?origin, file = %self.source.file.display(), "API key loaded");
         true
     }
@@ -285,6 +297,27 @@ mod tests {
         assert!(store.reload());
         assert_eq!(store.current().unwrap().authorization(), "Bearer sk-2");
         assert_eq!(store.changes(), 2);
+    }
+
+    #[tokio::test]
+    async fn wait_loaded_resolves_when_a_key_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api-key");
+        let store = KeyStore::load(source(file.clone(), None));
+        let waiter = tokio::spawn({
+            let store = Arc::clone(&store);
+            async move { store.wait_loaded().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "no key yet");
+        std::fs::write(&file, "sk-now").unwrap();
+        assert!(store.reload());
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        // Already loaded: resolves at once.
+        store.wait_loaded().await;
     }
 
     #[test]

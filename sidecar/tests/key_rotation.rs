@@ -36,13 +36,14 @@ async fn rotated_secret_is_picked_up_without_restart() {
         bearer_seen_after_one_call(&sidecar, &up).await,
         "Bearer sk-first"
     );
-    let changes = sidecar.keys().changes();
+    let mut reloads = sidecar.keys().subscribe();
+    let before = *reloads.borrow_and_update();
 
     rotate_secret(dir.path(), "2026_b", "  sk-second  \n");
-    eventually(Duration::from_secs(5), "the key reload", || async {
-        sidecar.keys().changes() > changes
-    })
-    .await;
+    tokio::time::timeout(Duration::from_secs(5), reloads.wait_for(|n| *n > before))
+        .await
+        .expect("the key reload after the ..data swap")
+        .unwrap();
 
     assert_eq!(
         bearer_seen_after_one_call(&sidecar, &up).await,
