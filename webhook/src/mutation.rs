@@ -269,7 +269,9 @@ fn add_to_list<T: Serialize>(
     Ok(())
 }
 
-/// Adds the app env vars a container does not set itself.
+/// Adds the app env vars a container does not set itself in `env`. A value that comes
+/// only through `envFrom` cannot be seen here, and Kubernetes lets `env` win over
+/// `envFrom`: an app that must keep its own `OPENAI_BASE_URL` sets it in `env`.
 fn add_env(
     ops: &mut Vec<PatchOperation>,
     list: &str,
