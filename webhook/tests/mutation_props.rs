@@ -221,6 +221,16 @@ proptest! {
         for app in all.iter().filter(|c| c.name != "holysheep-sidecar") {
             prop_assert!(!app.volume_mounts.iter().flatten().any(|m| m.name == "holysheep-credentials"));
         }
+        // App containers keep their order and every env var they set, value included.
+        let before = pod.spec.as_ref().unwrap();
+        let apps: Vec<_> = spec.containers.iter().filter(|c| c.name != "holysheep-sidecar").collect();
+        prop_assert_eq!(apps.len(), before.containers.len());
+        for (old, new) in before.containers.iter().zip(&apps) {
+            prop_assert_eq!(&old.name, &new.name);
+            let new_env = new.env.as_deref().unwrap_or_default();
+            prop_assert_eq!(&new_env[..old.env.as_ref().map_or(0, Vec::len)], old.env.as_deref().unwrap_or_default());
+            prop_assert!(new_env.iter().any(|e| e.name == "OPENAI_BASE_URL"));
+        }
         let annotations = result.metadata.annotations.as_ref().unwrap();
         prop_assert_eq!(annotations.get("holysheep/status").map(String::as_str), Some("injected"));
         prop_assert!(mutate(&result, &settings).unwrap().is_none(), "second pass patched");
