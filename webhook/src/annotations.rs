@@ -278,9 +278,30 @@ mod tests {
     #[test]
     fn huge_values_are_shortened_in_messages() {
         let huge = "é".repeat(10_000);
-        let message = Overrides::parse(&map(&[(PORT, &huge)]))
-            .unwrap_err()
-            .to_string();
-        assert!(message.len() < 400, "{}", message.len());
+        let keys = [
+            INJECT,
+            PORT,
+            ADMIN_PORT,
+            SECRET,
+            SECRET_KEY,
+            CONFIG,
+            IMAGE,
+            UPSTREAM,
+            NATIVE_SIDECAR,
+            PROXY_CPU_REQUEST,
+            PROXY_MEMORY_REQUEST,
+            PROXY_CPU_LIMIT,
+            PROXY_MEMORY_LIMIT,
+        ];
+        for key in keys {
+            let annotations = map(&[(key, &huge)]);
+            let err = if key == INJECT {
+                injection(&annotations).unwrap_err()
+            } else {
+                Overrides::parse(&annotations).unwrap_err()
+            };
+            let message = err.to_string();
+            assert!(message.len() < 400, "{key}: {} bytes", message.len());
+        }
     }
 }
