@@ -3,7 +3,9 @@
 #
 # Against ONE fake OpenAI upstream (bench/, fake-upstream) it measures, in the same run:
 # direct calls (the physical limit), calls through nginx as a plain keep-alive reverse proxy
-# (the practical floor for one HTTP hop) and calls through holysheep-sidecar:
+# (the practical floor for one HTTP hop), through mini-proxy ("bare hyper": the sidecar's
+# HTTP stack with none of its own work, to tell the stack's cost from the sidecar's) and
+# through holysheep-sidecar:
 # req/s and p50/p99 at 16 and 64 connections, p50/p99 at a fixed 50 req/s, proxy CPU time
 # per request (utime+stime from /proc), streamed time to first byte (ttfb-probe), and RSS
 # idle and after load. Every measurement is repeated BENCH_REPS times, the targets
@@ -14,8 +16,8 @@
 # to bench/out/<run id>/ (git-ignored). It is not part of the test suite.
 #
 # Knobs (environment): BENCH_DURATION (s per load run, 5), BENCH_RATE_DURATION (s at
-# 50 req/s, 10), BENCH_REPS (3), BENCH_TTFB_REQUESTS (200), BENCH_TARGETS
-# ("direct nginx sidecar"), BENCH_PIN (1: load generators on CPU 0, servers on CPU 1;
+# 50 req/s, 8), BENCH_REPS (3), BENCH_TTFB_REQUESTS (200), BENCH_TARGETS
+# ("direct nginx hyper sidecar"), BENCH_PIN (1: load generators on CPU 0, servers on CPU 1;
 # 0: no pinning), BENCH_SIDECAR_LOG (RUST_LOG for the sidecar, "warn": nginx runs with
 # access_log off, so per-request logging is off on both sides).
 set -euo pipefail
@@ -24,10 +26,10 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 DURATION=${BENCH_DURATION:-5}
-RATE_DURATION=${BENCH_RATE_DURATION:-10}
+RATE_DURATION=${BENCH_RATE_DURATION:-8}
 REPS=${BENCH_REPS:-3}
 TTFB_REQUESTS=${BENCH_TTFB_REQUESTS:-200}
-TARGETS=${BENCH_TARGETS:-direct nginx sidecar}
+TARGETS=${BENCH_TARGETS:-direct nginx hyper sidecar}
 PIN=${BENCH_PIN:-1}
 SIDECAR_LOG=${BENCH_SIDECAR_LOG:-warn}
 WARMUP=2
@@ -185,6 +187,18 @@ EOF
   log "nginx on 127.0.0.1:$port (master $NGINX_PID, worker $NGINX_WORKER)"
 }
 
+start_hyper() {
+  local port
+  port=$(free_port)
+  "${SERVER[@]}" "$ROOT/target/release/mini-proxy" --listen "127.0.0.1:$port" \
+    --upstream "$UPSTREAM" >"$OUT/mini-proxy.log" 2>&1 &
+  HYPER_PID=$!
+  PIDS+=("$HYPER_PID")
+  HYPER_URL=http://127.0.0.1:$port/v1/chat/completions
+  wait_until 10 curl -fsS "http://127.0.0.1:$port/v1/models" || die "mini-proxy did not start: $(cat "$OUT/mini-proxy.log")"
+  log "mini-proxy (bare hyper) on 127.0.0.1:$port (pid $HYPER_PID)"
+}
+
 start_sidecar() {
   local port admin
   port=$(free_port)
@@ -209,6 +223,7 @@ url_of() {
   case $1 in
     direct) echo "http://$UPSTREAM/v1/chat/completions" ;;
     nginx) echo "$NGINX_URL" ;;
+    hyper) echo "$HYPER_URL" ;;
     sidecar) echo "$SIDECAR_URL" ;;
   esac
 }
@@ -217,6 +232,7 @@ proxy_pids() {
   case $1 in
     direct) ;;
     nginx) echo "$NGINX_PID $NGINX_WORKER" ;;
+    hyper) echo "$HYPER_PID" ;;
     sidecar) echo "$SIDECAR_PID" ;;
   esac
 }
@@ -265,10 +281,12 @@ main() {
 
   start_upstream
   [[ " $TARGETS " == *" nginx "* ]] && start_nginx
+  [[ " $TARGETS " == *" hyper "* ]] && start_hyper
   [[ " $TARGETS " == *" sidecar "* ]] && start_sidecar
 
   # Idle memory: right after start-up and readiness, before any proxied request.
   [[ -n ${NGINX_PID:-} ]] && echo "nginx idle 1 $(mem_kib "$NGINX_PID" "$NGINX_WORKER")" >>"$OUT/rss.tsv"
+  [[ -n ${HYPER_PID:-} ]] && echo "hyper idle 1 $(mem_kib "$HYPER_PID")" >>"$OUT/rss.tsv"
   [[ -n ${SIDECAR_PID:-} ]] && echo "sidecar idle 1 $(mem_kib "$SIDECAR_PID")" >>"$OUT/rss.tsv"
 
   cat >"$OUT/meta.env" <<EOF

@@ -6,12 +6,22 @@
 use super::load::{LoadRun, RunData};
 use crate::stats::median;
 
-/// Targets in the order they are shown.
-pub const TARGETS: [&str; 3] = ["direct", "nginx", "sidecar"];
+/// Targets in the order they are shown: the upstream called directly, nginx, `mini-proxy`
+/// (bare hyper, the sidecar's HTTP stack without its own work) and the sidecar.
+pub const TARGETS: [&str; 4] = ["direct", "nginx", "hyper", "sidecar"];
+
+/// Index of each target in a [`Row`].
+pub const DIRECT: usize = 0;
+/// See [`DIRECT`].
+pub const NGINX: usize = 1;
+/// See [`DIRECT`].
+pub const HYPER: usize = 2;
+/// See [`DIRECT`].
+pub const SIDECAR: usize = 3;
 
 /// A figure per target, `None` where the run has no data (or the figure has no meaning,
 /// like the proxy CPU of a direct call).
-pub type Row = [Option<f64>; 3];
+pub type Row = [Option<f64>; 4];
 
 impl RunData {
     pub(super) fn reps(&self) -> Vec<u32> {

@@ -9,7 +9,7 @@ pub mod load;
 
 use std::fmt::Write as _;
 
-use figures::Row;
+use figures::{DIRECT, HYPER, NGINX, Row, SIDECAR};
 pub use load::{RunData, load};
 
 fn cell(value: Option<f64>, decimals: usize) -> String {
@@ -24,12 +24,13 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 }
 
 fn row(out: &mut String, name: &str, values: Row, decimals: usize) {
-    let [direct, nginx, sidecar] = values;
+    let (direct, nginx, sidecar) = (values[DIRECT], values[NGINX], values[SIDECAR]);
     let _ = writeln!(
         out,
-        "| {name} | {} | {} | {} | {} | {} |",
+        "| {name} | {} | {} | {} | {} | {} | {} |",
         cell(direct, decimals),
         cell(nginx, decimals),
+        cell(values[HYPER], decimals),
         cell(sidecar, decimals),
         ratio(sidecar, nginx),
         ratio(sidecar, direct),
@@ -68,9 +69,9 @@ pub fn render(data: &RunData) -> String {
     );
     let _ = writeln!(
         out,
-        "| figure | direct | nginx | sidecar | sidecar ÷ nginx | sidecar ÷ direct |"
+        "| figure | direct | nginx | bare hyper | sidecar | sidecar ÷ nginx | sidecar ÷ direct |"
     );
-    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (scenario, conns) in [("c16", 16), ("c64", 64)] {
         row(
             &mut out,
@@ -138,16 +139,18 @@ pub fn render(data: &RunData) -> String {
         1,
     );
 
-    let [_, nginx_cpu16, sidecar_cpu16] = data.cpu_per_request("c16", false);
-    let [_, nginx_cpu64, sidecar_cpu64] = data.cpu_per_request("c64", false);
+    let cpu16 = data.cpu_per_request("c16", false);
+    let cpu64 = data.cpu_per_request("c64", false);
+    let (nginx_cpu16, sidecar_cpu16) = (cpu16[NGINX], cpu16[SIDECAR]);
+    let (nginx_cpu64, sidecar_cpu64) = (cpu64[NGINX], cpu64[SIDECAR]);
     let cpu_ok = match (sidecar_cpu16, nginx_cpu16, sidecar_cpu64, nginx_cpu64) {
         (Some(s16), Some(n16), Some(s64), Some(n64)) => Some(s16 <= n16 && s64 <= n64),
         _ => None,
     };
-    let [_, nginx_added, sidecar_added] = added;
+    let (nginx_added, sidecar_added) = (added[NGINX], added[SIDECAR]);
     let added_ok = sidecar_added.zip(nginx_added).map(|(s, n)| s <= n);
-    let ttfb_ok = ttfb_added[2].map(|a| a <= 500.0);
-    let rss_ok = idle[2].map(|r| r < 10.0);
+    let ttfb_ok = ttfb_added[SIDECAR].map(|a| a <= 500.0);
+    let rss_ok = idle[SIDECAR].map(|r| r < 10.0);
     let metrics_ok = sidecar_added.map(|a| a < 100.0);
 
     let _ = writeln!(out, "\n| target | figure | verdict |");
@@ -171,14 +174,14 @@ pub fn render(data: &RunData) -> String {
     let _ = writeln!(
         out,
         "| streamed TTFB within 0.5 ms of direct (issue 2) | sidecar +{} µs | {} |",
-        cell(ttfb_added[2], 0),
+        cell(ttfb_added[SIDECAR], 0),
         verdict(ttfb_ok)
     );
     let _ = writeln!(
         out,
         "| idle RSS under 10 MiB (issue 2) | sidecar {} MiB (nginx {} MiB) | {} |",
-        cell(idle[2], 1),
-        cell(idle[1], 1),
+        cell(idle[SIDECAR], 1),
+        cell(idle[NGINX], 1),
         verdict(rss_ok)
     );
     let _ = writeln!(
@@ -251,14 +254,15 @@ mod tests {
     fn figures_are_medians_and_pairwise_differences() {
         let data = sample();
         let cpu = data.cpu_per_request("c16", false);
-        assert_eq!(cpu[0], None);
-        assert!((cpu[1].unwrap() - 30.0).abs() < 1e-9);
-        assert!((cpu[2].unwrap() - 20.0).abs() < 1e-9);
+        assert_eq!(cpu[DIRECT], None);
+        assert!((cpu[NGINX].unwrap() - 30.0).abs() < 1e-9);
+        assert!((cpu[SIDECAR].unwrap() - 20.0).abs() < 1e-9);
+        assert_eq!(cpu[HYPER], None);
         let added = data.added_p50_fixed_rate();
         assert_eq!(added[0], None);
-        assert!((added[1].unwrap() - 130.0).abs() < 1e-6);
-        assert!((added[2].unwrap() - 80.0).abs() < 1e-6);
-        assert_eq!(data.ttfb_added()[2], Some(620.0));
+        assert!((added[NGINX].unwrap() - 130.0).abs() < 1e-6);
+        assert!((added[SIDECAR].unwrap() - 80.0).abs() < 1e-6);
+        assert_eq!(data.ttfb_added()[SIDECAR], Some(620.0));
     }
 
     #[test]
@@ -276,7 +280,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("| req/s, 16 connections | 10000 | 10000 | 10000 | 1.00× | 1.00× |"),
+            text.contains("| req/s, 16 connections | 10000 | 10000 | – | 10000 | 1.00× | 1.00× |"),
             "{text}"
         );
     }
