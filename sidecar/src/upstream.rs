@@ -17,7 +17,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use http_body_util::{Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -49,15 +49,26 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Builds the client for `base` with the connect timeout of `limits`.
+    /// Builds the client for `base` with the connect timeout of `limits`, trusting the
+    /// Mozilla (webpki) roots.
     pub fn new(base: UpstreamBase, limits: &Limits) -> Result<Self, UpstreamError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_webpki_roots()
+            .with_no_client_auth();
+        Ok(Self::with_tls(base, limits, tls))
+    }
+
+    /// Builds the client with a caller-made TLS config (e.g. a private CA). ALPN is set
+    /// here to `h2, http/1.1`, so HTTP/2 is used whenever the upstream offers it.
+    pub fn with_tls(base: UpstreamBase, limits: &Limits, tls: rustls::ClientConfig) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(limits.connect_timeout));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(provider)?
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -70,10 +81,10 @@ impl Upstream {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .http2_keep_alive_interval(H2_KEEP_ALIVE)
             .build(https);
-        Ok(Self {
+        Self {
             base: Arc::new(base),
             client,
-        })
+        }
     }
 
     /// The base URL.
