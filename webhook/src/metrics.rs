@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -96,6 +97,7 @@ pub struct Metrics {
     admissions: Family<AdmissionLabel, Counter>,
     admission_duration: Histogram,
     cert_reloads: Family<ReloadLabel, Counter>,
+    cert_not_after: Gauge,
 }
 
 impl Metrics {
@@ -112,7 +114,7 @@ impl Metrics {
         let admission_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 15));
         registry.register(
             "admission_duration_seconds",
-            "Time to evaluate one admission review, from decoded request to encoded response",
+            "Time to decide one admission review, from the decoded request to the answer",
             admission_duration.clone(),
         );
         let cert_reloads = Family::<ReloadLabel, Counter>::default();
@@ -121,10 +123,17 @@ impl Metrics {
             "Serving certificate reload attempts after a file change, by result",
             cert_reloads.clone(),
         );
+        let cert_not_after = Gauge::default();
+        registry.register(
+            "cert_not_after_timestamp_seconds",
+            "notAfter of the serving certificate in use, as a Unix time (alert well before it)",
+            cert_not_after.clone(),
+        );
         Self {
             admissions,
             admission_duration,
             cert_reloads,
+            cert_not_after,
         }
     }
 
@@ -141,6 +150,11 @@ impl Metrics {
         self.cert_reloads
             .get_or_create(&ReloadLabel { result })
             .inc();
+    }
+
+    /// Records the `notAfter` (Unix seconds) of the certificate now served.
+    pub fn set_cert_not_after(&self, unix_seconds: i64) {
+        self.cert_not_after.set(unix_seconds);
     }
 
     /// Current count of admissions with `result` (for tests and logs).
@@ -175,7 +189,9 @@ mod tests {
         metrics.observe_admission(AdmissionResult::Injected, 0.001);
         metrics.observe_admission(AdmissionResult::Injected, 0.001);
         metrics.observe_reload(ReloadResult::Error);
+        metrics.set_cert_not_after(1_800_000_000);
         let text = render(&registry).unwrap();
+        assert!(text.contains("holysheep_webhook_cert_not_after_timestamp_seconds 1800000000"));
         assert!(
             text.contains("holysheep_webhook_admissions_total{result=\"injected\"} 2"),
             "{text}"

@@ -150,6 +150,7 @@ impl ReloadingTls {
         let provider = crypto_provider();
         let (cert_bytes, key_bytes) = read_files(&files)?;
         let key = parse(&files, &cert_bytes, &key_bytes, &provider)?;
+        report_expiry(metrics.as_ref(), &cert_bytes, &key_bytes);
         let (status, _) = watch::channel(ReloadStatus::default());
         Ok(Self {
             inner: Arc::new(Inner {
@@ -220,6 +221,7 @@ impl ReloadingTls {
                     .current
                     .write()
                     .unwrap_or_else(PoisonError::into_inner) = Arc::new(key);
+                report_expiry(inner.metrics.as_ref(), &cert_bytes, &key_bytes);
                 inner.record(ReloadResult::Success);
                 Ok(true)
             }
@@ -363,6 +365,23 @@ impl std::fmt::Debug for Resolver {
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.0.current())
+    }
+}
+
+/// Logs and exports the leaf's `notAfter`, so an expiring certificate (a stuck
+/// cert-manager, a renewal loop without RBAC) is seen before the apiserver refuses it.
+/// Best effort: a certificate rustls accepted but holysheep-certs cannot read (another key
+/// type) is served all the same, only without the figure.
+fn report_expiry(metrics: Option<&Metrics>, cert_pem: &[u8], key_pem: &[u8]) {
+    let (Ok(cert), Ok(key)) = (std::str::from_utf8(cert_pem), std::str::from_utf8(key_pem)) else {
+        return;
+    };
+    if let Ok(serving) = holysheep_certs::ServingCert::from_pem(cert, key) {
+        let not_after = serving.not_after();
+        tracing::info!(not_after = %not_after, dns_names = ?serving.dns_names(), "serving certificate loaded");
+        if let Some(metrics) = metrics {
+            metrics.set_cert_not_after(not_after.unix_timestamp());
+        }
     }
 }
 

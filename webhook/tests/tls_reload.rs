@@ -52,7 +52,15 @@ async fn plain_rewrite_is_picked_up_and_open_connections_keep_working() {
     assert_eq!(tls_support::peer_leaf(&res), first);
 
     // Rewrite both files in place, certificate first: the debounce folds the two writes.
-    let next = issue(&server.ca);
+    // A longer validity than the first certificate, so the expiry gauge must move.
+    let next = server
+        .ca
+        .issue_serving(
+            tls_support::SERVICE,
+            tls_support::NAMESPACE,
+            std::time::Duration::from_secs(7200),
+        )
+        .unwrap();
     std::fs::write(&server.files.cert, next.cert_pem()).unwrap();
     std::fs::write(&server.files.key, next.key_pem()).unwrap();
     let status = server.wait_reload(|s| s.successes >= 1).await;
@@ -88,6 +96,16 @@ async fn plain_rewrite_is_picked_up_and_open_connections_keep_working() {
     assert!(
         text.contains("holysheep_webhook_cert_reloads_total{result=\"success\"}"),
         "{text}"
+    );
+    let expected = holysheep_certs::ServingCert::from_pem(next.cert_pem(), next.key_pem())
+        .unwrap()
+        .not_after()
+        .unix_timestamp();
+    assert!(
+        text.contains(&format!(
+            "holysheep_webhook_cert_not_after_timestamp_seconds {expected}"
+        )),
+        "expiry gauge follows the reloaded certificate: {text}"
     );
     server.stop().await;
 }
