@@ -335,6 +335,19 @@ fn denial_code(error: &MutationError) -> u16 {
     }
 }
 
+/// The answer when evaluating a review failed unexpectedly (a bug): refused with 500, so
+/// an opted-in pod never starts without the sidecar it asked for.
+pub fn internal_error(uid: &str) -> Decision {
+    Decision {
+        response: AdmissionResponse::deny(
+            uid,
+            500,
+            "holysheep: internal error while evaluating the pod; see the webhook's logs".into(),
+        ),
+        result: AdmissionResult::Error,
+    }
+}
+
 fn denial_message(error: &MutationError) -> String {
     format!("holysheep sidecar injection refused: {error}")
 }

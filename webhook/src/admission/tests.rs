@@ -158,3 +158,11 @@ fn denial_serializes_as_a_failure_status() {
             "status": "Failure", "code": 403, "reason": "Forbidden", "message": "no"}})
     );
 }
+
+#[test]
+fn internal_error_is_a_500_refusal() {
+    let d = internal_error("u");
+    assert!(!d.response.allowed);
+    assert_eq!(d.result, AdmissionResult::Error);
+    assert_eq!(d.response.status.unwrap().code, 500);
+}
