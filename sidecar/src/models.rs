@@ -197,4 +197,71 @@ mod tests {
         assert_eq!(fallbacks_for(&fb, "gpt-4.1"), ["d".to_owned()]);
         assert!(fallbacks_for(&fb, "other").is_empty());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                "[a-z \\\\\"é\n/]{0,12}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map("[a-z_]{1,8}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn model() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("gpt-4".to_owned()),
+                Just("claude".to_owned()),
+                Just("gpt-4.1".to_owned()),
+                "[a-zA-Z0-9./\\-\"\\\\]{0,16}",
+            ]
+        }
+
+        proptest! {
+            /// Only the top-level `model` value changes, to the alias target; every
+            /// byte outside it is kept; without an alias the body is untouched.
+            #[test]
+            fn only_the_model_value_changes(
+                fields in prop::collection::btree_map("[a-z_]{1,8}", json(), 0..6),
+                name in model(),
+                pretty in any::<bool>(),
+            ) {
+                let mut doc: serde_json::Map<String, Value> = fields.into_iter().collect();
+                doc.insert("model".to_owned(), Value::from(name.clone()));
+                let doc = Value::Object(doc);
+                let input = if pretty {
+                    serde_json::to_vec_pretty(&doc).unwrap()
+                } else {
+                    serde_json::to_vec(&doc).unwrap()
+                };
+                let table = aliases();
+                let out = remap(Bytes::from(input.clone()), &table);
+                prop_assert_eq!(out.requested.as_deref(), Some(name.as_str()));
+                match resolve_alias(&table, &name) {
+                    None => prop_assert_eq!(&out.body[..], &input[..]),
+                    Some(target) => {
+                        let mut want = doc.clone();
+                        want["model"] = Value::from(target);
+                        let got: Value = serde_json::from_slice(&out.body).unwrap();
+                        prop_assert_eq!(got, want);
+                        let old = find_model(&input).unwrap().span;
+                        let new = out.sent.unwrap().span;
+                        prop_assert_eq!(&out.body[..new.start], &input[..old.start]);
+                        prop_assert_eq!(&out.body[new.end..], &input[old.end..]);
+                    }
+                }
+            }
+        }
+    }
 }
