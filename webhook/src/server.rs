@@ -5,8 +5,8 @@
 //! Every body that is not an AdmissionReview v1 gets HTTP 400 with a message (413 when it
 //! is larger than the limit); nothing a client sends can panic the server.
 //!
-//! [`run`] is the `serve` command: it loads or bootstraps the certificate, starts the
-//! reload watcher and serves until SIGTERM.
+//! [`run`] (in `command`) is the `serve` command: it loads or bootstraps the certificate,
+//! starts the reload watcher and serves until SIGTERM.
 //!
 //! What it does not do: decide admissions (`admission`), parse certificates (`tls`) or talk
 //! to the Kubernetes API (`bootstrap`).
@@ -28,16 +28,16 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{self, AdmissionReview};
-use crate::bootstrap::{self, BootstrapOptions};
-use crate::cli::{SelfSignedArgs, ServeArgs};
 use crate::error::WebhookError;
 use crate::metrics::{self, AdmissionResult, Metrics};
 use crate::settings::Settings;
-use crate::tls::{ReloadingTls, TlsFiles};
+use crate::tls::ReloadingTls;
+
+mod command;
+pub use command::{run, shutdown_signal};
 
 /// Largest accepted body: kube-apiserver objects are at most ~3 MiB (etcd's limit) and a
 /// review can carry the object twice (object and oldObject).
@@ -304,106 +304,6 @@ where
         tracing::warn!("drain timeout reached, closing remaining connections");
     }
     Ok(())
-}
-
-/// The `serve` command: loads the certificate (or bootstraps it with `--self-signed`),
-/// watches it for changes, binds `--listen` and serves until `signal` completes. Then
-/// `/readyz` fails for `--shutdown-delay` while requests are still served, so the
-/// endpoints drop this pod first, and open requests are drained.
-pub async fn run<F>(args: ServeArgs, signal: F) -> Result<(), WebhookError>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let settings = args.settings.into_settings()?;
-    let state = AppState::new(settings);
-    // Background tasks (certificate watcher, renewal loop) stop when this flips.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let files = if args.self_signed.enabled {
-        self_signed(&args.self_signed, stop_rx.clone()).await?
-    } else {
-        match (args.tls_cert, args.tls_key) {
-            (Some(cert), Some(key)) => TlsFiles { cert, key },
-            _ => return Err(WebhookError::NoCertificate),
-        }
-    };
-    let tls = ReloadingTls::load(files, Some(state.metrics().clone()))?;
-    tls.spawn_watcher(args.tls_reload_interval, stopped(stop_rx.clone()));
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| WebhookError::Bind {
-            addr: args.listen,
-            source,
-        })?;
-    tracing::info!(listen = %args.listen, cert = %tls.files().cert.display(), "serving admission reviews");
-    let delay = args.shutdown_delay;
-    let draining = state.clone();
-    let shutdown = async move {
-        signal.await;
-        draining.set_ready(false);
-        tracing::info!(
-            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-            "shutdown requested, /readyz now failing"
-        );
-        tokio::time::sleep(delay).await;
-    };
-    let result = serve(listener, tls, state, shutdown).await;
-    let _ = stop_tx.send(true);
-    result
-}
-
-/// Bootstraps the shared certificate into `--cert-dir` and starts the renewal loop.
-async fn self_signed(
-    args: &SelfSignedArgs,
-    stop: watch::Receiver<bool>,
-) -> Result<TlsFiles, WebhookError> {
-    let namespace = args
-        .namespace
-        .clone()
-        .filter(|ns| !ns.is_empty())
-        .ok_or(WebhookError::NoNamespace)?;
-    let mut opts = BootstrapOptions::new(namespace, args.cert_dir.clone());
-    opts.service.clone_from(&args.service);
-    opts.secret_name.clone_from(&args.tls_secret);
-    opts.webhook_config_name.clone_from(&args.webhook_config);
-    let client = kube::Client::try_default()
-        .await
-        .map_err(WebhookError::KubeClient)?;
-    bootstrap::bootstrap_once(client.clone(), &opts).await?;
-    let files = TlsFiles {
-        cert: opts.cert_dir.join(holysheep_certs::TLS_CERT_FILE),
-        key: opts.cert_dir.join(holysheep_certs::TLS_KEY_FILE),
-    };
-    tokio::spawn(bootstrap::run_renewal_loop(client, opts, stopped(stop)));
-    Ok(files)
-}
-
-/// Completes when `stop` turns true (or its sender is gone).
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
-}
-
-/// Completes on SIGTERM (what the kubelet sends) or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }
 
 #[cfg(test)]
