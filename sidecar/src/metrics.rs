@@ -7,192 +7,44 @@
 //! them through [`ModelLabels`], so no caller can put client text into a label. This
 //! module does not parse responses (see `usage.rs`) nor serve HTTP.
 
+mod key_reloads;
 mod labels;
 mod meter;
+mod models;
 #[cfg(test)]
 mod overhead;
+mod record;
+mod sets;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::config::Config;
+use key_reloads::KeyReloads;
+use sets::{
+    AttemptLabels, Buckets, DURATION_BUCKETS, FallbackLabels, GEN_AI_DURATION_BUCKETS,
+    GEN_AI_TOKEN_BUCKETS, GenAiDurationLabels, GenAiTokenLabels, HistogramFamily, ModelLabelSet,
+    RateLimitLabels, ReloadLabels, RequestLabels, RetryLabels, RouteLabels, RouteModelLabels,
+    TTFB_BUCKETS, TokenLabels, UnparsedLabels,
+};
 
 pub use labels::{
-    AttemptOutcome, EXTRA_MODEL_CAP, ModelLabels, ModelName, NO_MODEL, OTHER_MODEL, RateLimitKind,
-    ReloadResult, RetryReason, Route, TokenType, UnparsedKind, log_safe_model,
+    AttemptOutcome, RateLimitKind, ReloadResult, RetryReason, Route, TokenType, UnparsedKind,
 };
 pub use meter::RequestMeter;
+pub use models::{
+    EXTRA_MODEL_CAP, MAX_MODEL_LABEL_LEN, ModelLabels, ModelName, NO_MODEL, OTHER_MODEL,
+    log_safe_model,
+};
+pub use record::{RequestRecord, TokenRecord};
 
 /// `gen_ai.provider.name` (and the older `gen_ai.system`) reported for every call.
 pub const GEN_AI_PROVIDER: &str = "holysheep";
-
-/// Request latency buckets (seconds): LLM calls span ~50 ms to minutes.
-const DURATION_BUCKETS: [f64; 15] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0,
-];
-/// Time-to-first-byte buckets (seconds).
-const TTFB_BUCKETS: [f64; 12] = [
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0,
-];
-/// `gen_ai.client.operation.duration` buckets from the semantic conventions.
-const GEN_AI_DURATION_BUCKETS: [f64; 14] = [
-    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
-];
-/// `gen_ai.client.token.usage` buckets from the semantic conventions.
-const GEN_AI_TOKEN_BUCKETS: [f64; 14] = [
-    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
-    16777216.0, 67108864.0,
-];
-
-/// Labels of `holysheep_requests_total`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    route: Route,
-    model: ModelName,
-    requested_model: ModelName,
-    status: u16,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteModelLabels {
-    route: Route,
-    model: ModelName,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabels {
-    route: Route,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ModelLabelSet {
-    model: ModelName,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TokenLabels {
-    model: ModelName,
-    r#type: TokenType,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RetryLabels {
-    model: ModelName,
-    reason: RetryReason,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FallbackLabels {
-    from_model: ModelName,
-    to_model: ModelName,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AttemptLabels {
-    model: ModelName,
-    outcome: AttemptOutcome,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReloadLabels {
-    result: ReloadResult,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RateLimitLabels {
-    limit: RateLimitKind,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct UnparsedLabels {
-    kind: UnparsedKind,
-}
-
-/// Attributes shared by the GenAI metrics, named as the semantic conventions name them
-/// (dots become underscores in Prometheus form).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct GenAiLabels {
-    gen_ai_operation_name: &'static str,
-    gen_ai_provider_name: &'static str,
-    gen_ai_system: &'static str,
-    gen_ai_request_model: ModelName,
-    gen_ai_response_model: ModelName,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct GenAiTokenLabels {
-    #[prometheus(flatten)]
-    common: GenAiLabels,
-    gen_ai_token_type: TokenType,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct GenAiDurationLabels {
-    #[prometheus(flatten)]
-    common: GenAiLabels,
-    /// Empty (which Prometheus treats as absent) on success, else the HTTP status class.
-    error_type: &'static str,
-}
-
-/// Builds histograms with fixed buckets inside a `Family`.
-#[derive(Clone, Copy)]
-struct Buckets(&'static [f64]);
-
-impl MetricConstructor<Histogram> for Buckets {
-    fn new_metric(&self) -> Histogram {
-        Histogram::new(self.0.iter().copied())
-    }
-}
-
-type HistogramFamily<L> = Family<L, Histogram, Buckets>;
-
-/// One finished request, as the proxy saw it. Model names are raw; they are bounded here.
-#[derive(Clone, Copy, Debug)]
-pub struct RequestRecord<'a> {
-    /// Which API the request went to.
-    pub route: Route,
-    /// The `model` the client asked for, if any.
-    pub requested_model: Option<&'a str>,
-    /// The model sent upstream (after aliasing and fallback), if any.
-    pub upstream_model: Option<&'a str>,
-    /// The `model` the upstream response named, if read.
-    pub response_model: Option<&'a str>,
-    /// Status sent to the client.
-    pub status: u16,
-    /// From request received to the last response byte sent (or the stream cut).
-    pub duration: Duration,
-    /// From request received to the first response body byte, if any was sent.
-    pub ttfb: Option<Duration>,
-}
-
-/// Token counts and cost of one response, as recorded.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct TokenRecord {
-    /// Input (prompt) tokens.
-    pub input: u64,
-    /// Output (completion) tokens.
-    pub output: u64,
-    /// USD per 1M input and output tokens for the upstream model; `None` if unpriced.
-    pub price_per_million: Option<(f64, f64)>,
-}
-
-impl TokenRecord {
-    /// Cost in USD, `None` when the model has no price.
-    pub fn cost_usd(&self) -> Option<f64> {
-        let (input_price, output_price) = self.price_per_million?;
-        // u64 -> f64 is exact below 2^53 tokens, far beyond any single response.
-        Some((self.input as f64 * input_price + self.output as f64 * output_price) / 1e6)
-    }
-}
 
 /// Every metric family of the sidecar. Cheap to clone: one shared allocation.
 #[derive(Clone, Debug)]
@@ -219,12 +71,6 @@ struct Families {
     rate_limited: Family<RateLimitLabels, Counter>,
     gen_ai_tokens: HistogramFamily<GenAiTokenLabels>,
     gen_ai_duration: HistogramFamily<GenAiDurationLabels>,
-}
-
-impl std::fmt::Debug for Buckets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Buckets").field(&self.0.len()).finish()
-    }
 }
 
 impl Metrics {
@@ -370,173 +216,6 @@ impl Metrics {
         }
     }
 
-    /// Records a finished request: count, latency, time to first byte, and the GenAI
-    /// operation duration for GenAI routes.
-    pub fn record_request(&self, rec: &RequestRecord<'_>) {
-        let model = self.0.models.label(rec.upstream_model);
-        let requested = self.0.models.label(rec.requested_model);
-        self.0
-            .requests
-            .get_or_create(&RequestLabels {
-                route: rec.route,
-                model: model.clone(),
-                requested_model: requested.clone(),
-                status: rec.status,
-            })
-            .inc();
-        let route_model = RouteModelLabels {
-            route: rec.route,
-            model: model.clone(),
-        };
-        self.0
-            .request_duration
-            .get_or_create(&route_model)
-            .observe(rec.duration.as_secs_f64());
-        if let Some(ttfb) = rec.ttfb {
-            self.0
-                .ttfb
-                .get_or_create(&route_model)
-                .observe(ttfb.as_secs_f64());
-        }
-        if let Some(common) = self.gen_ai_labels(rec, requested, model) {
-            let error_type = match rec.status {
-                400..=499 => "4xx",
-                500..=599 => "5xx",
-                _ => "",
-            };
-            self.0
-                .gen_ai_duration
-                .get_or_create(&GenAiDurationLabels { common, error_type })
-                .observe(rec.duration.as_secs_f64());
-        }
-    }
-
-    /// Records the tokens of a response and its cost; returns the cost in USD, `None` when
-    /// the upstream model is unpriced (its tokens then also go to the unpriced counter).
-    pub fn record_tokens(&self, rec: &RequestRecord<'_>, tokens: &TokenRecord) -> Option<f64> {
-        let model = self.0.models.label(rec.upstream_model);
-        let cost = tokens.cost_usd();
-        for (ty, n) in [
-            (TokenType::Input, tokens.input),
-            (TokenType::Output, tokens.output),
-        ] {
-            let labels = TokenLabels {
-                model: model.clone(),
-                r#type: ty,
-            };
-            self.0.tokens.get_or_create(&labels).inc_by(n);
-            if cost.is_none() && n > 0 {
-                self.0.unpriced_tokens.get_or_create(&labels).inc_by(n);
-            }
-        }
-        if let Some(cost) = cost {
-            self.0
-                .cost
-                .get_or_create(&ModelLabelSet {
-                    model: model.clone(),
-                })
-                .inc_by(cost);
-        }
-        let requested = self.0.models.label(rec.requested_model);
-        if let Some(common) = self.gen_ai_labels(rec, requested, model) {
-            let types: &[(TokenType, u64)] = if rec.route == Route::Embeddings {
-                // Embeddings have no output tokens; an always-zero series is noise.
-                &[(TokenType::Input, tokens.input)]
-            } else {
-                &[
-                    (TokenType::Input, tokens.input),
-                    (TokenType::Output, tokens.output),
-                ]
-            };
-            for &(ty, n) in types {
-                self.0
-                    .gen_ai_tokens
-                    .get_or_create(&GenAiTokenLabels {
-                        common: common.clone(),
-                        gen_ai_token_type: ty,
-                    })
-                    .observe(n as f64);
-            }
-        }
-        cost
-    }
-
-    /// Counts a successful response whose usage could not be read (its spend is unknown).
-    pub fn record_usage_missing(&self, route: Route) {
-        self.0
-            .usage_missing
-            .get_or_create(&RouteLabels { route })
-            .inc();
-    }
-
-    /// Counts `n` SSE events or JSON bodies that could not be parsed.
-    pub fn record_unparsed(&self, kind: UnparsedKind, n: u64) {
-        if n > 0 {
-            self.0
-                .unparsed
-                .get_or_create(&UnparsedLabels { kind })
-                .inc_by(n);
-        }
-    }
-
-    /// Counts one upstream attempt (every attempt, first one included).
-    pub fn record_attempt(&self, upstream_model: &str, outcome: AttemptOutcome) {
-        self.0
-            .attempts
-            .get_or_create(&AttemptLabels {
-                model: self.0.models.label(Some(upstream_model)),
-                outcome,
-            })
-            .inc();
-    }
-
-    /// Counts one retry of `upstream_model`.
-    pub fn record_retry(&self, upstream_model: &str, reason: RetryReason) {
-        self.0
-            .retries
-            .get_or_create(&RetryLabels {
-                model: self.0.models.label(Some(upstream_model)),
-                reason,
-            })
-            .inc();
-    }
-
-    /// Counts one switch from `from` to the fallback model `to`.
-    pub fn record_fallback(&self, from: &str, to: &str) {
-        self.0
-            .fallbacks
-            .get_or_create(&FallbackLabels {
-                from_model: self.0.models.label(Some(from)),
-                to_model: self.0.models.label(Some(to)),
-            })
-            .inc();
-    }
-
-    /// Counts one config reload.
-    pub fn record_config_reload(&self, result: ReloadResult) {
-        self.0
-            .config_reloads
-            .get_or_create(&ReloadLabels { result })
-            .inc();
-    }
-
-    /// Counts one request refused by the local rate limit.
-    pub fn record_rate_limited(&self, limit: RateLimitKind) {
-        self.0
-            .rate_limited
-            .get_or_create(&RateLimitLabels { limit })
-            .inc();
-    }
-
-    /// Current number of config reloads with `result` (tests wait on this instead of
-    /// sleeping).
-    pub fn config_reloads(&self, result: ReloadResult) -> u64 {
-        self.0
-            .config_reloads
-            .get(&ReloadLabels { result })
-            .map_or(0, |c| c.get())
-    }
-
     /// Registers `holysheep_key_reloads_total{result="success"}`, read from `changes`
     /// at each scrape: the key store counts key changes itself, so nothing has to be
     /// told. Call once, with the count at start as the baseline.
@@ -548,53 +227,6 @@ impl Metrics {
         registry.register_collector(Box::new(KeyReloads {
             read: Box::new(move || changes().saturating_sub(baseline)),
         }));
-    }
-
-    fn gen_ai_labels(
-        &self,
-        rec: &RequestRecord<'_>,
-        requested: ModelName,
-        upstream: ModelName,
-    ) -> Option<GenAiLabels> {
-        let operation = rec.route.gen_ai_operation()?;
-        let response = match rec.response_model {
-            Some(m) => self.0.models.label(Some(m)),
-            None => upstream,
-        };
-        Some(GenAiLabels {
-            gen_ai_operation_name: operation,
-            gen_ai_provider_name: GEN_AI_PROVIDER,
-            gen_ai_system: GEN_AI_PROVIDER,
-            gen_ai_request_model: requested,
-            gen_ai_response_model: response,
-        })
-    }
-}
-
-/// Exposes the key store's own change count as `holysheep_key_reloads_total`.
-struct KeyReloads {
-    read: Box<dyn Fn() -> u64 + Send + Sync>,
-}
-
-impl std::fmt::Debug for KeyReloads {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyReloads").finish_non_exhaustive()
-    }
-}
-
-impl Collector for KeyReloads {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let counter = ConstCounter::new((self.read)());
-        let mut family = encoder.encode_descriptor(
-            "holysheep_key_reloads",
-            "API key changes picked up from the key file (Secret rotation) since start",
-            None,
-            counter.metric_type(),
-        )?;
-        let labels = ReloadLabels {
-            result: ReloadResult::Success,
-        };
-        counter.encode(family.encode_family(&labels)?)
     }
 }
 

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use super::*;
 use prometheus_client::encoding::text::encode;
 use prometheus_parse::{Sample, Scrape, Value};
