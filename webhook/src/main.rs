@@ -2,7 +2,7 @@
 //! an error into a non-zero exit code. Everything else lives in the library.
 
 use std::error::Error as _;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -93,7 +93,11 @@ fn init_tracing(json: bool) -> Result<(), WebhookError> {
             .with_current_span(false)
             .try_init()
     } else {
-        builder.without_time().with_target(false).try_init()
+        builder
+            .without_time()
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
     };
     result.map_err(|e| WebhookError::Logging(e.to_string()))
 }
