@@ -166,3 +166,47 @@ fn internal_error_is_a_500_refusal() {
     assert_eq!(d.result, AdmissionResult::Error);
     assert_eq!(d.response.status.unwrap().code, 500);
 }
+
+/// Arbitrary JSON, biased toward Pod-ish keys so deserialization gets deep before failing.
+fn arb_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    let key = prop_oneof![
+        Just("metadata".to_owned()),
+        Just("spec".to_owned()),
+        Just("annotations".to_owned()),
+        Just("containers".to_owned()),
+        Just("initContainers".to_owned()),
+        Just("name".to_owned()),
+        Just("holysheep/inject".to_owned()),
+        Just("hostNetwork".to_owned()),
+        "[a-z/.~]{0,12}",
+    ];
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        prop_oneof![Just("true".to_owned()), ".{0,8}"].prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(4, 48, 6, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+            proptest::collection::btree_map(key.clone(), inner, 0..5)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+    /// Whatever the object, the answer is an answer: no panic, the uid echoed, a patch only
+    /// when allowed.
+    #[test]
+    fn any_object_gets_an_answer(object in arb_json()) {
+        let req = request("Pod", "pods", "CREATE", object);
+        let d = review(&req, &Settings::default());
+        proptest::prop_assert_eq!(&d.response.uid, &req.uid);
+        proptest::prop_assert!(d.response.patch.is_none() || d.response.allowed);
+        proptest::prop_assert_eq!(d.response.patch.is_some(), d.response.patch_type.is_some());
+    }
+}
