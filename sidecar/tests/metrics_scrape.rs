@@ -268,3 +268,38 @@ async fn retries_fallbacks_and_attempts_are_counted_and_logged() {
     assert_eq!(line["fields"]["attempts"], 3);
     assert_eq!(line["fields"]["requested_model"], "gpt-4");
 }
+
+#[tokio::test]
+async fn local_rate_limit_refusals_are_counted() {
+    let up = FakeUpstream::start(openai_like).await;
+    let mut settings = support::settings(&up.url());
+    settings.config =
+        holysheep_sidecar::config::Config::from_yaml_str("rate_limit:\n  requests_per_minute: 1\n")
+            .unwrap();
+    let sidecar = Sidecar::start_with(settings).await;
+    let client = sidecar.openai();
+    client.chat().create(chat("gpt-4")).await.unwrap();
+    // Plain HTTP: the SDK would wait out the Retry-After and try again.
+    let refused = support::http_client()
+        .post(sidecar.url("/v1/chat/completions"))
+        .json(&serde_json::json!({"model": "gpt-4", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    drop(refused.bytes().await);
+
+    let (_, s) = wait_for_requests(&sidecar, 2.0).await;
+    let limit = [("limit", "requests")];
+    assert_eq!(
+        value(&s, "holysheep_rate_limited_requests_total", &limit),
+        Some(1.0)
+    );
+    let refused = [("route", "chat_completions"), ("status", "429")];
+    assert_eq!(value(&s, "holysheep_requests_total", &refused), Some(1.0));
+    assert_eq!(
+        up.requests().len(),
+        1,
+        "the refused call never went upstream"
+    );
+}
