@@ -67,7 +67,11 @@ async fn plain_streamed_and_embeddings_calls_are_counted_exactly() {
     let emb = client.embeddings().create(req).await.unwrap();
     assert_eq!(u64::from(emb.usage.prompt_tokens), EMBED_PROMPT);
 
-    let (text, s) = wait_for_requests(&sidecar, 3.0).await;
+    // 4. a model list: no tokens, and not "usage missing" either
+    assert!(!client.models().list().await.unwrap().data.is_empty());
+
+    let (text, s) = wait_for_requests(&sidecar, 4.0).await;
+    assert_eq!(value(&s, "holysheep_usage_missing_total", &[]), None);
 
     let tokens = |model, ty| {
         value(

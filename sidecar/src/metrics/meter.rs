@@ -167,8 +167,12 @@ impl RequestMeter {
                     price_per_million: price.map(|p| (p.input, p.output)),
                 },
             );
-        } else if report.mode != TapMode::Off && report.end == StreamEnd::Complete {
-            // A successful body we read to the end without usage: spend we cannot see.
+        } else if report.mode != TapMode::Off
+            && report.end == StreamEnd::Complete
+            && self.route.gen_ai_operation().is_some()
+        {
+            // A successful completion/embedding read to the end without usage: spend we
+            // cannot see. (Model lists and the like never carry usage.)
             metrics.record_usage_missing(self.route);
         }
         RequestLog {

@@ -86,6 +86,7 @@ pub fn sse_reply(body: String) -> Reply {
 pub fn openai_like(seen: &Seen) -> Reply {
     match seen.path.as_str() {
         "/v1/embeddings" => Reply::json(200, fixture("openai/embeddings.json")),
+        "/v1/models" => Reply::json(200, fixture("openai/models.json")),
         "/v1/chat/completions" => {
             let req = seen.json();
             if req["stream"] == true {
