@@ -1,7 +1,8 @@
 //! The forwarding pipeline for one request, as named steps.
 //!
 //! `handle` = route -> require key -> bound body -> remap model -> set key -> send ->
-//! stream back. Each step is a small function below, read top to bottom.
+//! stream back. Each step is a small function below, read top to bottom. A protocol
+//! upgrade (WebSocket, the Realtime API) branches off after the key check to `upgrade`.
 //!
 //! What it does not do: retry or fall back (the `send` step hands the request to
 //! `resilience`, which runs the attempts under the `retry` policy), count tokens (a
@@ -26,6 +27,8 @@ use crate::models::{self, ModelField};
 use crate::resilience::{Answer, Resilience, SseErrorTail, is_event_stream};
 use crate::upstream::{Upstream, UpstreamBody};
 use crate::usage::{self, StreamUsage};
+
+mod upgrade;
 
 /// Everything a request needs, shared by all connections.
 #[derive(Debug)]
@@ -77,6 +80,10 @@ async fn forward(
     let (parts, body) = req.into_parts();
     let uri = route(&state.upstream, &parts.uri)?;
     let key = state.keys.current().ok_or(ProxyError::NoKey)?;
+    if upgrade::requested(&parts.headers) {
+        let timeout = config.retry.attempt_timeout;
+        return upgrade::tunnel(&state.upstream, parts, body, uri, &key, timeout).await;
+    }
     let body = bound_body(&parts.headers, body, config.limits.max_body_bytes).await?;
     let (body, model, requested) = remap_model(body, &config);
     meter.set_models(

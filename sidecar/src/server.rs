@@ -253,7 +253,8 @@ async fn serve_proxy(
             async move { Ok::<_, Infallible>(proxy::handle(state, req).await) }
         });
         let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
+            // With upgrades: WebSocket (Realtime API) tunnels, see `proxy::upgrade`.
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -4,7 +4,8 @@
 //! provider and webpki roots, HTTP/2 via ALPN when offered, plain http too, connect
 //! timeout from `limits.connect_timeout`), maps a relative `/v1/<rest>` target onto the
 //! upstream base URL, and sends ONE attempt ([`send_once`]) bounded by the attempt
-//! timeout, turning client failures into [`ProxyError`]s.
+//! timeout, turning client failures into [`ProxyError`]s. Protocol upgrades
+//! ([`send_upgrade`]) use a second, HTTP/1.1-only client: an upgrade cannot ride HTTP/2.
 //!
 //! What it does not do: retries, fallbacks or backoff (`retry` wraps `send_once`), or
 //! touch bodies. The connect timeout is read when the client is built (at start).
@@ -41,11 +42,16 @@ pub enum UpstreamError {
     Tls(#[from] rustls::Error),
 }
 
-/// The upstream: its base URL and the pooled client.
+type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
+/// The upstream: its base URL and the pooled clients.
 #[derive(Clone, Debug)]
 pub struct Upstream {
     base: Arc<UpstreamBase>,
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    /// HTTP/2 when the upstream offers it, else HTTP/1.1.
+    client: HttpClient,
+    /// HTTP/1.1 only: protocol upgrades (WebSocket) need an HTTP/1.1 connection of their own.
+    upgrade_client: HttpClient,
 }
 
 impl Upstream {
@@ -68,10 +74,15 @@ impl Upstream {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(limits.connect_timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config(tls.clone())
             .https_or_http()
             .enable_http1()
             .enable_http2()
+            .wrap_connector(http.clone());
+        let https_h1 = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
             .wrap_connector(http);
         // The pool timer makes the idle timeout effective; the h2 keep-alive pings find
         // dead multiplexed connections before a request is sent on them.
@@ -81,9 +92,14 @@ impl Upstream {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .http2_keep_alive_interval(H2_KEEP_ALIVE)
             .build(https);
+        // Upgraded connections leave the pool, so this client keeps nothing idle.
+        let upgrade_client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(https_h1);
         Self {
             base: Arc::new(base),
             client,
+            upgrade_client,
         }
     }
 
@@ -131,6 +147,23 @@ pub async fn send_once(
         }),
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => Err(classify(e, body_limit)),
+    }
+}
+
+/// Sends a protocol-upgrade request (e.g. WebSocket) over a fresh HTTP/1.1 connection and
+/// waits for the response headers up to `attempt_timeout`. On `101 Switching Protocols`
+/// the caller takes the connection with `hyper::upgrade::on(&mut response)`.
+pub async fn send_upgrade(
+    upstream: &Upstream,
+    req: Request<UpstreamBody>,
+    attempt_timeout: Duration,
+) -> Result<Response<Incoming>, ProxyError> {
+    match tokio::time::timeout(attempt_timeout, upstream.upgrade_client.request(req)).await {
+        Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
+            after: attempt_timeout,
+        }),
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => Err(classify(e, 0)),
     }
 }
 

@@ -1,0 +1,120 @@
+//! Protocol upgrades (WebSocket, e.g. the Realtime API at `/v1/realtime`): the upgrade
+//! request goes upstream with our key over its own HTTP/1.1 connection; on `101` both
+//! connections are taken over and bytes are copied both ways until either side closes.
+//!
+//! What it does not do: look inside the frames (no usage counting, no model alias), retry,
+//! or keep a tunnel open past shutdown: tunnels are not part of the graceful drain.
+//! A refused upgrade (any status but 101) streams back like any other response.
+
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Either, Empty};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use crate::error::{ProxyError, ResponseBody};
+use crate::keys::ApiKey;
+use crate::upstream::{self, Upstream};
+
+/// Whether the client asks to switch protocols (`Connection: upgrade` + `Upgrade`).
+pub(super) fn requested(headers: &HeaderMap) -> bool {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade && headers.contains_key(header::UPGRADE)
+}
+
+/// Forwards an upgrade request and, on `101`, splices the two connections together.
+pub(super) async fn tunnel(
+    upstream: &Upstream,
+    mut parts: Parts,
+    body: Incoming,
+    uri: http::Uri,
+    key: &ApiKey,
+    timeout: Duration,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let client_side =
+        parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or_else(|| ProxyError::BadRequest {
+                reason: "this connection cannot be upgraded (HTTP/1.1 is required)".to_owned(),
+            })?;
+    // An upgrade request carries no body; drop whatever the client sent.
+    drop(body);
+    let protocol = parts.headers.get(header::UPGRADE).cloned();
+    let mut headers = parts.headers;
+    super::strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    for name in super::KEY_HEADERS {
+        headers.remove(name);
+    }
+    headers.insert(header::AUTHORIZATION, key.authorization());
+    // Hop-by-hop headers are gone; an upgrade needs these two back.
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(protocol) = protocol {
+        headers.insert(header::UPGRADE, protocol);
+    }
+    let mut req = Request::new(Either::Left(http_body_util::Full::default()));
+    *req.method_mut() = parts.method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+
+    let mut resp = upstream::send_upgrade(upstream, req, timeout).await?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(super::stream_back(resp));
+    }
+    let upstream_side = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::join!(client_side, upstream_side) {
+            (Ok(c), Ok(u)) => (c, u),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!(error = %e, "protocol upgrade did not complete");
+                return;
+            }
+        };
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
+    // 101 keeps its Connection/Upgrade headers: they are the point of the answer.
+    let (parts, _) = resp.into_parts();
+    let body = Empty::new().map_err(|never| match never {}).boxed_unsync();
+    Ok(Response::from_parts(parts, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upgrade_needs_connection_upgrade_and_an_upgrade_header() {
+        let cases = [
+            (Some("Upgrade"), Some("websocket"), true),
+            (Some("keep-alive, upgrade"), Some("websocket"), true),
+            (Some("keep-alive"), Some("websocket"), false),
+            (Some("upgrade"), None, false),
+            (None, Some("websocket"), false),
+            (None, None, false),
+        ];
+        for (connection, upgrade, want) in cases {
+            let mut h = HeaderMap::new();
+            if let Some(c) = connection {
+                h.insert(header::CONNECTION, c.parse().unwrap());
+            }
+            if let Some(u) = upgrade {
+                h.insert(header::UPGRADE, u.parse().unwrap());
+            }
+            assert_eq!(requested(&h), want, "{connection:?} {upgrade:?}");
+        }
+    }
+}
