@@ -197,6 +197,12 @@ pub async fn serve(
         draining: Arc::new(AtomicBool::new(false)),
     };
     let draining = Arc::clone(&admin_state.draining);
+    if let Ok(addr) = proxy.local_addr() {
+        if !addr.ip().is_loopback() {
+            // Anyone who can reach this address spends this pod's key.
+            tracing::warn!(%addr, "proxy listener is not loopback: other pods can use this key");
+        }
+    }
     tracing::info!(
         proxy = ?proxy.local_addr().ok(),
         admin = ?admin.local_addr().ok(),
