@@ -124,10 +124,8 @@ impl Drop for Tap {
         // A server may stop polling once a Content-Length body has all its bytes.
         let whole = self.exact_len.is_some_and(|len| len == self.bytes_sent);
         if whole {
-            self.inspect_pending();
-            if let Inspector::Json(tap) = &mut self.inspector {
-                tap.finish();
-            }
+            // Nothing is held back outside strip mode (which has no exact length).
+            let _ = self.on_end();
         }
         self.finish(if whole {
             StreamEnd::Complete
