@@ -11,7 +11,7 @@
 # idle and after load. Every measurement is repeated BENCH_REPS times, the targets
 # interleaved within each repetition so drift hits all three alike; the report shows medians.
 #
-# Installs what it lacks (apt-get: nginx-light, curl; cargo: oha), builds in release mode,
+# Installs what it lacks (apt-get: nginx-light, curl, jq; cargo: oha), builds in release mode,
 # binds only 127.0.0.1, and stops everything it started on exit. Results and the report go
 # to bench/out/<run id>/ (git-ignored). It is not part of the test suite.
 #
@@ -45,6 +45,7 @@ ensure_tools() {
   local missing=()
   command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
   command -v curl >/dev/null || missing+=(curl)
+  command -v jq >/dev/null || missing+=(jq)
   command -v taskset >/dev/null || missing+=(util-linux)
   if ((${#missing[@]})); then
     log "installing ${missing[*]} with apt-get"
@@ -270,7 +271,6 @@ measure_target() { # measure_target TARGET REP
 # ---------------------------------------------------------------- main
 main() {
   ensure_tools
-  command -v jq >/dev/null || { apt-get update -qq && apt-get install -y -qq jq >/dev/null; }
   mkdir -p "$OUT/oha" "$OUT/ttfb"
   : >"$OUT/cpu.tsv"
   : >"$OUT/rss.tsv"
