@@ -46,6 +46,8 @@ pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Same for the request headers of an HTTP/1.1 connection (slowloris).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed accept (EMFILE...), so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// How long in-flight requests get to finish after shutdown starts. Below the default
 /// 30 s `terminationGracePeriodSeconds`.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -256,8 +258,9 @@ where
                 Ok(conn) => conn,
                 Err(error) => {
                     // Out of file descriptors and the like: keep serving the open
-                    // connections rather than exiting.
+                    // connections rather than exiting, and back off instead of spinning.
                     tracing::warn!(error = %error, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                     continue;
                 }
             },
