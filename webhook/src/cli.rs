@@ -93,6 +93,7 @@ pub struct ServeArgs {
 
 /// Flags of `serve --self-signed`.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Self-signed certificate bootstrap (needs Kubernetes RBAC)")]
 pub struct SelfSignedArgs {
     /// Bootstrap the certificate instead of reading --tls-cert/--tls-key.
     #[arg(
