@@ -393,3 +393,33 @@ async fn shutdown_fails_readiness_and_drains() {
     .unwrap();
     assert_eq!(res.status(), 503);
 }
+
+#[tokio::test]
+async fn concurrent_reviews_on_one_http2_connection_keep_their_uids() {
+    let server = start(Settings::default()).await;
+    let client = server.client_alpn(&[b"h2"]);
+    let review = fixture("pod_deployment_opted_in.json");
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let client = client.clone();
+        let url = server.url("/mutate");
+        let mut review = review.clone();
+        let uid = format!("00000000-0000-4000-8000-{i:012}");
+        review["request"]["uid"] = json!(uid);
+        calls.spawn(async move {
+            let res = client.post(url).json(&review).send().await.unwrap();
+            assert_eq!(res.version(), reqwest::Version::HTTP_2);
+            let body: Value = res.json().await.unwrap();
+            (uid, body)
+        });
+    }
+    let mut answered = 0;
+    while let Some(joined) = calls.join_next().await {
+        let (uid, body) = joined.unwrap();
+        assert_eq!(body["response"]["uid"], uid.as_str());
+        assert_eq!(body["response"]["patchType"], "JSONPatch");
+        answered += 1;
+    }
+    assert_eq!(answered, 64);
+    server.stop().await;
+}
