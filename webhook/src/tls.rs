@@ -186,7 +186,7 @@ impl ReloadingTls {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+        let (tx, rx) = mpsc::unbounded_channel::<()>();
         // Without a watch (inotify limits reached, exotic filesystem) the periodic check
         // still rotates the certificate, only later: degrade, don't refuse to serve.
         let watcher = match self.dir_watcher(tx) {
@@ -200,11 +200,27 @@ impl ReloadingTls {
                 None
             }
         };
+        self.spawn_loop(watcher, rx, interval, shutdown)
+    }
+
+    /// The reload loop: on change events from `rx` (debounced) and on every tick. When
+    /// `rx` closes (no watch, or the watch died) the ticks go on alone.
+    fn spawn_loop<F>(
+        &self,
+        watcher: Option<notify::RecommendedWatcher>,
+        mut rx: mpsc::UnboundedReceiver<()>,
+        interval: Duration,
+        shutdown: F,
+    ) -> JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         let this = self.clone();
         let interval = interval.max(Duration::from_secs(1));
         tokio::spawn(async move {
             // Dropping the watcher ends the inotify watch, so it lives as long as the task.
             let _watcher = watcher;
+            let mut watching = true;
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticker.tick().await; // the first tick is immediate; the files were just loaded
@@ -212,14 +228,14 @@ impl ReloadingTls {
             loop {
                 tokio::select! {
                     () = &mut shutdown => break,
-                    event = rx.recv() => {
-                        if event.is_none() {
-                            break;
+                    event = rx.recv(), if watching => match event {
+                        Some(()) => {
+                            tokio::time::sleep(DEBOUNCE).await;
+                            while rx.try_recv().is_ok() {}
+                            this.reload_and_log("file change");
                         }
-                        tokio::time::sleep(DEBOUNCE).await;
-                        while rx.try_recv().is_ok() {}
-                        this.reload_and_log("file change");
-                    }
+                        None => watching = false,
+                    },
                     _ = ticker.tick() => this.reload_and_log("periodic check"),
                 }
             }

@@ -93,3 +93,33 @@ fn watch_dirs_dedups_and_handles_bare_names() {
     };
     assert_eq!(watch_dirs(&same_dir).len(), 1);
 }
+
+#[tokio::test]
+async fn the_periodic_check_reloads_without_a_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_pair(dir.path(), "a");
+    let tls = ReloadingTls::load(files, None).unwrap();
+    let first = tls.current_leaf().unwrap();
+    // A closed event channel is what a failed directory watch leaves behind.
+    let (tx, rx) = mpsc::unbounded_channel();
+    drop(tx);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tls.spawn_loop(None, rx, Duration::from_secs(1), async move {
+        let _ = stop_rx.await;
+    });
+    write_pair(dir.path(), "b");
+    let mut status = tls.subscribe();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.successes >= 1),
+    )
+    .await
+    .expect("the periodic check never reloaded")
+    .unwrap();
+    assert_ne!(tls.current_leaf().unwrap(), first);
+    drop(stop_tx);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
