@@ -55,7 +55,7 @@ impl RequestMeter {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .filter(|id| is_safe_id(id))
-            .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
+            .map_or_else(new_request_id, str::to_owned);
         Self {
             metrics: metrics.clone(),
             request_id,
@@ -197,6 +197,17 @@ impl RequestMeter {
     }
 }
 
+/// A random (v4) UUID in simple form. Drawn from the thread-local userspace CSPRNG
+/// rather than `Uuid::new_v4`, which makes one getrandom(2) syscall per request
+/// (measured: ~1 us of CPU per proxied request on loopback).
+fn new_request_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .simple()
+        .to_string()
+}
+
 fn is_safe_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_REQUEST_ID_LEN
@@ -224,6 +235,9 @@ mod tests {
         headers.insert("x-request-id", "has space".parse().unwrap());
         let meter = RequestMeter::start(&metrics, "/v1/models", &headers);
         assert_eq!(meter.request_id().len(), 32);
+        let id = uuid::Uuid::parse_str(meter.request_id()).unwrap();
+        assert_eq!(id.get_version(), Some(uuid::Version::Random));
+        assert_ne!(new_request_id(), new_request_id());
     }
 
     #[tokio::test]
