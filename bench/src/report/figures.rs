@@ -70,6 +70,20 @@ impl RunData {
         })
     }
 
+    /// Proxy CPU microseconds per successful request from schedstat nanoseconds (fine
+    /// enough for the light fixed-rate run, where clock ticks are too coarse).
+    pub(super) fn cpu_ns_per_request(&self, scenario: &str) -> Row {
+        self.per_target(|t, r| {
+            if t == "direct" {
+                return None;
+            }
+            let key = (t.to_owned(), scenario.to_owned(), r);
+            let (proxy, _) = self.cpu_ns.get(&key)?;
+            let ok = self.load.get(&key)?.ok;
+            (ok > 0).then(|| *proxy as f64 / 1e3 / ok as f64)
+        })
+    }
+
     /// p50 at the fixed rate minus direct's p50 of the same repetition, µs.
     pub(super) fn added_p50_fixed_rate(&self) -> Row {
         self.per_target(|t, r| {

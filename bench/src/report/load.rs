@@ -5,6 +5,8 @@
 //! - `meta.env`: `key=value` lines (machine, tools, durations, pinning, `clk_tck`);
 //! - `oha/<target>-<scenario>-r<rep>.json`: oha's `--output-format json`;
 //! - `cpu.tsv`: `target scenario rep proxy_ticks upstream_ticks` (utime+stime deltas);
+//! - `cpu_ns.tsv`: the same in nanoseconds on CPU (schedstat), for the runs too light for
+//!   clock ticks (50 req/s);
 //! - `ttfb/<target>-r<rep>.json`: the `ttfb-probe` output line;
 //! - `rss.tsv`: `target phase rep vmrss_kib vmhwm_kib` (phase `idle` or `load`).
 
@@ -73,6 +75,8 @@ pub struct RunData {
     pub load: BTreeMap<Key, LoadRun>,
     /// (proxy ticks, upstream ticks) by (target, scenario, rep).
     pub cpu: BTreeMap<Key, (u64, u64)>,
+    /// (proxy ns, upstream ns) on CPU by (target, scenario, rep), from schedstat.
+    pub cpu_ns: BTreeMap<Key, (u64, u64)>,
     /// (ttfb p50 µs, ttfb p99 µs) by (target, "stream", rep).
     pub ttfb: BTreeMap<Key, (f64, f64)>,
     /// (VmRSS KiB, VmHWM KiB) by (target, phase, rep).
@@ -188,6 +192,28 @@ fn tsv_rows(path: &Path) -> Result<Vec<Vec<String>>, LoadError> {
         .collect())
 }
 
+/// A whitespace-separated file of `target kind rep a b` lines (a missing file is empty).
+fn keyed_pairs(
+    path: &Path,
+    expected: &'static str,
+) -> Result<BTreeMap<Key, (u64, u64)>, LoadError> {
+    let mut map = BTreeMap::new();
+    for row in tsv_rows(path)? {
+        let parsed = match row.as_slice() {
+            [t, s, r, a, b] => (|| {
+                Some((
+                    (t.clone(), s.clone(), r.parse().ok()?),
+                    (a.parse().ok()?, b.parse().ok()?),
+                ))
+            })(),
+            _ => None,
+        };
+        let (key, value) = parsed.ok_or_else(|| malformed(path, &row.join(" "), expected))?;
+        map.insert(key, value);
+    }
+    Ok(map)
+}
+
 fn malformed(path: &Path, entry: &str, expected: &'static str) -> LoadError {
     LoadError::Malformed {
         path: path.to_owned(),
@@ -226,46 +252,15 @@ pub fn load(dir: &Path) -> Result<RunData, LoadError> {
             })?;
         data.ttfb.insert(key, (t.ttfb_p50_us, t.ttfb_p99_us));
     }
-    let cpu_path = dir.join("cpu.tsv");
-    for row in tsv_rows(&cpu_path)? {
-        let parsed = match row.as_slice() {
-            [t, s, r, p, u] => (|| {
-                Some((
-                    (t.clone(), s.clone(), r.parse().ok()?),
-                    (p.parse().ok()?, u.parse().ok()?),
-                ))
-            })(),
-            _ => None,
-        };
-        let (key, value) = parsed.ok_or_else(|| {
-            malformed(
-                &cpu_path,
-                &row.join(" "),
-                "target scenario rep proxy_ticks upstream_ticks",
-            )
-        })?;
-        data.cpu.insert(key, value);
-    }
-    let rss_path = dir.join("rss.tsv");
-    for row in tsv_rows(&rss_path)? {
-        let parsed = match row.as_slice() {
-            [t, s, r, rss, hwm] => (|| {
-                Some((
-                    (t.clone(), s.clone(), r.parse().ok()?),
-                    (rss.parse().ok()?, hwm.parse().ok()?),
-                ))
-            })(),
-            _ => None,
-        };
-        let (key, value) = parsed.ok_or_else(|| {
-            malformed(
-                &rss_path,
-                &row.join(" "),
-                "target phase rep vmrss_kib vmhwm_kib",
-            )
-        })?;
-        data.rss.insert(key, value);
-    }
+    data.cpu = keyed_pairs(
+        &dir.join("cpu.tsv"),
+        "target scenario rep proxy_ticks upstream_ticks",
+    )?;
+    data.cpu_ns = keyed_pairs(
+        &dir.join("cpu_ns.tsv"),
+        "target scenario rep proxy_ns upstream_ns",
+    )?;
+    data.rss = keyed_pairs(&dir.join("rss.tsv"), "target phase rep vmrss_kib vmhwm_kib")?;
     Ok(data)
 }
 
@@ -322,6 +317,7 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.join("cpu.tsv"), "nginx c16 1 120 300\n").unwrap();
+        std::fs::write(dir.join("cpu_ns.tsv"), "sidecar q50 2 5000000 700\n").unwrap();
         std::fs::write(dir.join("rss.tsv"), "sidecar idle 1 4096 4100\n").unwrap();
         let data = load(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
@@ -332,6 +328,10 @@ mod tests {
             (80.5, 120.0)
         );
         assert_eq!(data.cpu[&("nginx".into(), "c16".into(), 1)], (120, 300));
+        assert_eq!(
+            data.cpu_ns[&("sidecar".into(), "q50".into(), 2)],
+            (5_000_000, 700)
+        );
         assert_eq!(
             data.rss[&("sidecar".into(), "idle".into(), 1)],
             (4096, 4100)

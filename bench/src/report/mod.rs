@@ -116,6 +116,12 @@ pub fn render(data: &RunData) -> String {
     }
     row(
         &mut out,
+        "proxy CPU µs/request at 50 req/s",
+        data.cpu_ns_per_request("q50"),
+        0,
+    );
+    row(
+        &mut out,
         "upstream CPU µs/request, 16 conn.",
         data.cpu_per_request("c16", true),
         1,
@@ -236,6 +242,11 @@ mod tests {
                     .insert(("sidecar".into(), s.into(), rep), (100, 200));
                 data.cpu.insert(("direct".into(), s.into(), rep), (0, 200));
             }
+            // 500 requests at the fixed rate: 100 ms = 200 µs each, 175 ms = 350 µs each.
+            data.cpu_ns
+                .insert(("nginx".into(), "q50".into(), rep), (100_000_000, 1));
+            data.cpu_ns
+                .insert(("sidecar".into(), "q50".into(), rep), (175_000_000, 1));
             data.ttfb
                 .insert(("direct".into(), "stream".into(), rep), (80.0, 100.0));
             data.ttfb
@@ -263,6 +274,11 @@ mod tests {
         assert!((added[NGINX].unwrap() - 130.0).abs() < 1e-6);
         assert!((added[SIDECAR].unwrap() - 80.0).abs() < 1e-6);
         assert_eq!(data.ttfb_added()[SIDECAR], Some(620.0));
+        let fixed = data.cpu_ns_per_request("q50");
+        assert_eq!(fixed[DIRECT], None);
+        assert_eq!(fixed[HYPER], None);
+        assert!((fixed[NGINX].unwrap() - 200.0).abs() < 1e-9);
+        assert!((fixed[SIDECAR].unwrap() - 350.0).abs() < 1e-9);
     }
 
     #[test]
