@@ -1,1 +1,103 @@
+//! The offline `inject` command against the webhook: `inject_cli` over
+//! `manifests/examples/deployment.yaml` must give the Deployment's pod template exactly
+//! what `mutation::mutate` gives the equivalent pod (same sidecar, volumes, env,
+//! annotations), leave everything else alone, and produce a sidecar that the sidecar's
+//! own flag parser accepts and that the example app's hard-coded URL reaches.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failure should panic"
+)]
+
+use holysheep_e2e::pod::{self, inject_template};
+use holysheep_e2e::{sidecar, workspace_path};
+use holysheep_webhook::inject_cli;
+use holysheep_webhook::settings::Settings;
+use k8s_openapi::api::core::v1::Pod;
+use serde::Deserialize;
+use serde_json::Value;
+
+const EXAMPLE: &str = "manifests/examples/deployment.yaml";
+
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn kind(doc: &Value) -> &str {
+    doc["kind"].as_str().unwrap()
+}
+
+#[test]
+fn inject_example_deployment_like_the_webhook() {
+    let path = workspace_path(EXAMPLE);
+    let mut out = Vec::new();
+    let report = inject_cli::run_path(path.to_str().unwrap(), &mut out, &Settings::default())
+        .unwrap_or_else(|e| panic!("inject {EXAMPLE}: {e}"));
+    assert_eq!(report.injected, ["deployment/blurb-writer"]);
+
+    let before = documents(&std::fs::read_to_string(&path).unwrap());
+    let after = documents(&String::from_utf8(out).unwrap());
+    assert_eq!(report.documents, before.len());
+    assert_eq!(
+        after.iter().map(kind).collect::<Vec<_>>(),
+        before.iter().map(kind).collect::<Vec<_>>()
+    );
+
+    for (before, after) in before.iter().zip(&after) {
+        if kind(before) != "Deployment" {
+            assert_eq!(before, after, "{} changed", kind(before));
+            continue;
+        }
+        // What the webhook would do to a pod created from this template.
+        let expected = inject_template(&before["spec"]["template"], &Settings::default());
+        let got = &after["spec"]["template"];
+        let sidecar_of = |template: &Value| {
+            let pod: Pod = serde_json::from_value(template.clone()).unwrap();
+            let (container, _) = pod::sidecar(&pod);
+            serde_json::to_value(container).unwrap()
+        };
+        // The sidecar first, for a readable failure; then the whole template.
+        assert_eq!(sidecar_of(got), sidecar_of(&expected));
+        assert_eq!(got, &expected);
+        // Outside the template, the Deployment is untouched.
+        let strip = |doc: &Value| {
+            let mut doc = doc.clone();
+            doc["spec"]["template"] = Value::Null;
+            doc
+        };
+        assert_eq!(strip(after), strip(before));
+    }
+}
+
+/// The injected template fits the sidecar, and the example app's own URL (the curl in its
+/// args) is the base URL the webhook gives it, on the proxy port the sidecar listens on.
+#[test]
+fn injected_example_fits_the_sidecar_and_the_app() {
+    let yaml = std::fs::read_to_string(workspace_path(EXAMPLE)).unwrap();
+    let out = inject_cli::inject_yaml(&yaml, &Settings::default()).unwrap();
+    let deployment = documents(&out)
+        .into_iter()
+        .find(|d| kind(d) == "Deployment")
+        .unwrap();
+    let pod: Pod = serde_json::from_value(deployment["spec"]["template"].clone()).unwrap();
+    let (container, _) = pod::sidecar(&pod);
+    let args = sidecar::args_of(container);
+    assert!(args.listen.ip().is_loopback());
+    assert!(
+        args.config.is_some(),
+        "holysheep/config gives HOLYSHEEP_CONFIG"
+    );
+
+    let app = pod::container(&pod, "app");
+    let base = pod::env_value(app, "OPENAI_BASE_URL");
+    assert_eq!(base, format!("http://127.0.0.1:{}/v1", args.listen.port()));
+    let script = app.args.iter().flatten().cloned().collect::<String>();
+    assert!(
+        script.contains(&format!("{base}/chat/completions")),
+        "the example app does not call {base}: {script}"
+    );
+}
