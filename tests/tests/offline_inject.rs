@@ -101,3 +101,90 @@ fn injected_example_fits_the_sidecar_and_the_app() {
         "the example app does not call {base}: {script}"
     );
 }
+
+/// Pod template of a workload document, by kind.
+fn template(doc: &Value) -> Option<&Value> {
+    let pointer = match kind(doc) {
+        "Pod" => "",
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => "/spec/template",
+        "CronJob" => "/spec/jobTemplate/spec/template",
+        _ => return None,
+    };
+    doc.pointer(pointer)
+}
+
+/// Every example, through `inject`: each opted-in template (and only those) is injected,
+/// into a sidecar whose flags the sidecar accepts; every app URL on loopback in the
+/// example's scripts is the base URL the webhook gives it.
+#[test]
+fn every_example_injects_into_a_sidecar_that_starts() {
+    let mut examples: Vec<_> = std::fs::read_dir(workspace_path("manifests/examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    examples.sort();
+    let mut injected_total = 0;
+    for path in examples {
+        let yaml = std::fs::read_to_string(&path).unwrap();
+        let out = inject_cli::inject_yaml(&yaml, &Settings::default())
+            .unwrap_or_else(|e| panic!("inject {}: {e}", path.display()));
+        for (before, after) in documents(&yaml).iter().zip(&documents(&out)) {
+            let Some(template) = template(after) else {
+                assert_eq!(
+                    before,
+                    after,
+                    "{}: {} changed",
+                    path.display(),
+                    kind(before)
+                );
+                continue;
+            };
+            let opted_in = template.pointer("/metadata/annotations/holysheep~1inject")
+                == Some(&Value::from("true"));
+            let pod: Pod = serde_json::from_value(template.clone()).unwrap();
+            if !opted_in {
+                assert_eq!(
+                    before,
+                    after,
+                    "{}: not opted in, yet changed",
+                    path.display()
+                );
+                continue;
+            }
+            injected_total += 1;
+            let (container, _) = pod::sidecar(&pod);
+            let args = sidecar::args_of(container);
+            assert!(args.listen.ip().is_loopback(), "{}", path.display());
+            let base = format!("http://127.0.0.1:{}/v1", args.listen.port());
+            for app in pod::spec(&pod)
+                .containers
+                .iter()
+                .filter(|c| c.name != container.name)
+            {
+                assert_eq!(pod::env_value(app, "OPENAI_BASE_URL"), base);
+                let script: String = app
+                    .command
+                    .iter()
+                    .chain(&app.args)
+                    .flatten()
+                    .cloned()
+                    .collect();
+                for (at, _) in script.match_indices("http://127.0.0.1:") {
+                    assert!(
+                        script[at..].starts_with(&base),
+                        "{}: container {} calls {} instead of {base}",
+                        path.display(),
+                        app.name,
+                        &script[at..(at + 40).min(script.len())]
+                    );
+                }
+            }
+        }
+    }
+    // deployment.yaml, job.yaml and cronjob.yaml each hold one opted-in template.
+    assert!(
+        injected_total >= 3,
+        "only {injected_total} examples injected"
+    );
+}
