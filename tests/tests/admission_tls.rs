@@ -93,8 +93,11 @@ async fn admission_review_over_tls_gives_the_mutate_patch() {
     let host = format!("{SERVICE}.{NAMESPACE}.svc");
     let client = apiserver_client(ca.cert_pem(), &host, addr);
     let url = |path: &str| format!("https://{host}:{}{path}", addr.port());
-    let readyz = client.get(url("/readyz")).send().await.unwrap();
-    assert_eq!(readyz.status(), 200);
+    // The probe paths of manifests/base/deployment.yaml (see install_manifests).
+    for path in ["/readyz", "/healthz"] {
+        let response = client.get(url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+    }
 
     let pod = pod::opted_in_pod(&[("holysheep/port", "8081")]);
     let response = client
