@@ -72,6 +72,19 @@ impl Objects {
             .insert(key.to_owned(), value.as_bytes().to_vec());
     }
 
+    /// Sets one key of a ConfigMap.
+    pub fn set_config_map(&mut self, name: &str, key: &str, value: &str) {
+        self.config_maps
+            .entry(name.to_owned())
+            .or_default()
+            .insert(key.to_owned(), value.as_bytes().to_vec());
+    }
+
+    /// The value of one key of a ConfigMap, if present and UTF-8.
+    pub fn config_map(&self, name: &str, key: &str) -> Option<&str> {
+        std::str::from_utf8(self.config_maps.get(name)?.get(key)?).ok()
+    }
+
     /// The value of one key of a Secret, if present.
     pub fn secret(&self, name: &str, key: &str) -> Option<&[u8]> {
         self.secrets.get(name)?.get(key).map(Vec::as_slice)
@@ -81,15 +94,35 @@ impl Objects {
 /// A container's volumes materialized under a temp dir; dropped with it.
 #[derive(Debug)]
 pub struct Mounted {
-    _root: tempfile::TempDir,
+    root: tempfile::TempDir,
     /// (mount path in the container, directory on this machine).
     mounts: Vec<(PathBuf, PathBuf)>,
+    spec: PodSpec,
+    container: Container,
+    generation: u32,
 }
 
 impl Mounted {
     /// Materializes every volume `container` mounts, from `spec.volumes` and `objects`.
     pub fn mount(spec: &PodSpec, container: &Container, objects: &Objects) -> Result<Self, String> {
         let root = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let mut mounted = Self {
+            root,
+            mounts: Vec::new(),
+            spec: spec.clone(),
+            container: container.clone(),
+            generation: 0,
+        };
+        mounted.refresh(objects)?;
+        Ok(mounted)
+    }
+
+    /// Writes the volumes again from `objects` as the kubelet does when a Secret or
+    /// ConfigMap changes: a new `..<version>` directory, then `..data` swapped to it by
+    /// one atomic rename, so a reader never sees half an update.
+    pub fn refresh(&mut self, objects: &Objects) -> Result<(), String> {
+        self.generation += 1;
+        let (spec, container) = (&self.spec, &self.container);
         let mut mounts = Vec::new();
         for (index, mount) in container.volume_mounts.iter().flatten().enumerate() {
             if mount.sub_path.is_some() || mount.sub_path_expr.is_some() {
@@ -134,15 +167,13 @@ impl Mounted {
                     volume.name
                 ));
             };
-            let dir = root.path().join(format!("{index}-{}", volume.name));
-            write_atomic_layout(&dir, &files)
+            let dir = self.root.path().join(format!("{index}-{}", volume.name));
+            write_atomic_layout(&dir, &files, self.generation)
                 .map_err(|e| format!("volume {}: {e}", volume.name))?;
             mounts.push((PathBuf::from(&mount.mount_path), dir));
         }
-        Ok(Self {
-            _root: root,
-            mounts,
-        })
+        self.mounts = mounts;
+        Ok(())
     }
 
     /// Where the container path `path` is on this machine, through the longest mount
@@ -217,9 +248,9 @@ fn project(
 
 /// The kubelet's atomic writer layout: files in `..<version>/`, `..data` pointing at it,
 /// and a symlink per top-level entry through `..data`.
-fn write_atomic_layout(dir: &Path, files: &[File]) -> std::io::Result<()> {
-    const VERSION: &str = "..2026_01_01_00_00_00.000000001";
-    let versioned = dir.join(VERSION);
+fn write_atomic_layout(dir: &Path, files: &[File], generation: u32) -> std::io::Result<()> {
+    let version = format!("..2026_01_01_00_00_00.{generation:09}");
+    let versioned = dir.join(&version);
     std::fs::create_dir_all(&versioned)?;
     let mut top_level = Vec::new();
     for (path, content, mode) in files {
@@ -235,9 +266,14 @@ fn write_atomic_layout(dir: &Path, files: &[File]) -> std::io::Result<()> {
             }
         }
     }
-    std::os::unix::fs::symlink(VERSION, dir.join("..data"))?;
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(&version, &tmp)?;
+    std::fs::rename(&tmp, dir.join("..data"))?;
     for first in top_level {
-        std::os::unix::fs::symlink(Path::new("..data").join(first), dir.join(first))?;
+        let link = dir.join(first);
+        if link.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(first), link)?;
+        }
     }
     Ok(())
 }

@@ -11,6 +11,12 @@
 //!   what it saw.
 //! - [`metrics`]: `/metrics` scraped and parsed with a Prometheus text parser.
 //!
+//! The tests (`tests/`): `webhook_sidecar_contract` (injected env and spec vs the
+//! sidecar's flags and endpoints), `full_flow` (OpenAI SDK -> injected sidecar -> fake
+//! upstream, metrics, Secret and ConfigMap updates), `offline_inject` (`inject` vs the
+//! webhook, every example), `admission_tls` (AdmissionReview over real TLS) and
+//! `install_manifests` (`manifests/base` vs the webhook's CLI and names).
+//!
 //! Everything here panics with a message on a broken setup: it is test code, and a
 //! panic is how a test fails. Nothing sleeps to wait; readiness and counters are polled
 //! with a bounded timeout ([`eventually`]).

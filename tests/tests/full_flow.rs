@@ -17,6 +17,8 @@
     reason = "tests: a failure should panic"
 )]
 
+use std::time::Duration;
+
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::types::chat::{
@@ -24,11 +26,11 @@ use async_openai::types::chat::{
     CreateChatCompletionRequestArgs,
 };
 use holysheep_e2e::kubelet::{Mounted, Objects};
-use holysheep_e2e::metrics::{value, wait_for_requests};
+use holysheep_e2e::metrics::{scrape, value, wait_for_requests};
 use holysheep_e2e::pod::{self, APP};
 use holysheep_e2e::sidecar::{self, Running};
 use holysheep_e2e::upstream::{COMPLETION_TOKENS, FakeOpenAi, PROMPT_TOKENS};
-use holysheep_e2e::{http_client, read_workspace_file};
+use holysheep_e2e::{eventually, http_client, read_workspace_file};
 use holysheep_webhook::settings::Settings;
 
 /// The key the test puts in the example Secret instead of its placeholder.
@@ -63,8 +65,17 @@ fn follow_port(base: &str, flag_port: u16, real: std::net::SocketAddr) -> String
     format!("http://{real}{}", uri.path())
 }
 
-#[tokio::test]
-async fn app_sdk_through_injected_sidecar_to_upstream() {
+/// One injected pod, running: the fake upstream, the namespace's objects (the examples,
+/// with [`KEY`] in the Secret), the kubelet's volumes, the sidecar, and the app's SDK.
+struct Flow {
+    upstream: FakeOpenAi,
+    objects: Objects,
+    mounted: Mounted,
+    running: Running,
+    client: Client<OpenAIConfig>,
+}
+
+async fn start_flow() -> Flow {
     let upstream = FakeOpenAi::start().await;
     let annotations = [
         ("holysheep/upstream", upstream.url()),
@@ -103,6 +114,20 @@ async fn app_sdk_through_injected_sidecar_to_upstream() {
         .with_api_key(pod::env_value(app, "OPENAI_API_KEY"));
     let client = Client::build(http_client(), config);
 
+    Flow {
+        upstream,
+        objects,
+        mounted,
+        running,
+        client,
+    }
+}
+
+#[tokio::test]
+async fn app_sdk_through_injected_sidecar_to_upstream() {
+    // Held whole: the volumes must outlive the sidecar reading them.
+    let flow = start_flow().await;
+    let (upstream, running, client) = (&flow.upstream, &flow.running, &flow.client);
     let first = client.chat().create(chat("gpt-4")).await.unwrap();
     assert_eq!(first.model, "gpt-4.1");
     let second = client.chat().create(chat("fast")).await.unwrap();
@@ -156,5 +181,58 @@ async fn app_sdk_through_injected_sidecar_to_upstream() {
     }
     assert!(!text.contains(KEY), "the key is in /metrics");
 
-    running.stop().await.unwrap();
+    flow.running.stop().await.unwrap();
+}
+
+/// Rotating the Secret and editing the ConfigMap (as the kubelet refreshes the volumes:
+/// a new `..<version>` directory and an atomic `..data` swap) reach the running sidecar
+/// at the injected paths, without a restart.
+#[tokio::test]
+async fn secret_rotation_and_configmap_edit_reach_the_running_sidecar() {
+    let mut flow = start_flow().await;
+    flow.client.chat().create(chat("fast")).await.unwrap();
+    let metrics_url = flow.running.admin_url("/metrics");
+    let (_, before) = scrape(&metrics_url).await;
+    let reloads = |s: &prometheus_parse::Scrape, name| {
+        value(s, name, &[("result", "success")]).unwrap_or(0.0)
+    };
+    let (keys_before, configs_before) = (
+        reloads(&before, "holysheep_key_reloads_total"),
+        reloads(&before, "holysheep_config_reloads_total"),
+    );
+
+    const NEW_KEY: &str = "sk-holysheep-e2e-rotated-77b2";
+    flow.objects
+        .set_secret("holysheep-credentials", "HOLYSHEEP_API_KEY", NEW_KEY);
+    let config = flow
+        .objects
+        .config_map("holysheep-config", "config.yaml")
+        .unwrap()
+        .to_owned();
+    let edited = config.replace("fast: gemini-2.5-flash", "fast: deepseek-v3.2");
+    assert_ne!(edited, config, "the example config no longer maps fast");
+    flow.objects
+        .set_config_map("holysheep-config", "config.yaml", &edited);
+    flow.mounted.refresh(&flow.objects).unwrap();
+
+    eventually(
+        Duration::from_secs(15),
+        "key and config reloads",
+        || async {
+            let (_, s) = scrape(&metrics_url).await;
+            reloads(&s, "holysheep_key_reloads_total") > keys_before
+                && reloads(&s, "holysheep_config_reloads_total") > configs_before
+        },
+    )
+    .await;
+    let answer = flow.client.chat().create(chat("fast")).await.unwrap();
+    assert_eq!(answer.model, "deepseek-v3.2");
+    let last = flow.upstream.requests().pop().unwrap();
+    assert_eq!(
+        last.header("authorization"),
+        Some(format!("Bearer {NEW_KEY}").as_str())
+    );
+    assert_eq!(last.json()["model"], "deepseek-v3.2");
+
+    flow.running.stop().await.unwrap();
 }
