@@ -121,6 +121,13 @@ pub fn upstream(text: &str) -> Result<String, String> {
     if authority.host().is_empty() {
         return Err(FORM.to_owned());
     }
+    // The sidecar appends `/<rest>?<client query>` to the base, so it refuses a base that
+    // carries a query of its own; refuse it here too, at admission, not in a crash loop.
+    if uri.query().is_some() {
+        return Err(format!(
+            "a query string is not allowed in the base URL; {FORM}"
+        ));
+    }
     Ok(text.to_owned())
 }
 
@@ -172,6 +179,7 @@ mod tests {
     #[case::credentials("https://user:pw@api.holysheep.ai/v1", false)]
     #[case::empty("", false)]
     #[case::space("https://a b", false)]
+    #[case::query("https://api.holysheep.ai/v1?tenant=shop", false)]
     fn upstreams(#[case] text: &str, #[case] ok: bool) {
         assert_eq!(upstream(text).is_ok(), ok, "{text}");
     }
