@@ -7,6 +7,9 @@
 //! timeout, turning client failures into [`ProxyError`]s. Protocol upgrades
 //! ([`send_upgrade`]) use a second, HTTP/1.1-only client: an upgrade cannot ride HTTP/2.
 //!
+//! Buffered requests to a plain `http://` upstream go through the leaner own HTTP/1.1
+//! pool of `h1pool.rs` instead of the hyper-util client.
+//!
 //! What it does not do: retries, fallbacks or backoff (`retry` wraps `send_once`), or
 //! touch bodies. The connect timeout is read when the client is built (at start).
 
@@ -25,6 +28,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{Limits, UpstreamBase};
 use crate::error::{BoxError, ProxyError};
+
+mod h1pool;
+
+use h1pool::H1Pool;
 
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -52,6 +59,8 @@ pub struct Upstream {
     client: HttpClient,
     /// HTTP/1.1 only: protocol upgrades (WebSocket) need an HTTP/1.1 connection of their own.
     upgrade_client: HttpClient,
+    /// Plain-http upstreams only: buffered requests over the own HTTP/1.1 pool.
+    h1: Option<Arc<H1Pool>>,
 }
 
 impl Upstream {
@@ -96,10 +105,15 @@ impl Upstream {
         let upgrade_client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .build(https_h1);
+        let h1 = (!base.is_https())
+            .then(|| H1Pool::new(&base.authority, limits.connect_timeout, POOL_IDLE_TIMEOUT))
+            .flatten()
+            .map(Arc::new);
         Self {
             base: Arc::new(base),
             client,
             upgrade_client,
+            h1,
         }
     }
 
@@ -141,6 +155,14 @@ pub async fn send_once(
     attempt_timeout: Duration,
     body_limit: u64,
 ) -> Result<Response<Incoming>, ProxyError> {
+    if let (Some(pool), Either::Left(_)) = (&upstream.h1, req.body()) {
+        return match tokio::time::timeout(attempt_timeout, pool.send(req)).await {
+            Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
+                after: attempt_timeout,
+            }),
+            Ok(result) => result,
+        };
+    }
     match tokio::time::timeout(attempt_timeout, upstream.client.request(req)).await {
         Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
             after: attempt_timeout,
