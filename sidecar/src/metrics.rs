@@ -14,6 +14,7 @@ mod models;
 #[cfg(test)]
 mod overhead;
 mod record;
+mod series;
 mod sets;
 
 use std::sync::Arc;
@@ -53,6 +54,8 @@ pub struct Metrics(Arc<Families>);
 #[derive(Debug)]
 struct Families {
     models: ModelLabels,
+    /// Handles per label combination, so recording skips the families' label hashing.
+    series: series::SeriesCache,
     /// Address of the last `Config` whose model names went into `models`.
     config_seen: AtomicUsize,
     requests: Family<RequestLabels, Counter>,
@@ -78,6 +81,7 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let f = Families {
             models: ModelLabels::default(),
+            series: series::SeriesCache::default(),
             config_seen: AtomicUsize::new(0),
             requests: Family::default(),
             request_duration: Family::new_with_constructor(Buckets(&DURATION_BUCKETS)),

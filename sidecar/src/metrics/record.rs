@@ -2,16 +2,18 @@
 //! raw model names and bounds them through [`ModelLabels`](super::ModelLabels) before they
 //! become labels. Registration lives in the parent module.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::series::{Series, SeriesKey};
 use super::sets::{
     AttemptLabels, FallbackLabels, GenAiDurationLabels, GenAiLabels, GenAiTokenLabels,
     ModelLabelSet, RateLimitLabels, ReloadLabels, RequestLabels, RetryLabels, RouteLabels,
     RouteModelLabels, TokenLabels, UnparsedLabels,
 };
 use super::{
-    AttemptOutcome, GEN_AI_PROVIDER, Metrics, ModelName, RateLimitKind, ReloadResult, RetryReason,
-    Route, TokenType, UnparsedKind,
+    AttemptOutcome, GEN_AI_PROVIDER, Metrics, RateLimitKind, ReloadResult, RetryReason, Route,
+    TokenType, UnparsedKind,
 };
 
 /// One finished request, as the proxy saw it. Model names are raw; they are bounded here.
@@ -57,40 +59,51 @@ impl Metrics {
     /// Records a finished request: count, latency, time to first byte, and the GenAI
     /// operation duration for GenAI routes.
     pub fn record_request(&self, rec: &RequestRecord<'_>) {
-        let model = self.0.models.label(rec.upstream_model);
-        let requested = self.0.models.label(rec.requested_model);
-        self.0
-            .requests
-            .get_or_create(&RequestLabels {
-                route: rec.route,
-                model: model.clone(),
-                requested_model: requested.clone(),
-                status: rec.status,
+        let (key, s) = self.series(rec);
+        s.requests
+            .get_or_init(|| {
+                self.0
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        route: key.route,
+                        model: key.model.clone(),
+                        requested_model: key.requested.clone(),
+                        status: key.status,
+                    })
+                    .clone()
             })
             .inc();
-        let route_model = RouteModelLabels {
-            route: rec.route,
-            model: model.clone(),
+        let route_model = || RouteModelLabels {
+            route: key.route,
+            model: key.model.clone(),
         };
-        self.0
-            .request_duration
-            .get_or_create(&route_model)
+        s.duration
+            .get_or_init(|| {
+                self.0
+                    .request_duration
+                    .get_or_create(&route_model())
+                    .clone()
+            })
             .observe(rec.duration.as_secs_f64());
         if let Some(ttfb) = rec.ttfb {
-            self.0
-                .ttfb
-                .get_or_create(&route_model)
+            s.ttfb
+                .get_or_init(|| self.0.ttfb.get_or_create(&route_model()).clone())
                 .observe(ttfb.as_secs_f64());
         }
-        if let Some(common) = self.gen_ai_labels(rec, requested, model) {
-            let error_type = match rec.status {
-                400..=499 => "4xx",
-                500..=599 => "5xx",
-                _ => "",
-            };
-            self.0
-                .gen_ai_duration
-                .get_or_create(&GenAiDurationLabels { common, error_type })
+        if let Some(operation) = rec.route.gen_ai_operation() {
+            s.gen_ai_duration
+                .get_or_init(|| {
+                    let error_type = match key.status {
+                        400..=499 => "4xx",
+                        500..=599 => "5xx",
+                        _ => "",
+                    };
+                    let labels = GenAiDurationLabels {
+                        common: gen_ai_labels(operation, &key),
+                        error_type,
+                    };
+                    self.0.gen_ai_duration.get_or_create(&labels).clone()
+                })
                 .observe(rec.duration.as_secs_f64());
         }
     }
@@ -98,46 +111,55 @@ impl Metrics {
     /// Records the tokens of a response and its cost; returns the cost in USD, `None` when
     /// the upstream model is unpriced (its tokens then also go to the unpriced counter).
     pub fn record_tokens(&self, rec: &RequestRecord<'_>, tokens: &TokenRecord) -> Option<f64> {
-        let model = self.0.models.label(rec.upstream_model);
+        let (key, s) = self.series(rec);
         let cost = tokens.cost_usd();
-        for (ty, n) in [
-            (TokenType::Input, tokens.input),
-            (TokenType::Output, tokens.output),
+        for (i, ty, n) in [
+            (0, TokenType::Input, tokens.input),
+            (1, TokenType::Output, tokens.output),
         ] {
-            let labels = TokenLabels {
-                model: model.clone(),
+            let labels = || TokenLabels {
+                model: key.model.clone(),
                 r#type: ty,
             };
-            self.0.tokens.get_or_create(&labels).inc_by(n);
+            s.tokens[i]
+                .get_or_init(|| self.0.tokens.get_or_create(&labels()).clone())
+                .inc_by(n);
             if cost.is_none() && n > 0 {
-                self.0.unpriced_tokens.get_or_create(&labels).inc_by(n);
+                s.unpriced[i]
+                    .get_or_init(|| self.0.unpriced_tokens.get_or_create(&labels()).clone())
+                    .inc_by(n);
             }
         }
         if let Some(cost) = cost {
-            self.0
-                .cost
-                .get_or_create(&ModelLabelSet {
-                    model: model.clone(),
+            s.cost
+                .get_or_init(|| {
+                    self.0
+                        .cost
+                        .get_or_create(&ModelLabelSet {
+                            model: key.model.clone(),
+                        })
+                        .clone()
                 })
                 .inc_by(cost);
         }
-        let requested = self.0.models.label(rec.requested_model);
-        if let Some(common) = self.gen_ai_labels(rec, requested, model) {
-            let types: &[(TokenType, u64)] = if rec.route == Route::Embeddings {
+        if let Some(operation) = rec.route.gen_ai_operation() {
+            let types: &[(usize, TokenType, u64)] = if rec.route == Route::Embeddings {
                 // Embeddings have no output tokens; an always-zero series is noise.
-                &[(TokenType::Input, tokens.input)]
+                &[(0, TokenType::Input, tokens.input)]
             } else {
                 &[
-                    (TokenType::Input, tokens.input),
-                    (TokenType::Output, tokens.output),
+                    (0, TokenType::Input, tokens.input),
+                    (1, TokenType::Output, tokens.output),
                 ]
             };
-            for &(ty, n) in types {
-                self.0
-                    .gen_ai_tokens
-                    .get_or_create(&GenAiTokenLabels {
-                        common: common.clone(),
-                        gen_ai_token_type: ty,
+            for &(i, ty, n) in types {
+                s.gen_ai_tokens[i]
+                    .get_or_init(|| {
+                        let labels = GenAiTokenLabels {
+                            common: gen_ai_labels(operation, &key),
+                            gen_ai_token_type: ty,
+                        };
+                        self.0.gen_ai_tokens.get_or_create(&labels).clone()
                     })
                     .observe(n as f64);
             }
@@ -221,23 +243,33 @@ impl Metrics {
             .map_or(0, |c| c.get())
     }
 
-    fn gen_ai_labels(
-        &self,
-        rec: &RequestRecord<'_>,
-        requested: ModelName,
-        upstream: ModelName,
-    ) -> Option<GenAiLabels> {
-        let operation = rec.route.gen_ai_operation()?;
+    /// The bounded label values of `rec` and their cached handles.
+    fn series(&self, rec: &RequestRecord<'_>) -> (SeriesKey, Arc<Series>) {
+        let models = &self.0.models;
+        let model = models.label(rec.upstream_model);
         let response = match rec.response_model {
-            Some(m) => self.0.models.label(Some(m)),
-            None => upstream,
+            Some(m) => models.label(Some(m)),
+            None => model.clone(),
         };
-        Some(GenAiLabels {
-            gen_ai_operation_name: operation,
-            gen_ai_provider_name: GEN_AI_PROVIDER,
-            gen_ai_system: GEN_AI_PROVIDER,
-            gen_ai_request_model: requested,
-            gen_ai_response_model: response,
-        })
+        let key = SeriesKey {
+            route: rec.route,
+            status: rec.status,
+            requested: models.label(rec.requested_model),
+            model,
+            response,
+        };
+        let series = self.0.series.get(&key);
+        (key, series)
+    }
+}
+
+/// The GenAI attributes of a request's label values.
+fn gen_ai_labels(operation: &'static str, key: &SeriesKey) -> GenAiLabels {
+    GenAiLabels {
+        gen_ai_operation_name: operation,
+        gen_ai_provider_name: GEN_AI_PROVIDER,
+        gen_ai_system: GEN_AI_PROVIDER,
+        gen_ai_request_model: key.requested.clone(),
+        gen_ai_response_model: key.response.clone(),
     }
 }
