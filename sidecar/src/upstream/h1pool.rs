@@ -72,10 +72,15 @@ impl H1Pool {
             .host()
             .trim_start_matches('[')
             .trim_end_matches(']');
+        // The Host header as hyper-util's client writes it: the port only when not 80.
+        let host_header = match authority.port_u16() {
+            Some(port) if port != 80 => format!("{}:{port}", authority.host()),
+            _ => authority.host().to_owned(),
+        };
         Some(Self {
             host: host.to_owned(),
             port: authority.port_u16().unwrap_or(80),
-            host_header: HeaderValue::from_str(authority.as_str()).ok()?,
+            host_header: HeaderValue::from_str(&host_header).ok()?,
             connect_timeout,
             idle_timeout,
             conns: Mutex::new(VecDeque::new()),
@@ -305,6 +310,20 @@ mod tests {
             );
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn host_header_leaves_out_the_default_port_like_hyper_util() {
+        let host = |a: &str| {
+            let pool = H1Pool::new(&a.parse().unwrap(), Duration::ZERO, Duration::ZERO).unwrap();
+            (pool.host_header, pool.host, pool.port)
+        };
+        assert_eq!(host("gw:80"), ("gw".parse().unwrap(), "gw".to_owned(), 80));
+        assert_eq!(host("gw"), ("gw".parse().unwrap(), "gw".to_owned(), 80));
+        assert_eq!(
+            host("[::1]:8080"),
+            ("[::1]:8080".parse().unwrap(), "::1".to_owned(), 8080)
+        );
     }
 
     #[tokio::test]
