@@ -4,10 +4,18 @@
 //! `hyper` (`BENCH_TARGETS="direct nginx hyper sidecar"`), it splits the sidecar's cost
 //! into "the HTTP stack" and "what the sidecar adds on top".
 //!
+//! `--mode` picks how lean the stack is, to find the floor of a tokio/hyper proxy on the
+//! machine at hand: `pooled` (default; hyper-util's pooled client), `affine` (hyper's
+//! low-level `conn::http1` on both sides, one upstream connection per client connection,
+//! both driven by one task: the least work hyper can do per request) and `relay` (no HTTP at
+//! all: tokio copies bytes between the client and its own upstream connection, so the
+//! `Authorization` header is NOT replaced; the floor of tokio's I/O alone).
+//!
 //! Not a product: it forwards every path as is, only replaces `Authorization`, and keeps
 //! no limits. Benchmark use only.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,11 +24,12 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Minimal hyper reverse proxy, the baseline for the sidecar's HTTP stack.
 #[derive(Debug, Parser)]
@@ -32,12 +41,22 @@ struct Args {
     /// Upstream `host:port` (plain HTTP).
     #[arg(long)]
     upstream: String,
-    /// Use a current-thread runtime instead of the multi-thread one the sidecar uses.
+    /// Use a current-thread runtime (as the sidecar does) instead of a multi-thread one.
     #[arg(long)]
     current_thread: bool,
+    /// How much of the stack to use (see the module docs).
+    #[arg(long, value_enum, default_value_t = Mode::Pooled)]
+    mode: Mode,
     /// Exit after this long (a forgotten proxy must not linger).
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
     max_runtime: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    Pooled,
+    Affine,
+    Relay,
 }
 
 type Body = UnsyncBoxBody<bytes::Bytes, hyper::Error>;
@@ -72,6 +91,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            match args.mode {
+                Mode::Pooled => {}
+                Mode::Affine => {
+                    tokio::spawn(serve_affine(stream, upstream.clone()));
+                    continue;
+                }
+                Mode::Relay => {
+                    tokio::spawn(serve_relay(stream, upstream.clone()));
+                    continue;
+                }
+            }
             let client = client.clone();
             let upstream = upstream.clone();
             tokio::spawn(async move {
@@ -88,6 +118,52 @@ async fn run(args: Args) -> anyhow::Result<()> {
         result = tokio::signal::ctrl_c() => result.context("failed to wait for ctrl-c")?,
     }
     Ok(())
+}
+
+/// One client connection, one upstream connection, both hyper connections polled by this
+/// one task: no pool, no executor hop between the two.
+async fn serve_affine(stream: TcpStream, upstream: String) {
+    let Ok(up) = TcpStream::connect(&upstream).await else {
+        return;
+    };
+    let _ = up.set_nodelay(true);
+    let Ok((sender, client_conn)) = http1::handshake::<_, Incoming>(TokioIo::new(up)).await else {
+        return;
+    };
+    // The server handles one request at a time per connection, so the lock never waits.
+    let sender = Arc::new(tokio::sync::Mutex::new(sender));
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        let sender = Arc::clone(&sender);
+        async move {
+            req.headers_mut().insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_static("Bearer bench-key"),
+            );
+            let mut sender = sender.lock().await;
+            if sender.ready().await.is_err() {
+                return Ok::<_, hyper::Error>(status(http::StatusCode::BAD_GATEWAY));
+            }
+            match sender.send_request(req).await {
+                Ok(resp) => Ok(resp.map(BodyExt::boxed_unsync)),
+                Err(_) => Ok(status(http::StatusCode::BAD_GATEWAY)),
+            }
+        }
+    });
+    let server_conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        _ = server_conn => {}
+        _ = client_conn => {}
+    }
+}
+
+/// Bytes only, no HTTP: what tokio's I/O costs with nothing on top.
+async fn serve_relay(mut stream: TcpStream, upstream: String) {
+    let Ok(mut up) = TcpStream::connect(&upstream).await else {
+        return;
+    };
+    let _ = up.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional(&mut stream, &mut up).await;
 }
 
 async fn forward(
