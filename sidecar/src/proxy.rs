@@ -152,6 +152,15 @@ impl Outgoing {
         }
     }
 
+    /// Replaces a buffered body (a fallback rewrote its `model`). The length may change,
+    /// so a `Content-Length` kept from the client goes and hyper sets the right one.
+    pub fn replace_body(&mut self, body: Bytes) {
+        if !content_length_is(&self.headers, body.len()) {
+            self.headers.remove(header::CONTENT_LENGTH);
+        }
+        self.body = OutBody::Buffered(body);
+    }
+
     /// The request itself (consumes the body).
     pub fn into_request(self) -> Request<UpstreamBody> {
         let body = match self.body {
@@ -277,14 +286,24 @@ fn set_key(mut headers: HeaderMap, key: &ApiKey, body: &OutBody) -> HeaderMap {
     for name in KEY_HEADERS {
         headers.remove(name);
     }
-    if let OutBody::Buffered(_) = body {
-        // The remapped body may differ in length; hyper sets it from the exact body.
-        headers.remove(header::CONTENT_LENGTH);
+    if let OutBody::Buffered(bytes) = body {
+        // The remapped body may differ in length: hyper sets it from the exact body. The
+        // client's own value is kept when it still holds (saves hyper an allocation).
+        if !content_length_is(&headers, bytes.len()) {
+            headers.remove(header::CONTENT_LENGTH);
+        }
         // JSON answers are read by the usage tap, so ask for them uncompressed.
         headers.remove(header::ACCEPT_ENCODING);
     }
     headers.insert(header::AUTHORIZATION, key.authorization());
     headers
+}
+
+/// Whether `headers` carry exactly one `Content-Length`, equal to `len`.
+fn content_length_is(headers: &HeaderMap, len: usize) -> bool {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let first = values.next().and_then(|v| v.to_str().ok());
+    values.next().is_none() && first.and_then(|v| v.parse::<usize>().ok()) == Some(len)
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
@@ -389,6 +408,25 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("openai-organization"));
+    }
+
+    #[test]
+    fn content_length_is_kept_only_when_it_matches_the_body() {
+        let key = ApiKey::new("sk-real").unwrap();
+        let body = OutBody::Buffered(Bytes::from_static(b"{\"model\":\"m\"}"));
+        let with = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::CONTENT_LENGTH, v.parse().unwrap());
+            }
+            set_key(h, &key, &body)
+        };
+        assert_eq!(with(&["13"])[header::CONTENT_LENGTH], "13");
+        // Remapped body (other length), duplicates or garbage: removed, hyper sets it.
+        for values in [&["99"][..], &["13", "13"], &["x"]] {
+            let out = with(values);
+            assert!(!out.contains_key(header::CONTENT_LENGTH), "{values:?}");
+        }
     }
 
     #[test]

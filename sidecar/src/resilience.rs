@@ -18,7 +18,7 @@ pub use stream_error::{SseErrorTail, is_event_stream};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response};
+use http::{HeaderName, HeaderValue, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -67,11 +67,15 @@ impl Answer {
     /// response going to the client.
     pub fn mark<B>(model: Option<&str>, gave_up: bool, response: &mut Response<B>) {
         let headers = response.headers_mut();
+        // `HeaderName::from_static`: a `&str` name would be copied into a new allocation.
         if let Some(value) = model.and_then(|m| HeaderValue::from_str(m).ok()) {
-            headers.insert(X_HOLYSHEEP_MODEL, value);
+            headers.insert(HeaderName::from_static(X_HOLYSHEEP_MODEL), value);
         }
         if gave_up {
-            headers.insert(X_SHOULD_RETRY, HeaderValue::from_static("false"));
+            headers.insert(
+                HeaderName::from_static(X_SHOULD_RETRY),
+                HeaderValue::from_static("false"),
+            );
         }
     }
 }
@@ -191,7 +195,7 @@ impl Resilience {
                     drop(result);
                     if let (OutBody::Buffered(body), Some(current)) = (&outgoing.body, &field) {
                         let (body, moved) = models::set_model(body, current, &next);
-                        outgoing.body = OutBody::Buffered(body);
+                        outgoing.replace_body(body);
                         field = Some(moved);
                     }
                 }

@@ -38,11 +38,7 @@ impl RetryBudget {
     /// A budget allowing retries for `ratio` of recent requests (0.2: one retry per five
     /// requests) plus the floor. Out-of-range or NaN ratios are clamped to `0..=1000`.
     pub fn new(ratio: f64) -> Self {
-        let ratio = if ratio.is_nan() {
-            0.0
-        } else {
-            ratio.clamp(0.0, MAX_RATIO)
-        };
+        let ratio = clamp_ratio(ratio);
         Self {
             ratio,
             // tower takes an f32; for a clamped ratio the narrowing loses nothing that matters.
@@ -63,6 +59,15 @@ impl RetryBudget {
     /// Takes one retry out of the budget; false when it is spent.
     pub fn withdraw(&self) -> bool {
         self.inner.withdraw()
+    }
+}
+
+/// `ratio` limited to what tower accepts; NaN counts as 0.
+fn clamp_ratio(ratio: f64) -> f64 {
+    if ratio.is_nan() {
+        0.0
+    } else {
+        ratio.clamp(0.0, MAX_RATIO)
     }
 }
 
@@ -91,7 +96,8 @@ impl SharedRetryBudget {
     /// The budget for `ratio`, rebuilt if the ratio changed since the last call.
     pub fn get(&self, ratio: f64) -> Arc<RetryBudget> {
         let current = self.current.load_full();
-        if current.ratio() == RetryBudget::new(ratio).ratio() {
+        // Runs for every request: compare without building a budget (tower allocates one).
+        if current.ratio() == clamp_ratio(ratio) {
             return current;
         }
         let fresh = Arc::new(RetryBudget::new(ratio));
