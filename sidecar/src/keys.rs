@@ -11,9 +11,16 @@
 //! "a key is loaded"; once loaded, a key is only replaced by another valid key: a file
 //! that is briefly missing, empty or unreadable keeps the previous key, so readiness
 //! cannot flap during a rotation.
+//!
+//! Failed reloads are counted for `holysheep_key_reloads_total{result="failure"}`: a key
+//! file that exists but is empty, holds characters not allowed in a header, or cannot be
+//! read. A missing file is not a failure (the env fallback or "no key yet" applies, and
+//! the kubelet's swap can make it briefly absent). The count is edge-triggered: a file
+//! that stays bad is counted once, not at every re-check or watch event.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -96,6 +103,10 @@ pub struct KeyStore {
     current: ArcSwapOption<ApiKey>,
     /// Count of key changes; a watch so tests and readiness waiters need not poll.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Count of failed reloads (a bad key file), edge-triggered by `last_failed`.
+    failures: AtomicU64,
+    /// Whether the last read of an existing key file failed; a good key clears it.
+    last_failed: AtomicBool,
 }
 
 impl KeyStore {
@@ -106,6 +117,8 @@ impl KeyStore {
             source,
             current: ArcSwapOption::empty(),
             changes: tokio::sync::watch::Sender::new(0),
+            failures: AtomicU64::new(0),
+            last_failed: AtomicBool::new(false),
         });
         store.reload();
         if store.current().is_none() {
@@ -132,6 +145,13 @@ impl KeyStore {
         *self.changes.borrow()
     }
 
+    /// How many times a reload found a bad key file (existing but empty, not a valid
+    /// header value, or unreadable), the first load included. A file that stays bad
+    /// counts once; it counts again only after a good key was read in between.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
     /// A receiver of the change count, for waiting on the next reload without polling.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
@@ -147,9 +167,19 @@ impl KeyStore {
     /// Re-reads the source; swaps in a new valid key, keeps the old one otherwise.
     /// Returns whether the key changed.
     pub fn reload(&self) -> bool {
-        let Some((key, origin)) = read_source(&self.source) else {
-            return false;
+        let (key, origin) = match read_source(&self.source) {
+            Read::Key(key, origin) => (key, origin),
+            Read::Nothing => return false,
+            Read::BadFile => {
+                // Only the first failure of a streak counts: the periodic re-check and
+                // every watch event re-read a file that stays bad.
+                if !self.last_failed.swap(true, Ordering::Relaxed) {
+                    self.failures.fetch_add(1, Ordering::Relaxed);
+                }
+                return false;
+            }
         };
+        self.last_failed.store(false, Ordering::Relaxed);
         let unchanged = self
             .current
             .load()
@@ -193,25 +223,41 @@ impl KeyStore {
     }
 }
 
-fn read_source(source: &KeySource) -> Option<(ApiKey, Origin)> {
+/// What one read of the key source found.
+enum Read {
+    /// A valid key.
+    Key(ApiKey, Origin),
+    /// No key file and no usable env key: not a failure (nothing was provided).
+    Nothing,
+    /// The key file exists but is empty, invalid as a header value, or unreadable.
+    BadFile,
+}
+
+fn read_source(source: &KeySource) -> Read {
     match std::fs::read_to_string(&source.file) {
         Ok(text) => match ApiKey::new(&text) {
-            Some(key) => Some((key, Origin::File)),
+            Some(key) => Read::Key(key, Origin::File),
             None => {
                 tracing::warn!(
                     file = %source.file.display(),
                     "key file is empty or holds characters not allowed in an HTTP header; ignored"
                 );
-                None
+                Read::BadFile
             }
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let env = source.env_key.as_ref()?;
-            ApiKey::new(env.expose_secret()).map(|k| (k, Origin::Env))
+            match source
+                .env_key
+                .as_ref()
+                .and_then(|env| ApiKey::new(env.expose_secret()))
+            {
+                Some(key) => Read::Key(key, Origin::Env),
+                None => Read::Nothing,
+            }
         }
         Err(e) => {
             tracing::warn!(file = %source.file.display(), error = %e, "failed to read key file");
-            None
+            Read::BadFile
         }
     }
 }
@@ -297,6 +343,105 @@ mod tests {
         assert!(store.reload());
         assert_eq!(store.current().unwrap().authorization(), "Bearer sk-2");
         assert_eq!(store.changes(), 2);
+    }
+
+    #[test]
+    fn a_bad_file_counts_one_failure_per_streak_and_keeps_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api-key");
+        std::fs::write(&file, "sk-1").unwrap();
+        let store = KeyStore::load(source(file.clone(), None));
+        assert_eq!(store.failures(), 0);
+
+        // A bad rotation, re-read by several watch events and periodic re-checks.
+        std::fs::write(&file, "").unwrap();
+        for _ in 0..3 {
+            assert!(!store.reload());
+        }
+        // Still bad, in another way: the same streak, not a new failure.
+        std::fs::write(&file, "sk\u{1}bad").unwrap();
+        assert!(!store.reload());
+        assert_eq!(store.failures(), 1, "a file stuck bad counts once");
+        assert_eq!(store.current().unwrap().authorization(), "Bearer sk-1");
+        assert_eq!(store.changes(), 1);
+
+        // A good key ends the streak; a later bad rotation counts again.
+        std::fs::write(&file, "sk-2").unwrap();
+        assert!(store.reload());
+        std::fs::write(&file, " \n").unwrap();
+        assert!(!store.reload());
+        assert!(!store.reload());
+        assert_eq!(store.failures(), 2);
+        assert_eq!(store.current().unwrap().authorization(), "Bearer sk-2");
+    }
+
+    #[test]
+    fn re_reading_the_same_good_key_also_ends_a_failure_streak() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api-key");
+        std::fs::write(&file, "sk-1").unwrap();
+        let store = KeyStore::load(source(file.clone(), None));
+        std::fs::write(&file, "").unwrap();
+        store.reload();
+        // The Secret is put back to the very key in force: no change, but good again.
+        std::fs::write(&file, "sk-1").unwrap();
+        assert!(!store.reload());
+        std::fs::write(&file, "").unwrap();
+        store.reload();
+        assert_eq!(store.failures(), 2);
+        assert_eq!(store.changes(), 1);
+    }
+
+    #[test]
+    fn an_unreadable_key_file_is_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api-key");
+        std::fs::write(&file, "sk-1").unwrap();
+        let store = KeyStore::load(source(file.clone(), None));
+        // A directory in place of the file: it exists but cannot be read as text
+        // (works as root too, unlike a 0000 mode).
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        assert!(!store.reload());
+        assert_eq!(store.failures(), 1);
+        assert_eq!(store.current().unwrap().authorization(), "Bearer sk-1");
+    }
+
+    #[test]
+    fn an_absent_file_is_never_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api-key");
+        // Absent with the env fallback, at start and on re-checks.
+        let with_env = KeyStore::load(source(file.clone(), Some("sk-env")));
+        assert!(!with_env.reload());
+        assert_eq!(with_env.failures(), 0);
+        // Absent with no env key at all: not loaded, but nothing bad was provided.
+        let without = KeyStore::load(source(file.clone(), None));
+        assert!(!without.reload());
+        assert_eq!(without.failures(), 0);
+        // A good file that then disappears (kubelet swap, env fallback) is not one either.
+        std::fs::write(&file, "sk-file").unwrap();
+        assert!(with_env.reload());
+        std::fs::remove_file(&file).unwrap();
+        assert!(with_env.reload(), "back to the env key");
+        assert_eq!(with_env.failures(), 0);
+    }
+
+    #[test]
+    fn a_bad_file_at_start_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api-key");
+        std::fs::write(&file, "\n").unwrap();
+        let store = KeyStore::load(source(file.clone(), Some("sk-env")));
+        assert!(
+            !store.is_loaded(),
+            "the env key only stands in for an absent file"
+        );
+        assert!(!store.reload());
+        assert_eq!(store.failures(), 1);
+        std::fs::write(&file, "sk-ok").unwrap();
+        assert!(store.reload());
+        assert_eq!(store.failures(), 1);
     }
 
     #[tokio::test]

@@ -220,16 +220,20 @@ impl Metrics {
         }
     }
 
-    /// Registers `holysheep_key_reloads_total{result="success"}`, read from `changes`
-    /// at each scrape: the key store counts key changes itself, so nothing has to be
-    /// told. Call once, with the count at start as the baseline.
+    /// Registers `holysheep_key_reloads_total{result="success"|"failure"}`, read from
+    /// `changes` and `failures` at each scrape: the key store counts them itself, so
+    /// nothing has to be told. Call once, after the first load: `success` counts changes
+    /// since then (the first load is not a reload), `failure` keeps a bad key file seen
+    /// at start, which is exactly what an operator needs to see.
     pub fn register_key_reloads(
         registry: &mut Registry,
         changes: impl Fn() -> u64 + Send + Sync + 'static,
+        failures: impl Fn() -> u64 + Send + Sync + 'static,
     ) {
         let baseline = changes();
         registry.register_collector(Box::new(KeyReloads {
-            read: Box::new(move || changes().saturating_sub(baseline)),
+            successes: Box::new(move || changes().saturating_sub(baseline)),
+            failures: Box::new(failures),
         }));
     }
 }

@@ -118,8 +118,12 @@ pub fn build(settings: Settings) -> Result<App, RunError> {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let keys = KeyStore::load(settings.key_source);
-    let key_changes = Arc::clone(&keys);
-    Metrics::register_key_reloads(&mut registry, move || key_changes.changes());
+    let (key_changes, key_failures) = (Arc::clone(&keys), Arc::clone(&keys));
+    Metrics::register_key_reloads(
+        &mut registry,
+        move || key_changes.changes(),
+        move || key_failures.failures(),
+    );
     let state = AppState {
         config: Arc::new(ArcSwap::from_pointee(settings.config)),
         keys,

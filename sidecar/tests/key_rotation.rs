@@ -1,8 +1,10 @@
 //! The API key: Kubernetes Secret rotation through a `..data` symlink swap picked up
-//! without restart, env fallback, and the no-key behaviour (503 + not ready).
+//! without restart, a bad rotation (previous key kept, counted as a failed reload), env
+//! fallback, and the no-key behaviour (503 + not ready).
 
 #![allow(clippy::unwrap_used, reason = "tests: a failure should panic")]
 
+mod observe;
 mod support;
 
 use std::time::Duration;
@@ -45,6 +47,19 @@ async fn rotated_secret_is_picked_up_without_restart() {
         .expect("the key reload after the ..data swap")
         .unwrap();
 
+    assert_eq!(
+        bearer_seen_after_one_call(&sidecar, &up).await,
+        "Bearer sk-second"
+    );
+    assert_eq!(sidecar.readyz().await, 200);
+
+    // A bad rotation (empty key): counted once on /metrics, the previous key stays.
+    rotate_secret(dir.path(), "2026_c", "");
+    eventually(Duration::from_secs(5), "the failed key reload", || async {
+        let (_, s) = observe::scrape(&sidecar).await;
+        observe::value(&s, "holysheep_key_reloads_total", &[("result", "failure")]) == Some(1.0)
+    })
+    .await;
     assert_eq!(
         bearer_seen_after_one_call(&sidecar, &up).await,
         "Bearer sk-second"

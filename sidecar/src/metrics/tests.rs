@@ -217,11 +217,15 @@ fn reload_rate_limit_and_unparsed_counters() {
     metrics.record_config_reload(ReloadResult::Failure);
     metrics.record_config_reload(ReloadResult::Failure);
     let changes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
-    let read = std::sync::Arc::clone(&changes);
-    Metrics::register_key_reloads(&mut registry, move || {
-        read.load(std::sync::atomic::Ordering::SeqCst)
-    });
+    let failures = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let (read, read_failures) = (changes.clone(), failures.clone());
+    Metrics::register_key_reloads(
+        &mut registry,
+        move || read.load(std::sync::atomic::Ordering::SeqCst),
+        move || read_failures.load(std::sync::atomic::Ordering::SeqCst),
+    );
     changes.store(3, std::sync::atomic::Ordering::SeqCst);
+    failures.store(4, std::sync::atomic::Ordering::SeqCst);
     metrics.record_rate_limited(RateLimitKind::Tokens);
     metrics.record_unparsed(UnparsedKind::SseEvent, 3);
     metrics.record_unparsed(UnparsedKind::JsonBody, 0);
@@ -236,6 +240,11 @@ fn reload_rate_limit_and_unparsed_counters() {
         counter(&s, "holysheep_key_reloads_total", &[("result", "success")]),
         2.0,
         "changes since start, not the first load"
+    );
+    assert_eq!(
+        counter(&s, "holysheep_key_reloads_total", &[("result", "failure")]),
+        4.0,
+        "failures as the key store counts them, a bad file at start included"
     );
     assert_eq!(
         counter(
