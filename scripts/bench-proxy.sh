@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # The proxy benchmark of BENCHMARKS.md, in one command: scripts/bench-proxy.sh
 #
-# Against ONE fake OpenAI upstream (bench/, fake-upstream) it measures, in the same run:
-# direct calls (the physical limit), calls through nginx as a plain keep-alive reverse proxy
-# (the practical floor for one HTTP hop), through mini-proxy ("bare hyper": the sidecar's
-# HTTP stack with none of its own work, to tell the stack's cost from the sidecar's) and
-# through holysheep-sidecar:
+# Against ONE fake OpenAI upstream (bench/, fake-upstream) it measures, in the same run,
+# the targets (BENCH_TARGETS, in this order by default):
+#   direct   calls to the upstream itself (the physical limit);
+#   relay    mini-proxy --current-thread --mode relay: tokio copying bytes to a per-client
+#            upstream connection, no HTTP at all (the floor of tokio's I/O). It does NOT
+#            replace the Authorization header, so it does less than the others;
+#   nginx    nginx as a plain keep-alive reverse proxy (the practical floor for one HTTP hop);
+#   lean     mini-proxy --current-thread --mode affine: hyper's conn::http1 on both sides,
+#            one upstream connection per client connection (the least work hyper can do);
+#   hyper    mini-proxy in its default pooled mode ("bare hyper": the sidecar's HTTP stack
+#            with none of its own work, to tell the stack's cost from the sidecar's);
+#   sidecar  holysheep-sidecar.
+# relay and lean are the floors of the sidecar's prescribed stack (tokio, hyper) on the
+# machine at hand. It measures
 # req/s and p50/p99 at 16 and 64 connections, p50/p99 at a fixed 50 req/s, proxy CPU time
 # per request (utime+stime from /proc; schedstat ns at 50 req/s), streamed time to first
 # byte (ttfb-probe), and RSS idle and after load. Every measurement is repeated BENCH_REPS
@@ -18,8 +27,8 @@
 #
 # Knobs (environment): BENCH_DURATION (s per load run, 5), BENCH_RATE_DURATION (s at
 # 50 req/s, 8), BENCH_REPS (3), BENCH_TTFB_REQUESTS (200), BENCH_TARGETS
-# ("direct nginx hyper sidecar"), BENCH_PIN (1: load generators on CPU 0, servers on CPU 1;
-# 0: no pinning), BENCH_SIDECAR_LOG (RUST_LOG for the sidecar, "warn": nginx runs with
+# ("direct relay nginx lean hyper sidecar"; any subset, the report shows "–" for the
+# others), BENCH_PIN (1: load generators on CPU 0, servers on CPU 1; 0: no pinning), BENCH_SIDECAR_LOG (RUST_LOG for the sidecar, "warn": nginx runs with
 # access_log off, so per-request logging is off on both sides).
 set -euo pipefail
 
@@ -30,7 +39,7 @@ DURATION=${BENCH_DURATION:-5}
 RATE_DURATION=${BENCH_RATE_DURATION:-8}
 REPS=${BENCH_REPS:-3}
 TTFB_REQUESTS=${BENCH_TTFB_REQUESTS:-200}
-TARGETS=${BENCH_TARGETS:-direct nginx hyper sidecar}
+TARGETS=${BENCH_TARGETS:-direct relay nginx lean hyper sidecar}
 PIN=${BENCH_PIN:-1}
 SIDECAR_LOG=${BENCH_SIDECAR_LOG:-warn}
 WARMUP=2
@@ -203,16 +212,36 @@ EOF
   log "nginx on 127.0.0.1:$port (master $NGINX_PID, worker $NGINX_WORKER)"
 }
 
-start_hyper() {
-  local port
+# start_mini NAME LABEL mini-proxy-args...: starts one mini-proxy and sets MINI_PID and
+# MINI_URL. Readiness is a GET /v1/models through it: every mode forwards it to the fake
+# upstream (relay included, as bytes), so an answer proves the whole path is up.
+start_mini() {
+  local name=$1 label=$2 port
+  shift 2
   port=$(free_port)
   "${SERVER[@]}" "$ROOT/target/release/mini-proxy" --listen "127.0.0.1:$port" \
-    --upstream "$UPSTREAM" >"$OUT/mini-proxy.log" 2>&1 &
-  HYPER_PID=$!
-  PIDS+=("$HYPER_PID")
-  HYPER_URL=http://127.0.0.1:$port/v1/chat/completions
-  wait_until 10 curl -fsS "http://127.0.0.1:$port/v1/models" || die "mini-proxy did not start: $(cat "$OUT/mini-proxy.log")"
-  log "mini-proxy (bare hyper) on 127.0.0.1:$port (pid $HYPER_PID)"
+    --upstream "$UPSTREAM" "$@" >"$OUT/mini-proxy-$name.log" 2>&1 &
+  MINI_PID=$!
+  PIDS+=("$MINI_PID")
+  MINI_URL=http://127.0.0.1:$port/v1/chat/completions
+  wait_until 10 curl -fsS "http://127.0.0.1:$port/v1/models" || die "mini-proxy ($name) did not start: $(cat "$OUT/mini-proxy-$name.log")"
+  log "mini-proxy ($label) on 127.0.0.1:$port (pid $MINI_PID)"
+}
+
+start_hyper() {
+  start_mini hyper "bare hyper, pooled"
+  HYPER_PID=$MINI_PID HYPER_URL=$MINI_URL
+}
+
+# No HTTP: the client's Authorization header reaches the upstream unchanged.
+start_relay() {
+  start_mini relay "tokio relay, no HTTP" --current-thread --mode relay
+  RELAY_PID=$MINI_PID RELAY_URL=$MINI_URL
+}
+
+start_lean() {
+  start_mini lean "lean hyper, affine" --current-thread --mode affine
+  LEAN_PID=$MINI_PID LEAN_URL=$MINI_URL
 }
 
 start_sidecar() {
@@ -238,7 +267,9 @@ start_sidecar() {
 url_of() {
   case $1 in
     direct) echo "http://$UPSTREAM/v1/chat/completions" ;;
+    relay) echo "$RELAY_URL" ;;
     nginx) echo "$NGINX_URL" ;;
+    lean) echo "$LEAN_URL" ;;
     hyper) echo "$HYPER_URL" ;;
     sidecar) echo "$SIDECAR_URL" ;;
   esac
@@ -247,7 +278,9 @@ url_of() {
 proxy_pids() {
   case $1 in
     direct) ;;
+    relay) echo "$RELAY_PID" ;;
     nginx) echo "$NGINX_PID $NGINX_WORKER" ;;
+    lean) echo "$LEAN_PID" ;;
     hyper) echo "$HYPER_PID" ;;
     sidecar) echo "$SIDECAR_PID" ;;
   esac
@@ -301,12 +334,16 @@ main() {
   cargo build --release --quiet "${packages[@]}"
 
   start_upstream
+  [[ " $TARGETS " == *" relay "* ]] && start_relay
   [[ " $TARGETS " == *" nginx "* ]] && start_nginx
+  [[ " $TARGETS " == *" lean "* ]] && start_lean
   [[ " $TARGETS " == *" hyper "* ]] && start_hyper
   [[ " $TARGETS " == *" sidecar "* ]] && start_sidecar
 
   # Idle memory: right after start-up and readiness, before any proxied request.
+  [[ -n ${RELAY_PID:-} ]] && echo "relay idle 1 $(mem_kib "$RELAY_PID")" >>"$OUT/rss.tsv"
   [[ -n ${NGINX_PID:-} ]] && echo "nginx idle 1 $(mem_kib "$NGINX_PID" "$NGINX_WORKER")" >>"$OUT/rss.tsv"
+  [[ -n ${LEAN_PID:-} ]] && echo "lean idle 1 $(mem_kib "$LEAN_PID")" >>"$OUT/rss.tsv"
   [[ -n ${HYPER_PID:-} ]] && echo "hyper idle 1 $(mem_kib "$HYPER_PID")" >>"$OUT/rss.tsv"
   [[ -n ${SIDECAR_PID:-} ]] && echo "sidecar idle 1 $(mem_kib "$SIDECAR_PID")" >>"$OUT/rss.tsv"
 

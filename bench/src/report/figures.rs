@@ -6,22 +6,57 @@
 use super::load::{LoadRun, RunData};
 use crate::stats::median;
 
-/// Targets in the order they are shown: the upstream called directly, nginx, `mini-proxy`
-/// (bare hyper, the sidecar's HTTP stack without its own work) and the sidecar.
-pub const TARGETS: [&str; 4] = ["direct", "nginx", "hyper", "sidecar"];
+/// Targets in the order they are shown: the upstream called directly, `relay` (mini-proxy
+/// `--mode relay`: tokio copying bytes, no HTTP, the floor of tokio's I/O), nginx, `lean`
+/// (mini-proxy `--mode affine`: the least work hyper can do per request), `hyper`
+/// (mini-proxy's default pooled mode: bare hyper, the sidecar's HTTP stack without its own
+/// work) and the sidecar. The mini-proxy targets run on a current-thread runtime except
+/// `hyper`, as the script starts them.
+pub const TARGETS: [&str; 6] = ["direct", "relay", "nginx", "lean", "hyper", "sidecar"];
 
 /// Index of each target in a [`Row`].
 pub const DIRECT: usize = 0;
 /// See [`DIRECT`].
-pub const NGINX: usize = 1;
+pub const RELAY: usize = 1;
 /// See [`DIRECT`].
-pub const HYPER: usize = 2;
+pub const NGINX: usize = 2;
 /// See [`DIRECT`].
-pub const SIDECAR: usize = 3;
+pub const LEAN: usize = 3;
+/// See [`DIRECT`].
+pub const HYPER: usize = 4;
+/// See [`DIRECT`].
+pub const SIDECAR: usize = 5;
+
+/// Byte-wise string equality usable in a const context.
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+// Each index names its target: reordering TARGETS without the indexes fails to compile
+// instead of putting one target's figures under another's column.
+const _: () = assert!(
+    same(TARGETS[DIRECT], "direct")
+        && same(TARGETS[RELAY], "relay")
+        && same(TARGETS[NGINX], "nginx")
+        && same(TARGETS[LEAN], "lean")
+        && same(TARGETS[HYPER], "hyper")
+        && same(TARGETS[SIDECAR], "sidecar")
+);
 
 /// A figure per target, `None` where the run has no data (or the figure has no meaning,
 /// like the proxy CPU of a direct call).
-pub type Row = [Option<f64>; 4];
+pub type Row = [Option<f64>; TARGETS.len()];
 
 impl RunData {
     pub(super) fn reps(&self) -> Vec<u32> {

@@ -9,7 +9,7 @@ pub mod load;
 
 use std::fmt::Write as _;
 
-use figures::{DIRECT, HYPER, NGINX, Row, SIDECAR};
+use figures::{DIRECT, NGINX, Row, SIDECAR};
 pub use load::{RunData, load};
 
 fn cell(value: Option<f64>, decimals: usize) -> String {
@@ -23,17 +23,18 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
+/// One table line: a cell per target in [`figures::TARGETS`] order, then the two ratios.
 fn row(out: &mut String, name: &str, values: Row, decimals: usize) {
     let (direct, nginx, sidecar) = (values[DIRECT], values[NGINX], values[SIDECAR]);
+    let _ = write!(out, "| {name} |");
+    for value in values {
+        let _ = write!(out, " {} |", cell(value, decimals));
+    }
     let _ = writeln!(
         out,
-        "| {name} | {} | {} | {} | {} | {} | {} |",
-        cell(direct, decimals),
-        cell(nginx, decimals),
-        cell(values[HYPER], decimals),
-        cell(sidecar, decimals),
+        " {} | {} |",
         ratio(sidecar, nginx),
-        ratio(sidecar, direct),
+        ratio(sidecar, direct)
     );
 }
 
@@ -69,9 +70,13 @@ pub fn render(data: &RunData) -> String {
     );
     let _ = writeln!(
         out,
-        "| figure | direct | nginx | bare hyper | sidecar | sidecar ÷ nginx | sidecar ÷ direct |"
+        "| figure | direct | tokio relay (no HTTP) | nginx | lean hyper | bare hyper | sidecar \
+         | sidecar ÷ nginx | sidecar ÷ direct |"
     );
-    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        out,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for (scenario, conns) in [("c16", 16), ("c64", 64)] {
         row(
             &mut out,
@@ -145,6 +150,17 @@ pub fn render(data: &RunData) -> String {
         1,
     );
 
+    let _ = writeln!(
+        out,
+        "\n\"tokio relay\" and \"lean hyper\" are the floors of the sidecar's stack, both \
+         mini-proxy on a current-thread runtime: what tokio alone (`--mode relay`: bytes \
+         copied to a per-client upstream connection, no HTTP parsing, the Authorization \
+         header NOT replaced) and hyper alone (`--mode affine`: hyper's conn::http1 on both \
+         sides, one upstream connection per client connection) cost per request. \"bare \
+         hyper\" is mini-proxy's default pooled mode (hyper-util's pooled client, \
+         multi-thread runtime). \"–\": not measured in this run."
+    );
+
     let cpu16 = data.cpu_per_request("c16", false);
     let cpu64 = data.cpu_per_request("c64", false);
     let (nginx_cpu16, sidecar_cpu16) = (cpu16[NGINX], cpu16[SIDECAR]);
@@ -206,6 +222,7 @@ pub fn render(data: &RunData) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::figures::{HYPER, LEAN, RELAY, TARGETS};
     use super::load::LoadRun;
     use super::*;
 
@@ -269,6 +286,8 @@ mod tests {
         assert!((cpu[NGINX].unwrap() - 30.0).abs() < 1e-9);
         assert!((cpu[SIDECAR].unwrap() - 20.0).abs() < 1e-9);
         assert_eq!(cpu[HYPER], None);
+        assert_eq!(cpu[RELAY], None);
+        assert_eq!(cpu[LEAN], None);
         let added = data.added_p50_fixed_rate();
         assert_eq!(added[0], None);
         assert!((added[NGINX].unwrap() - 130.0).abs() < 1e-6);
@@ -296,7 +315,78 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("| req/s, 16 connections | 10000 | 10000 | – | 10000 | 1.00× | 1.00× |"),
+            text.contains(
+                "| req/s, 16 connections | 10000 | – | 10000 | – | – | 10000 | 1.00× | 1.00× |"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_line_has_a_cell_per_target_and_two_ratios() {
+        let text = render(&sample());
+        let header = text.lines().find(|l| l.starts_with("| figure |")).unwrap();
+        let table: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("| figure |"))
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        // figure, a column per target, two ratios: the leading "|" makes one empty field more.
+        let cells = 1 + TARGETS.len() + 2;
+        assert!(table.len() > 20, "{text}");
+        for line in table {
+            assert_eq!(line.split(" |").count(), cells + 1, "{line}");
+        }
+        assert!(
+            header.contains(
+                "| direct | tokio relay (no HTTP) | nginx | lean hyper | bare hyper | sidecar |"
+            ),
+            "{header}"
+        );
+    }
+
+    #[test]
+    fn relay_and_lean_columns_carry_their_own_figures() {
+        let mut data = sample();
+        // Distinct figures per target, so a value in the wrong column cannot pass.
+        for (t, rps, ticks, ttfb, idle_kib) in [
+            ("relay", 31_000.0, 40, 95.0, 1536),
+            ("lean", 17_000.0, 60, 130.0, 2560),
+            ("hyper", 12_000.0, 80, 160.0, 3584),
+        ] {
+            for rep in 1..=3u32 {
+                data.load
+                    .insert((t.into(), "c16".into(), rep), run(rps, 1e-3, 50_000));
+                data.cpu.insert((t.into(), "c16".into(), rep), (ticks, 200));
+                data.ttfb
+                    .insert((t.into(), "stream".into(), rep), (ttfb, ttfb * 2.0));
+            }
+            data.rss
+                .insert((t.into(), "idle".into(), 1), (idle_kib, idle_kib));
+        }
+        let cpu = data.cpu_per_request("c16", false);
+        // 50 000 requests: 40 ticks = 0.4 s = 8 µs each, 60 ticks = 12 µs each.
+        assert!((cpu[RELAY].unwrap() - 8.0).abs() < 1e-9);
+        assert!((cpu[LEAN].unwrap() - 12.0).abs() < 1e-9);
+        assert!((cpu[HYPER].unwrap() - 16.0).abs() < 1e-9);
+        let text = render(&data);
+        for expected in [
+            "| req/s, 16 connections | 10000 | 31000 | 10000 | 17000 | 12000 | 10000 | 1.00× | 1.00× |",
+            "| proxy CPU µs/request, 16 conn. | – | 8.0 | 30.0 | 12.0 | 16.0 | 20.0 | 0.67× | – |",
+            "| added TTFB p50 µs (vs direct) | – | 15 | 120 | 50 | 80 | 620 | 5.17× | – |",
+            "| RSS idle MiB | – | 1.5 | 22.0 | 2.5 | 3.5 | 6.0 | 0.27× | – |",
+        ] {
+            assert!(text.contains(expected), "missing {expected}\n{text}");
+        }
+        // The verdicts stay about the sidecar against nginx, whatever the floors show.
+        assert!(
+            text.contains(
+                "sidecar 20.0 / 20.0 µs vs nginx 30.0 / 30.0 µs (16 / 64 conn.) | **met** |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"tokio relay\" and \"lean hyper\""),
             "{text}"
         );
     }
