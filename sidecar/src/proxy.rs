@@ -51,7 +51,9 @@ const ROUTE_PREFIX: &str = "/v1";
 /// Handles one proxied request; never fails: errors become OpenAI-shaped responses.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ResponseBody> {
     let mut meter = RequestMeter::start(&state.metrics, req.uri().path(), req.headers());
-    let resp = match forward(&state, req, &mut meter).await {
+    // One config for the whole request: a reload mid-request cannot mix two.
+    let config = state.config.load_full();
+    let resp = match forward(&state, &config, req, &mut meter).await {
         Ok(resp) => resp,
         Err(err) => {
             // The one place a failed request is logged (no key, no body, no query).
@@ -66,17 +68,15 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Re
         }
     };
     // Metrics and the request log line are written when the body ends.
-    meter
-        .finish(resp, state.config.load_full())
-        .map(BodyExt::boxed_unsync)
+    meter.finish(resp, config).map(BodyExt::boxed_unsync)
 }
 
 async fn forward(
     state: &AppState,
+    config: &Config,
     req: Request<Incoming>,
     meter: &mut RequestMeter,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let config = state.config.load_full();
     let (parts, body) = req.into_parts();
     let uri = route(&state.upstream, &parts.uri)?;
     let key = state.keys.current().ok_or(ProxyError::NoKey)?;
@@ -85,13 +85,13 @@ async fn forward(
         return upgrade::tunnel(&state.upstream, parts, body, uri, &key, timeout).await;
     }
     let body = bound_body(&parts.headers, body, config.limits.max_body_bytes).await?;
-    let (body, model, requested) = remap_model(body, &config);
+    let (body, model, requested) = remap_model(body, config);
     meter.set_models(
         requested.as_deref(),
         model.as_ref().map(|m| m.name.as_str()),
     );
     let (body, model) = ask_for_usage(body, model, meter);
-    let tokens = state.resilience.admit(&config, &body)?;
+    let tokens = state.resilience.admit(config, &body)?;
     // Tokens over the estimate are charged once the response reported its usage.
     meter.on_tokens(move |used| tokens.settle(used));
     let outgoing = Outgoing {
@@ -102,7 +102,7 @@ async fn forward(
     };
     let answer = send(
         state,
-        &config,
+        config,
         outgoing,
         model.as_ref(),
         requested.as_deref(),

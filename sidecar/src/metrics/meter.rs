@@ -177,14 +177,8 @@ impl RequestMeter {
         }
         RequestLog {
             request_id: &self.request_id,
-            route: self.route,
-            requested_model: rec.requested_model,
-            upstream_model: rec.upstream_model,
-            response_model: rec.response_model,
-            status,
+            request: rec,
             attempts: self.attempts,
-            latency: rec.duration,
-            ttfb: rec.ttfb,
             input_tokens: report.usage.map(|u| u.input_tokens),
             output_tokens: report.usage.map(|u| u.output_tokens),
             cost_usd: cost,
