@@ -8,10 +8,7 @@
 mod observe;
 mod support;
 
-use async_openai::types::chat::{
-    ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequest,
-    CreateChatCompletionRequestArgs,
-};
+use async_openai::types::chat::CreateChatCompletionRequest;
 use async_openai::types::embeddings::CreateEmbeddingRequestArgs;
 use futures_util::StreamExt;
 use observe::{
@@ -32,15 +29,7 @@ const SECRET_PROMPT: &str = "my card number is 4111-1111-1111-1111, zebra-unicor
 const SECRET_MARKER: &str = "zebra-unicorn-secret";
 
 fn chat(model: &str) -> CreateChatCompletionRequest {
-    let msg = ChatCompletionRequestUserMessageArgs::default()
-        .content(SECRET_PROMPT)
-        .build()
-        .unwrap();
-    CreateChatCompletionRequestArgs::default()
-        .model(model)
-        .messages([msg.into()])
-        .build()
-        .unwrap()
+    support::chat_request(model, SECRET_PROMPT)
 }
 
 #[tokio::test]

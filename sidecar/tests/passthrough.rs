@@ -8,28 +8,18 @@ mod support;
 
 use std::time::Duration;
 
-use async_openai::types::chat::{
-    ChatCompletionRequestUserMessageArgs, ChatCompletionStreamOptions, CreateChatCompletionRequest,
-    CreateChatCompletionRequestArgs,
-};
+use async_openai::types::chat::{ChatCompletionStreamOptions, CreateChatCompletionRequest};
 use async_openai::types::embeddings::CreateEmbeddingRequestArgs;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use support::upstream::{FakeUpstream, Reply};
 use support::{
-    PLACEHOLDER_KEY, Sidecar, TEST_KEY, closed_port, fixture, http_client, sdk_error, settings,
+    PLACEHOLDER_KEY, Sidecar, TEST_KEY, chat_request, closed_port, fixture, http_client,
+    read_chat_stream, sdk_error, settings,
 };
 
 fn chat(model: &str) -> CreateChatCompletionRequest {
-    let msg = ChatCompletionRequestUserMessageArgs::default()
-        .content("Say hello")
-        .build()
-        .unwrap();
-    CreateChatCompletionRequestArgs::default()
-        .model(model)
-        .messages([msg.into()])
-        .build()
-        .unwrap()
+    chat_request(model, "Say hello")
 }
 
 /// Asks for the usage chunk, which the scripted stream fixtures end with (a client that
@@ -160,14 +150,7 @@ async fn streamed_chat_first_chunk_arrives_before_upstream_finishes() {
         .unwrap();
     drop(tx);
     let mut text = String::from("Hel");
-    let mut usage = None;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.unwrap();
-        for choice in &chunk.choices {
-            text.push_str(choice.delta.content.as_deref().unwrap_or(""));
-        }
-        usage = chunk.usage.or(usage);
-    }
+    let usage = read_chat_stream(&mut stream, &mut text).await;
     assert_eq!(text, "Hello!");
     assert_eq!(usage.unwrap().completion_tokens, 2);
     let seen = up.only();
@@ -314,16 +297,7 @@ async fn oversized_bodies_get_413_and_never_reach_upstream() {
     let sidecar = Sidecar::start_with(s).await;
 
     // JSON with Content-Length: refused up front, OpenAI-shaped for the SDK.
-    let big = "x".repeat(2000);
-    let msg = ChatCompletionRequestUserMessageArgs::default()
-        .content(big.as_str())
-        .build()
-        .unwrap();
-    let req = CreateChatCompletionRequestArgs::default()
-        .model("gpt-4.1")
-        .messages([msg.into()])
-        .build()
-        .unwrap();
+    let req = chat_request("gpt-4.1", &"x".repeat(2000));
     let err = sidecar.openai().chat().create(req).await.unwrap_err();
     let (status, error) = sdk_error(&err);
     assert_eq!(status, 413, "{err}");

@@ -84,15 +84,7 @@ async fn two_503_then_200_is_one_success_for_the_client() {
     let sidecar = sidecar(&up.url(), FAST_RETRY).await;
 
     // The real SDK sees a single, successful call.
-    let msg = async_openai::types::chat::ChatCompletionRequestUserMessageArgs::default()
-        .content("hi")
-        .build()
-        .unwrap();
-    let request = async_openai::types::chat::CreateChatCompletionRequestArgs::default()
-        .model("gpt-4.1")
-        .messages([msg.into()])
-        .build()
-        .unwrap();
+    let request = support::chat_request("gpt-4.1", "hi");
     let resp = sidecar.openai().chat().create(request).await.unwrap();
     let answered = Instant::now();
 

@@ -7,17 +7,14 @@
 mod observe;
 mod support;
 
-use async_openai::types::chat::{
-    ChatCompletionRequestUserMessageArgs, ChatCompletionStreamOptions,
-    CreateChatCompletionRequestArgs,
-};
+use async_openai::types::chat::ChatCompletionStreamOptions;
 use futures_util::StreamExt;
 use observe::{
     STREAM_COMPLETION_TOKENS, STREAM_PROMPT_TOKENS, chat_sse, openai_like, sse_reply, value,
     wait_for_requests,
 };
 use support::upstream::FakeUpstream;
-use support::{Sidecar, TEST_KEY, http_client};
+use support::{Sidecar, TEST_KEY, chat_request, http_client, read_chat_stream};
 
 const GPT41_PRICE: f64 = 8.0;
 
@@ -106,29 +103,14 @@ async fn client_that_asked_for_usage_gets_everything() {
     assert_eq!(String::from_utf8(body).unwrap(), chat_sse(true));
 
     // The same through the real SDK: the last chunk carries the usage.
-    let msg = ChatCompletionRequestUserMessageArgs::default()
-        .content("hi")
-        .build()
-        .unwrap();
-    let req = CreateChatCompletionRequestArgs::default()
-        .model("gpt-4")
-        .messages([msg.into()])
-        .stream_options(ChatCompletionStreamOptions {
-            include_usage: Some(true),
-            include_obfuscation: None,
-        })
-        .build()
-        .unwrap();
+    let mut req = chat_request("gpt-4", "hi");
+    req.stream_options = Some(ChatCompletionStreamOptions {
+        include_usage: Some(true),
+        include_obfuscation: None,
+    });
     let mut stream = sidecar.openai().chat().create_stream(req).await.unwrap();
     let mut text = String::new();
-    let mut usage = None;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.unwrap();
-        for choice in &chunk.choices {
-            text.push_str(choice.delta.content.as_deref().unwrap_or(""));
-        }
-        usage = chunk.usage.or(usage);
-    }
+    let usage = read_chat_stream(&mut stream, &mut text).await;
     assert_eq!(text, "Hello, \"usage\": {} is just text!");
     let usage = usage.expect("the usage chunk reached the client");
     assert_eq!(u64::from(usage.prompt_tokens), STREAM_PROMPT_TOKENS);
@@ -146,15 +128,7 @@ async fn client_that_asked_for_usage_gets_everything() {
 async fn sdk_stream_without_usage_still_parses_and_is_counted() {
     let up = FakeUpstream::start(openai_like).await;
     let sidecar = Sidecar::start(&up.url()).await;
-    let msg = ChatCompletionRequestUserMessageArgs::default()
-        .content("hi")
-        .build()
-        .unwrap();
-    let req = CreateChatCompletionRequestArgs::default()
-        .model("gpt-4")
-        .messages([msg.into()])
-        .build()
-        .unwrap();
+    let req = chat_request("gpt-4", "hi");
     let mut stream = sidecar.openai().chat().create_stream(req).await.unwrap();
     let mut chunks = 0;
     while let Some(chunk) = stream.next().await {

@@ -22,6 +22,11 @@ use std::time::Duration;
 
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
+use async_openai::types::chat::{
+    ChatCompletionRequestUserMessageArgs, ChatCompletionResponseStream, CompletionUsage,
+    CreateChatCompletionRequest, CreateChatCompletionRequestArgs,
+};
+use futures_util::StreamExt;
 use holysheep_sidecar::config::Config;
 use holysheep_sidecar::keys::{KeySource, KeyStore};
 use holysheep_sidecar::proxy::AppState;
@@ -34,6 +39,36 @@ use tokio::sync::oneshot;
 pub const TEST_KEY: &str = "sk-holysheep-test-key";
 /// The placeholder the webhook gives apps.
 pub const PLACEHOLDER_KEY: &str = "injected-by-holysheep";
+
+/// A chat request for the real SDK: one user message `content` to `model`.
+pub fn chat_request(model: &str, content: &str) -> CreateChatCompletionRequest {
+    let msg = ChatCompletionRequestUserMessageArgs::default()
+        .content(content)
+        .build()
+        .unwrap();
+    CreateChatCompletionRequestArgs::default()
+        .model(model)
+        .messages([msg.into()])
+        .build()
+        .unwrap()
+}
+
+/// Reads an SDK chat stream to its end, appending the deltas to `text`; returns the
+/// usage of the last chunk that carried one.
+pub async fn read_chat_stream(
+    stream: &mut ChatCompletionResponseStream,
+    text: &mut String,
+) -> Option<CompletionUsage> {
+    let mut usage = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        for choice in &chunk.choices {
+            text.push_str(choice.delta.content.as_deref().unwrap_or(""));
+        }
+        usage = chunk.usage.or(usage);
+    }
+    usage
+}
 
 /// Reads a fixture from `tests/fixtures/`.
 pub fn fixture(name: &str) -> String {
