@@ -9,6 +9,7 @@
 
 pub mod payloads;
 pub mod report;
+pub mod soak;
 pub mod stats;
 pub mod ttfb;
 pub mod upstream;

@@ -1,0 +1,103 @@
+//! Child processes of the soak run and what `/proc` says about them.
+//!
+//! A [`Child`] is killed when dropped, so an aborted run leaves nothing behind.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::Context;
+
+/// A spawned binary, killed on drop; its stderr goes to a log file.
+#[derive(Debug)]
+pub struct Child {
+    inner: std::process::Child,
+}
+
+impl Child {
+    /// Starts `program` with `args` and `env`, stdout and stderr appended to `log`.
+    pub fn spawn(
+        program: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        let inner = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        Ok(Self { inner })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.inner.id()
+    }
+
+    /// Whether it has exited (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.inner.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.inner.kill();
+        let _ = self.inner.wait();
+    }
+}
+
+/// One reading of a process.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sample {
+    /// Resident set size, KiB (VmRSS).
+    pub rss_kib: u64,
+    /// Peak resident set size so far, KiB (VmHWM).
+    pub hwm_kib: u64,
+    /// User plus system CPU time, clock ticks (normally 1/100 s).
+    pub cpu_ticks: u64,
+    /// Open file descriptors (sockets, files, the watcher's inotify).
+    pub fds: u64,
+}
+
+/// Reads `/proc/<pid>`; `None` once the process is gone.
+pub fn sample(pid: u32) -> Option<Sample> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the `)` that closes the command name: utime and stime are the 12th and
+    // 13th of them (fields 14 and 15 of proc(5)).
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
+    Some(Sample {
+        rss_kib: field("VmRSS:"),
+        hwm_kib: field("VmHWM:"),
+        cpu_ticks: ticks(11) + ticks(12),
+        fds,
+    })
+}
