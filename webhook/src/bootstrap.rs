@@ -30,9 +30,9 @@ use time::OffsetDateTime;
 pub use ca_bundle::CaBundleStatus;
 pub use secret::SecretAction;
 
-/// Name of the Secret shared by all replicas (DESIGN.md).
+/// Name of the Secret shared by all replicas.
 pub const DEFAULT_SECRET_NAME: &str = "holysheep-webhook-tls";
-/// Name of the MutatingWebhookConfiguration whose caBundle is kept in sync (DESIGN.md).
+/// Name of the MutatingWebhookConfiguration whose caBundle is kept in sync.
 pub const DEFAULT_WEBHOOK_CONFIG_NAME: &str = "holysheep-sidecar-injector";
 /// Name of the webhook's Service; the serving certificate is for `<service>.<ns>.svc`.
 pub const DEFAULT_SERVICE_NAME: &str = "holysheep-webhook";
@@ -68,7 +68,7 @@ pub struct BootstrapOptions {
 }
 
 impl BootstrapOptions {
-    /// Options with the DESIGN.md names and the `holysheep-certs` default lifetimes.
+    /// Options with the documented names and the `holysheep-certs` default lifetimes.
     pub fn new(namespace: impl Into<String>, cert_dir: impl Into<PathBuf>) -> Self {
         Self {
             namespace: namespace.into(),

@@ -1,5 +1,5 @@
 //! Command-line interface of `holysheep-webhook`: clap derive structs only, flags as in
-//! DESIGN.md, each with an environment twin where a Deployment would set it.
+//! the README, each with an environment twin where a Deployment would set it.
 //!
 //! What it does not do: validate values beyond their type (the sidecar defaults are
 //! validated by `SettingsArgs::into_settings`) or run anything (`main` dispatches).

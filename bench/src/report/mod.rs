@@ -1,6 +1,6 @@
 //! Turns one benchmark run (see `load` for the files) into the Markdown tables of
 //! BENCHMARKS.md: medians of the repetitions, ratios against nginx and direct from the same
-//! run, and each target of the proxy issue marked met or not met.
+//! run, and each target of the proxy marked met or not met.
 //!
 //! The figures themselves are computed in `figures`. This module judges only what the figures say; the notes on why belong in BENCHMARKS.md.
 
@@ -179,7 +179,7 @@ pub fn render(data: &RunData) -> String {
     let _ = writeln!(out, "| --- | --- | --- |");
     let _ = writeln!(
         out,
-        "| CPU per request at or below nginx's (issue 2) | sidecar {} / {} µs vs nginx {} / {} µs (16 / 64 conn.) | {} |",
+        "| CPU per request at or below nginx's | sidecar {} / {} µs vs nginx {} / {} µs (16 / 64 conn.) | {} |",
         cell(sidecar_cpu16, 1),
         cell(sidecar_cpu64, 1),
         cell(nginx_cpu16, 1),
@@ -188,27 +188,27 @@ pub fn render(data: &RunData) -> String {
     );
     let _ = writeln!(
         out,
-        "| added p50 at 50 req/s at or below nginx's (issue 2) | sidecar {} µs vs nginx {} µs | {} |",
+        "| added p50 at 50 req/s at or below nginx's | sidecar {} µs vs nginx {} µs | {} |",
         cell(sidecar_added, 0),
         cell(nginx_added, 0),
         verdict(added_ok)
     );
     let _ = writeln!(
         out,
-        "| streamed TTFB within 0.5 ms of direct (issue 2) | sidecar +{} µs | {} |",
+        "| streamed TTFB within 0.5 ms of direct | sidecar +{} µs | {} |",
         cell(ttfb_added[SIDECAR], 0),
         verdict(ttfb_ok)
     );
     let _ = writeln!(
         out,
-        "| idle RSS under 10 MiB (issue 2) | sidecar {} MiB (nginx {} MiB) | {} |",
+        "| idle RSS under 10 MiB | sidecar {} MiB (nginx {} MiB) | {} |",
         cell(idle[SIDECAR], 1),
         cell(idle[NGINX], 1),
         verdict(rss_ok)
     );
     let _ = writeln!(
         out,
-        "| added p50 under 100 µs with metrics on (issue 5) | sidecar {} µs, metrics {} | {} |",
+        "| added p50 under 100 µs with metrics on | sidecar {} µs, metrics {} | {} |",
         cell(sidecar_added, 0),
         meta("sidecar_metrics"),
         if meta("sidecar_metrics") == "on" {
@@ -304,7 +304,7 @@ mod tests {
     fn verdicts_follow_the_figures() {
         let text = render(&sample());
         // CPU, added p50, RSS and the metrics target are met; TTFB (+620 µs) is not.
-        assert!(text.contains("| CPU per request at or below nginx's (issue 2) | sidecar 20.0 / 20.0 µs vs nginx 30.0 / 30.0 µs (16 / 64 conn.) | **met** |"), "{text}");
+        assert!(text.contains("| CPU per request at or below nginx's | sidecar 20.0 / 20.0 µs vs nginx 30.0 / 30.0 µs (16 / 64 conn.) | **met** |"), "{text}");
         assert!(text.contains("sidecar +620 µs | **not met** |"), "{text}");
         assert!(
             text.contains("sidecar 6.0 MiB (nginx 22.0 MiB) | **met** |"),

@@ -8,7 +8,7 @@
 //! its response headers arrive; a checkout takes the first one hyper reports ready (its
 //! previous exchange finished), drops closed ones, and connects when none is ready.
 //! Measured on loopback: less proxy CPU and lower added latency per request (see
-//! /work/coord/P-results.md).
+//! BENCHMARKS.md).
 //!
 //! What it does not do: TLS, HTTP/2, protocol upgrades or streamed request bodies: those
 //! keep the hyper-util client (`upstream.rs` decides). A request that hyper hands back
