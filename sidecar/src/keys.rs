@@ -1,11 +1,13 @@
 //! The HolySheep API key: loaded from the key file (or env), re-read on change, redacted.
 //!
 //! What it does: reads `--api-key-file` (trimmed); when the file is absent at start, uses
-//! `HOLYSHEEP_API_KEY`. It watches the file's DIRECTORY with `notify`, because Kubernetes
-//! Secret volumes swap a `..data` symlink atomically (the `api-key` path itself never
-//! changes), and re-reads on any event in it, plus a cheap periodic re-check as a safety
-//! net for missed events. The key is held as a [`SecretString`] next to its precomputed,
-//! sensitive-marked `Authorization` header, so the hot path only clones a refcount.
+//! `HOLYSHEEP_API_KEY`. It watches the file's DIRECTORY (a [`DirWatch`]), because
+//! Kubernetes Secret volumes swap a `..data` symlink atomically (the `api-key` path
+//! itself never changes), and re-reads on events that can change content, plus a cheap
+//! periodic re-check as a safety net for missed events. It never wakes on its own reads:
+//! an idle sidecar costs one timer wake-up per re-check, whatever the layout. The key is
+//! held as a [`SecretString`] next to its precomputed, sensitive-marked `Authorization`
+//! header, so the hot path only clones a refcount.
 //!
 //! What it does not do: log, print or expose the key (Debug is redacted). Readiness is
 //! "a key is loaded"; once loaded, a key is only replaced by another valid key: a file
@@ -16,17 +18,21 @@
 //! file that exists but is empty, holds characters not allowed in a header, or cannot be
 //! read. A missing file is not a failure (the env fallback or "no key yet" applies, and
 //! the kubelet's swap can make it briefly absent). The count is edge-triggered: a file
-//! that stays bad is counted once, not at every re-check or watch event.
+//! that stays bad is counted once, not at every re-check or watch event. The warning is
+//! logged once per distinct refusal (new bad content or a new read error), so a file that
+//! stays bad is not logged again at every re-check either.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
-use notify::Watcher;
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::reload::{DirWatch, ReloadOptions, SETTLE};
 
 /// How often the key file is re-checked even without a watch event.
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(10);
@@ -107,6 +113,11 @@ pub struct KeyStore {
     failures: AtomicU64,
     /// Whether the last read of an existing key file failed; a good key clears it.
     last_failed: AtomicBool,
+    /// Digest of the refusal last logged (kind and content, or read error), so a file
+    /// that stays bad is logged once; any other read outcome clears it.
+    last_logged: Mutex<Option<u64>>,
+    /// Keys the digest per process: the digest covers bad key material.
+    digest: RandomState,
 }
 
 impl KeyStore {
@@ -119,6 +130,8 @@ impl KeyStore {
             changes: tokio::sync::watch::Sender::new(0),
             failures: AtomicU64::new(0),
             last_failed: AtomicBool::new(false),
+            last_logged: Mutex::new(None),
+            digest: RandomState::new(),
         });
         store.reload();
         if store.current().is_none() {
@@ -167,19 +180,27 @@ impl KeyStore {
     /// Re-reads the source; swaps in a new valid key, keeps the old one otherwise.
     /// Returns whether the key changed.
     pub fn reload(&self) -> bool {
-        let (key, origin) = match read_source(&self.source) {
+        let (key, origin) = match read_source(&self.source, &self.digest) {
             Read::Key(key, origin) => (key, origin),
-            Read::Nothing => return false,
-            Read::BadFile => {
+            Read::Nothing => {
+                self.remember_logged(None);
+                return false;
+            }
+            Read::Refused(error, digest) => {
                 // Only the first failure of a streak counts: the periodic re-check and
                 // every watch event re-read a file that stays bad.
                 if !self.last_failed.swap(true, Ordering::Relaxed) {
                     self.failures.fetch_add(1, Ordering::Relaxed);
                 }
+                // Logged once per distinct refusal, for the same reason.
+                if self.remember_logged(Some(digest)) != Some(digest) {
+                    tracing::warn!(%error, key_in_force = self.is_loaded(), "key file refused");
+                }
                 return false;
             }
         };
         self.last_failed.store(false, Ordering::Relaxed);
+        self.remember_logged(None);
         let unchanged = self
             .current
             .load()
@@ -194,29 +215,31 @@ impl KeyStore {
         true
     }
 
-    /// Watches the key file's directory and re-reads on events and every
-    /// `recheck` (normally [`RECHECK_INTERVAL`]). Runs until the returned handle is aborted.
+    /// Stores the digest of the refusal just logged (or `None`); returns the previous one.
+    fn remember_logged(&self, digest: Option<u64>) -> Option<u64> {
+        // A panic elsewhere while holding this lock cannot leave the Option torn.
+        let mut last = self
+            .last_logged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *last, digest)
+    }
+
+    /// Watches the key file's directory and re-reads on content events (after a short
+    /// settle, so a truncate-then-write is read once, whole) and every `recheck`
+    /// (normally [`RECHECK_INTERVAL`]). Runs until the returned handle is aborted.
     pub fn spawn_watcher(self: &Arc<Self>, recheck: Duration) -> tokio::task::JoinHandle<()> {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let watcher = watch_dir(&self.source.file, tx);
+        let options = ReloadOptions {
+            poll_interval: recheck,
+            settle: SETTLE,
+        };
+        let mut watch = DirWatch::start(&self.source.file, "key", options);
         let store = Arc::clone(self);
         tokio::spawn(async move {
-            // Keep the watcher alive as long as the task runs.
-            let _watcher = watcher;
-            let mut tick = tokio::time::interval(recheck);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Covers a change between the first load and the start of the watch.
+            store.reload();
             loop {
-                tokio::select! {
-                    event = rx.recv() => if event.is_none() { break },
-                    _ = tick.tick() => {}
-                }
-                // Coalesce a burst of events (a symlink swap makes several) into one read.
-                while rx.try_recv().is_ok() {}
-                store.reload();
-            }
-            // Watcher gone (dir unwatchable): keep the periodic safety net alone.
-            loop {
-                tick.tick().await;
+                watch.changed().await;
                 store.reload();
             }
         })
@@ -229,22 +252,62 @@ enum Read {
     Key(ApiKey, Origin),
     /// No key file and no usable env key: not a failure (nothing was provided).
     Nothing,
-    /// The key file exists but is empty, invalid as a header value, or unreadable.
-    BadFile,
+    /// The key file exists but is unusable; with a digest of what was refused.
+    Refused(KeyFileError, u64),
 }
 
-fn read_source(source: &KeySource) -> Read {
-    match std::fs::read_to_string(&source.file) {
-        Ok(text) => match ApiKey::new(&text) {
-            Some(key) => Read::Key(key, Origin::File),
-            None => {
-                tracing::warn!(
-                    file = %source.file.display(),
-                    "key file is empty or holds characters not allowed in an HTTP header; ignored"
-                );
-                Read::BadFile
+/// Why an existing key file was refused. No variant carries the file's content.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// The file holds nothing but whitespace.
+    #[error(
+        "key file {path} (--api-key-file) is empty; write the API key into it, or remove it \
+         to use HOLYSHEEP_API_KEY"
+    )]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The trimmed content is not a valid HTTP header value.
+    #[error(
+        "key file {path} (--api-key-file) holds characters not allowed in an HTTP header \
+         (control characters, non-ASCII text or inner line breaks); write the bare key on one line"
+    )]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file exists but could not be read.
+    #[error(
+        "failed to read key file {path} (--api-key-file): {source}; make it a regular file \
+         readable by the sidecar's user"
+    )]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The I/O cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn read_source(source: &KeySource, digest: &RandomState) -> Read {
+    let path = || source.file.clone();
+    let mut hasher = digest.build_hasher();
+    match std::fs::read(&source.file) {
+        Ok(bytes) => {
+            let text = std::str::from_utf8(&bytes).ok();
+            if let Some(key) = text.and_then(ApiKey::new) {
+                return Read::Key(key, Origin::File);
             }
-        },
+            let error = if text.is_some_and(|t| t.trim().is_empty()) {
+                KeyFileError::Empty { path: path() }
+            } else {
+                KeyFileError::Invalid { path: path() }
+            };
+            bytes.hash(&mut hasher);
+            Read::Refused(error, hasher.finish())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             match source
                 .env_key
@@ -256,222 +319,19 @@ fn read_source(source: &KeySource) -> Read {
             }
         }
         Err(e) => {
-            tracing::warn!(file = %source.file.display(), error = %e, "failed to read key file");
-            Read::BadFile
-        }
-    }
-}
-
-/// Starts a directory watch; `None` (periodic re-check only) when it cannot.
-fn watch_dir(
-    file: &Path,
-    tx: tokio::sync::mpsc::UnboundedSender<()>,
-) -> Option<notify::RecommendedWatcher> {
-    let dir = match file.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
-            // The receiver only goes away when the task ends; nothing to do then.
-            let _ = tx.send(());
-        }
-    })
-    .inspect_err(|e| tracing::warn!(error = %e, "cannot create file watcher; polling only"))
-    .ok()?;
-    match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-        Ok(()) => Some(watcher),
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch key directory; polling");
-            None
+            // A read error has no content: its kind and OS code stand for it.
+            (u8::MAX, e.kind(), e.raw_os_error()).hash(&mut hasher);
+            Read::Refused(
+                KeyFileError::Unreadable {
+                    path: path(),
+                    source: e,
+                },
+                hasher.finish(),
+            )
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn source(file: PathBuf, env: Option<&str>) -> KeySource {
-        KeySource {
-            file,
-            env_key: env.map(SecretString::from),
-        }
-    }
-
-    #[test]
-    fn file_is_trimmed_and_wins_over_env() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("api-key");
-        std::fs::write(&file, "  sk-file\n").unwrap();
-        let store = KeyStore::load(source(file, Some("sk-env")));
-        assert_eq!(store.current().unwrap().authorization(), "Bearer sk-file");
-        assert!(store.is_loaded());
-        assert_eq!(store.changes(), 1);
-    }
-
-    #[test]
-    fn env_is_used_when_the_file_is_absent() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = KeyStore::load(source(dir.path().join("nope"), Some("sk-env")));
-        assert_eq!(store.current().unwrap().authorization(), "Bearer sk-env");
-    }
-
-    #[test]
-    fn no_key_anywhere_is_not_loaded() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("api-key");
-        assert!(!KeyStore::load(source(file.clone(), None)).is_loaded());
-        std::fs::write(&file, " \n").unwrap();
-        assert!(!KeyStore::load(source(file, Some(""))).is_loaded());
-    }
-
-    #[test]
-    fn bad_or_missing_file_keeps_the_previous_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("api-key");
-        std::fs::write(&file, "sk-1").unwrap();
-        let store = KeyStore::load(source(file.clone(), None));
-        std::fs::write(&file, "").unwrap();
-        assert!(!store.reload());
-        std::fs::write(&file, "sk\u{1}bad").unwrap();
-        assert!(!store.reload());
-        std::fs::remove_file(&file).unwrap();
-        assert!(!store.reload());
-        assert_eq!(store.current().unwrap().authorization(), "Bearer sk-1");
-        std::fs::write(&file, "sk-2").unwrap();
-        assert!(store.reload());
-        assert_eq!(store.current().unwrap().authorization(), "Bearer sk-2");
-        assert_eq!(store.changes(), 2);
-    }
-
-    #[test]
-    fn a_bad_file_counts_one_failure_per_streak_and_keeps_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("api-key");
-        std::fs::write(&file, "sk-1").unwrap();
-        let store = KeyStore::load(source(file.clone(), None));
-        assert_eq!(store.failures(), 0);
-
-        // A bad rotation, re-read by several watch events and periodic re-checks.
-        std::fs::write(&file, "").unwrap();
-        for _ in 0..3 {
-            assert!(!store.reload());
-        }
-        // Still bad, in another way: the same streak, not a new failure.
-        std::fs::write(&file, "sk\u{1}bad").unwrap();
-        assert!(!store.reload());
-        assert_eq!(store.failures(), 1, "a file stuck bad counts once");
-        assert_eq!(store.current().unwrap().authorization(), "Bearer sk-1");
-        assert_eq!(store.changes(), 1);
-
-        // A good key ends the streak; a later bad rotation counts again.
-        std::fs::write(&file, "sk-2").unwrap();
-        assert!(store.reload());
-        std::fs::write(&file, " \n").unwrap();
-        assert!(!store.reload());
-        assert!(!store.reload());
-        assert_eq!(store.failures(), 2);
-        assert_eq!(store.current().unwrap().authorization(), "Bearer sk-2");
-    }
-
-    #[test]
-    fn re_reading_the_same_good_key_also_ends_a_failure_streak() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("api-key");
-        std::fs::write(&file, "sk-1").unwrap();
-        let store = KeyStore::load(source(file.clone(), None));
-        std::fs::write(&file, "").unwrap();
-        store.reload();
-        // The Secret is put back to the very key in force: no change, but good again.
-        std::fs::write(&file, "sk-1").unwrap();
-        assert!(!store.reload());
-        std::fs::write(&file, "").unwrap();
-        store.reload();
-        assert_eq!(store.failures(), 2);
-        assert_eq!(store.changes(), 1);
-    }
-
-    #[test]
-    fn an_unreadable_key_file_is_a_failure() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("api-key");
-        std::fs::write(&file, "sk-1").unwrap();
-        let store = KeyStore::load(source(file.clone(), None));
-        // A directory in place of the file: it exists but cannot be read as text
-        // (works as root too, unlike a 0000 mode).
-        std::fs::remove_file(&file).unwrap();
-        std::fs::create_dir(&file).unwrap();
-        assert!(!store.reload());
-        assert_eq!(store.failures(), 1);
-        assert_eq!(store.current().unwrap().authorization(), "Bearer sk-1");
-    }
-
-    #[test]
-    fn an_absent_file_is_never_a_failure() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("api-key");
-        // Absent with the env fallback, at start and on re-checks.
-        let with_env = KeyStore::load(source(file.clone(), Some("sk-env")));
-        assert!(!with_env.reload());
-        assert_eq!(with_env.failures(), 0);
-        // Absent with no env key at all: not loaded, but nothing bad was provided.
-        let without = KeyStore::load(source(file.clone(), None));
-        assert!(!without.reload());
-        assert_eq!(without.failures(), 0);
-        // A good file that then disappears (kubelet swap, env fallback) is not one either.
-        std::fs::write(&file, "sk-file").unwrap();
-        assert!(with_env.reload());
-        std::fs::remove_file(&file).unwrap();
-        assert!(with_env.reload(), "back to the env key");
-        assert_eq!(with_env.failures(), 0);
-    }
-
-    #[test]
-    fn a_bad_file_at_start_is_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("api-key");
-        std::fs::write(&file, "\n").unwrap();
-        let store = KeyStore::load(source(file.clone(), Some("sk-env")));
-        assert!(
-            !store.is_loaded(),
-            "the env key only stands in for an absent file"
-        );
-        assert!(!store.reload());
-        assert_eq!(store.failures(), 1);
-        std::fs::write(&file, "sk-ok").unwrap();
-        assert!(store.reload());
-        assert_eq!(store.failures(), 1);
-    }
-
-    #[tokio::test]
-    async fn wait_loaded_resolves_when_a_key_arrives() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("api-key");
-        let store = KeyStore::load(source(file.clone(), None));
-        let waiter = tokio::spawn({
-            let store = Arc::clone(&store);
-            async move { store.wait_loaded().await }
-        });
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished(), "no key yet");
-        std::fs::write(&file, "sk-now").unwrap();
-        assert!(store.reload());
-        tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .unwrap()
-            .unwrap();
-        // Already loaded: resolves at once.
-        store.wait_loaded().await;
-    }
-
-    #[test]
-    fn debug_never_shows_the_key() {
-        let key = ApiKey::new("sk-secret-value").unwrap();
-        let shown = format!("{key:?} {:?}", key.authorization());
-        assert!(!shown.contains("sk-secret-value"), "{shown}");
-        let dir = tempfile::tempdir().unwrap();
-        let store = KeyStore::load(source(dir.path().join("k"), Some("sk-secret-value")));
-        assert!(!format!("{store:?}").contains("sk-secret-value"));
-    }
-}
+#[path = "keys_tests.rs"]
+mod tests;

@@ -1,6 +1,7 @@
 //! Tests of the config watcher (reload.rs) on real files in a temporary directory.
 
 use super::*;
+use notify::event::{AccessKind, AccessMode};
 use prometheus_client::registry::Registry;
 use std::time::Instant;
 
@@ -198,4 +199,220 @@ async fn dropping_the_reloader_stops_it() {
     drop(reloader);
     // The aborted task releases what it held, its watcher included.
     eventually("the task to end", || Arc::strong_count(&f.live) == 1).await;
+}
+
+#[test]
+fn only_events_that_can_change_content_wake_a_watch() {
+    use notify::event::{CreateKind, DataChange, MetadataKind, ModifyKind, RemoveKind, RenameMode};
+    let cases = [
+        // What reads raise: never.
+        (
+            "open",
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            false,
+        ),
+        ("read", EventKind::Access(AccessKind::Read), false),
+        (
+            "close without write",
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            false,
+        ),
+        ("other access", EventKind::Access(AccessKind::Any), false),
+        // What writers, the kubelet and editors raise: always.
+        (
+            "close after write",
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            true,
+        ),
+        ("create", EventKind::Create(CreateKind::File), true),
+        ("remove", EventKind::Remove(RemoveKind::File), true),
+        (
+            "write",
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            true,
+        ),
+        (
+            "chmod",
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+            true,
+        ),
+        (
+            "rename from",
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+            true,
+        ),
+        (
+            "rename to",
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            true,
+        ),
+        ("lost events", EventKind::Other, true),
+        ("unknown", EventKind::Any, true),
+    ];
+    for (case, kind, wakes) in cases {
+        assert_eq!(changes_content(&kind), wakes, "{case}");
+    }
+}
+
+#[test]
+fn reading_the_watched_file_raises_no_content_event_and_writing_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("api-key");
+    let sentinel = dir.path().join("sentinel");
+    std::fs::write(&file, "sk-1").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, EventKind)>();
+    let _watcher = watch_dir(&file, "test", move |event| {
+        for path in &event.paths {
+            let _ = tx.send((path.clone(), event.kind));
+        }
+    })
+    .unwrap();
+
+    // What a watcher's own re-read does, many times over.
+    for _ in 0..20 {
+        std::fs::read(&file).unwrap();
+    }
+    std::fs::write(&file, "sk-2").unwrap();
+    // One inotify queue keeps order: once the sentinel shows, all earlier events have.
+    std::fs::write(&sentinel, "").unwrap();
+    let mut on_file = Vec::new();
+    loop {
+        let (path, kind) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        if path == sentinel {
+            break;
+        }
+        if path == file {
+            on_file.push(kind);
+        }
+    }
+    let (woke, ignored): (Vec<EventKind>, Vec<EventKind>) =
+        on_file.into_iter().partition(changes_content);
+    // The kernel merges identical queued events, so fewer than 20 may show; but some
+    // must, and a filter that let reads through would leave none here.
+    assert!(!ignored.is_empty(), "the reads were seen by the watch");
+    assert!(ignored.iter().all(|k| matches!(k, EventKind::Access(_))));
+    let read_like = |k: &EventKind| {
+        matches!(
+            k,
+            EventKind::Access(
+                AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)
+            )
+        )
+    };
+    assert!(!woke.iter().any(read_like), "{woke:?}");
+    assert!(
+        woke.iter().any(|k| matches!(k, EventKind::Modify(_))),
+        "{woke:?}"
+    );
+    assert!(
+        woke.contains(&EventKind::Access(AccessKind::Close(AccessMode::Write))),
+        "{woke:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_write_in_place_is_applied_once() {
+    let f = fixture("retry:\n  max_attempts: 2\n");
+    let _reloader = ConfigReloader::spawn(
+        f.path.clone(),
+        f.live.clone(),
+        count_reloads(f.metrics.clone()),
+        OPTIONS,
+    );
+    // Truncate, write, close: not atomic, so the watcher must not read it half-done.
+    std::fs::write(&f.path, "retry:\n  max_attempts: 8\n").unwrap();
+    eventually("the rewritten config", || attempts(&f.live) == 8).await;
+    assert_eq!(f.metrics.config_reloads(ReloadResult::Failure), 0);
+}
+
+#[tokio::test]
+async fn a_config_whose_directory_appears_later_is_polled() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("not-yet/config.yaml");
+    let live = Arc::new(ArcSwap::from_pointee(Config::default()));
+    let metrics = Metrics::register(&mut Registry::default());
+    let options = ReloadOptions {
+        poll_interval: Duration::from_millis(20),
+        ..OPTIONS
+    };
+    let _reloader = ConfigReloader::spawn(
+        path.clone(),
+        live.clone(),
+        count_reloads(metrics.clone()),
+        options,
+    );
+    std::fs::create_dir(dir.path().join("not-yet")).unwrap();
+    std::fs::write(&path, "retry:\n  max_attempts: 9\n").unwrap();
+    eventually("the polled config", || attempts(&live) == 9).await;
+}
+
+#[tokio::test]
+async fn a_zero_poll_interval_does_not_panic() {
+    let f = fixture("");
+    let options = ReloadOptions {
+        poll_interval: Duration::ZERO,
+        ..OPTIONS
+    };
+    let mut watch = DirWatch::start(&f.path, "test", options);
+    tokio::time::timeout(Duration::from_secs(5), watch.changed())
+        .await
+        .unwrap();
+}
+
+/// Runs `f` under a JSON log subscriber; returns how many warning lines it wrote.
+fn count_warnings(f: impl FnOnce()) -> usize {
+    #[derive(Clone, Default)]
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let sink = buf.clone();
+    let filter = tracing_subscriber::EnvFilter::new("warn");
+    let subscriber = crate::logging::subscriber(filter, move || sink.clone());
+    tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    text.lines().count()
+}
+
+#[test]
+fn a_bad_config_is_logged_once_per_version() {
+    let f = fixture("retry:\n  max_attempts: 2\n");
+    let mut reloader = Reloader {
+        baseline: std::fs::read(&f.path).ok(),
+        path: f.path.clone(),
+        live: f.live.clone(),
+        on_reload: count_reloads(f.metrics.clone()),
+    };
+    let mut checks = |content: Option<&str>| {
+        match content {
+            Some(text) => std::fs::write(&f.path, text).unwrap(),
+            None => std::fs::remove_file(&f.path).unwrap(),
+        }
+        count_warnings(|| {
+            for _ in 0..10 {
+                reloader.check();
+            }
+        })
+    };
+    assert_eq!(
+        checks(Some("retry:\n  max_attemps: 4\n")),
+        1,
+        "a bad version"
+    );
+    assert_eq!(
+        checks(Some("retry:\n  max_attemps: 4\n")),
+        0,
+        "the same again"
+    );
+    assert_eq!(checks(Some("retry: \u{1}\n")), 1, "another bad version");
+    assert_eq!(checks(None), 1, "the file gone");
+    assert_eq!(f.metrics.config_reloads(ReloadResult::Failure), 3);
+    assert_eq!(attempts(&f.live), 2);
 }
