@@ -1,8 +1,9 @@
 //! Command-line flags and the optional `--config` YAML file, turned into one validated
 //! [`Config`].
 //!
-//! What it does: parses the five flags of DESIGN.md (each with its `HOLYSHEEP_*` env
-//! twin), validates the upstream URL, reads the YAML file (every section optional,
+//! What it does: parses the five flags (each with its `HOLYSHEEP_*` env twin), validates
+//! the upstream URL with the rules the webhook applies to `holysheep/upstream`
+//! (`holysheep-common`), so a bad one stops the sidecar at start, reads the YAML file (every section optional,
 //! unknown keys refused, humantime durations) and merges it over the built-in defaults.
 //! Every error names the field path (`retry.max_attempts: must be at least 1`).
 //!
@@ -18,15 +19,19 @@
 //!   field left out keeps its default.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use holysheep_common::{HttpUrl, UrlError};
 use serde::Deserialize;
 
 /// Default upstream base URL (HolySheep's OpenAI-compatible API).
-pub const DEFAULT_UPSTREAM: &str = "https://api.holysheep.ai/v1";
+pub const DEFAULT_UPSTREAM: &str = holysheep_common::DEFAULT_UPSTREAM;
+/// The flag named in upstream errors (also set through `HOLYSHEEP_UPSTREAM`).
+const UPSTREAM_FLAG: &str = "--upstream";
 /// Default key file: where the webhook mounts the credential Secret.
 pub const DEFAULT_API_KEY_FILE: &str = "/var/run/secrets/holysheep/api-key";
 /// Env var holding the key itself, used only when the key file is absent.
@@ -43,7 +48,12 @@ pub struct Args {
     #[arg(long, env = "HOLYSHEEP_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
     /// Upstream base URL; `/v1/<rest>` is forwarded to `<upstream>/<rest>`.
-    #[arg(long, env = "HOLYSHEEP_UPSTREAM", default_value = DEFAULT_UPSTREAM)]
+    #[arg(
+        long,
+        env = "HOLYSHEEP_UPSTREAM",
+        default_value = DEFAULT_UPSTREAM,
+        value_parser = UpstreamParser
+    )]
     pub upstream: UpstreamBase,
     /// File holding the API key (re-read when it changes); `HOLYSHEEP_API_KEY` is used
     /// when the file is absent.
@@ -54,54 +64,81 @@ pub struct Args {
     pub config: Option<PathBuf>,
 }
 
-/// A validated upstream base URL: http or https, an authority, and a path prefix
-/// without trailing slash (`https://api.holysheep.ai/v1` -> prefix `/v1`).
+/// The validated upstream base URL (`https://api.holysheep.ai/v1` -> prefix `/v1`), as
+/// the proxy uses it. Built only by [`UpstreamBase::parse`], so the port is always one
+/// that was written in 1-65535 or the scheme's default. [`fmt::Display`] writes the full
+/// URL with its port, for the startup log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamBase {
     /// `http` or `https`.
     pub scheme: http::uri::Scheme,
-    /// Host and optional port.
+    /// Host and port; the port left out when it is the scheme's default.
     pub authority: http::uri::Authority,
     /// Path prefix, empty or starting with `/`, never ending with `/`.
     pub path_prefix: String,
+    url: HttpUrl,
 }
 
 impl UpstreamBase {
+    /// Validates `text` with the rules shared with the webhook's `holysheep/upstream`.
+    pub fn parse(text: &str) -> Result<Self, UrlError> {
+        let url = HttpUrl::upstream(text)?;
+        Ok(Self {
+            scheme: url.scheme().into(),
+            authority: url.authority().clone(),
+            path_prefix: url.path_prefix().to_owned(),
+            url,
+        })
+    }
+
     /// Whether the upstream is reached over TLS.
     pub fn is_https(&self) -> bool {
-        self.scheme == http::uri::Scheme::HTTPS
+        self.url.is_https()
+    }
+}
+
+impl fmt::Display for UpstreamBase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.url.fmt(f)
     }
 }
 
 impl std::str::FromStr for UpstreamBase {
-    type Err = String;
+    type Err = UrlError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let uri: http::Uri = s.parse().map_err(|e| {
-            format!("upstream: `{s}` is not a URL ({e}); use e.g. {DEFAULT_UPSTREAM}")
-        })?;
-        let scheme = match uri.scheme() {
-            Some(sc) if *sc == http::uri::Scheme::HTTP || *sc == http::uri::Scheme::HTTPS => {
-                sc.clone()
-            }
-            _ => {
-                return Err(format!(
-                    "upstream: `{s}` must start with http:// or https://"
-                ));
-            }
+        Self::parse(s)
+    }
+}
+
+/// The clap parser of `--upstream`. Its message names the flag and echoes the value with
+/// any credentials redacted (clap's own message would print them as given).
+#[derive(Clone, Copy, Debug)]
+struct UpstreamParser;
+
+impl clap::builder::TypedValueParser for UpstreamParser {
+    type Value = UpstreamBase;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<UpstreamBase, clap::Error> {
+        let refuse = |message: String| {
+            cmd.clone()
+                .error(clap::error::ErrorKind::ValueValidation, message)
         };
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("upstream: `{s}` has no host"))?;
-        if uri.query().is_some() {
-            return Err(format!("upstream: `{s}` must not carry a query string"));
-        }
-        let path_prefix = uri.path().trim_end_matches('/').to_owned();
-        Ok(Self {
-            scheme,
-            authority,
-            path_prefix,
+        let Some(text) = value.to_str() else {
+            return Err(refuse(format!(
+                "{UPSTREAM_FLAG}: the value is not UTF-8; use e.g. {DEFAULT_UPSTREAM}"
+            )));
+        };
+        UpstreamBase::parse(text).map_err(|e| {
+            refuse(format!(
+                "{UPSTREAM_FLAG}: `{}` {e}",
+                holysheep_common::redact_userinfo(text)
+            ))
         })
     }
 }
@@ -123,7 +160,7 @@ pub struct Config {
     pub limits: Limits,
 }
 
-/// Retry policy knobs (see DESIGN.md, `retry`).
+/// Retry policy knobs (the `retry` section).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryConfig {
     /// Attempts per model, the first one included; at least 1.

@@ -2,6 +2,7 @@
 
 use super::*;
 use clap::Parser;
+use rstest::rstest;
 
 fn err_of(yaml: &str) -> String {
     match Config::from_yaml_str(yaml) {
@@ -52,6 +53,69 @@ fn bad_upstream_is_refused_with_a_hint() {
         let e = Args::try_parse_from(["holysheep-sidecar", "--upstream", bad]).unwrap_err();
         assert!(e.to_string().contains("upstream"), "{bad}: {e}");
     }
+}
+
+/// Each refusal names the flag, echoes the value and says what is wrong; the first ones
+/// started the sidecar and sent the key to port 80 (or logged the credentials).
+#[rstest]
+#[case::port_65616(
+    "http://127.0.0.1:65616/v1",
+    "`http://127.0.0.1:65616/v1` has port 65616, outside 1-65535"
+)]
+#[case::port_99999(
+    "http://a:99999/v1",
+    "`http://a:99999/v1` has port 99999, outside 1-65535"
+)]
+#[case::empty_port("http://h:/v1", "`http://h:/v1` has an empty port")]
+#[case::port_zero("http://h:0/v1", "has port 0, outside 1-65535")]
+#[case::port_plus("http://h:+80/v1", "has port `+80`, not a decimal number")]
+#[case::port_leading_zero("http://h:080/v1", "has port 080 with a leading zero")]
+#[case::credentials(
+    "https://user:pw@api.holysheep.ai/v1",
+    "`https://***@api.holysheep.ai/v1` carries credentials"
+)]
+#[case::fragment("https://api.holysheep.ai/v1#frag", "carries a fragment")]
+#[case::query("http://x/v1?a=b", "carries a query string")]
+#[case::scheme("ftp://x/v1", "must start with http:// or https://")]
+#[case::no_host("http:///v1", "has no host")]
+fn upstream_flag_refusals(#[case] value: &str, #[case] problem: &str) {
+    let e = Args::try_parse_from(["holysheep-sidecar", "--upstream", value]).unwrap_err();
+    let message = e.to_string();
+    assert!(message.contains("--upstream: `"), "{value}: {message}");
+    assert!(message.contains(problem), "{value}: {message}");
+    assert!(
+        message.contains("use e.g. https://api.holysheep.ai/v1"),
+        "{message}"
+    );
+    assert!(!message.contains("pw@"), "credentials echoed: {message}");
+}
+
+#[rstest]
+#[case::default(
+    "https://api.holysheep.ai/v1",
+    "https://api.holysheep.ai:443/v1",
+    "api.holysheep.ai"
+)]
+#[case::http_default_port("http://127.0.0.1/v1/", "http://127.0.0.1:80/v1", "127.0.0.1")]
+#[case::explicit_port(
+    "http://gw.internal:8080/openai/v1",
+    "http://gw.internal:8080/openai/v1",
+    "gw.internal:8080"
+)]
+#[case::explicit_default_port(
+    "https://api.holysheep.ai:443/v1",
+    "https://api.holysheep.ai:443/v1",
+    "api.holysheep.ai"
+)]
+fn upstream_shows_in_full_and_keeps_its_authority(
+    #[case] value: &str,
+    #[case] shown: &str,
+    #[case] authority: &str,
+) {
+    let a = Args::try_parse_from(["holysheep-sidecar", "--upstream", value]).unwrap();
+    assert_eq!(a.upstream.to_string(), shown);
+    assert_eq!(a.upstream.authority.as_str(), authority);
+    assert_eq!(a.upstream, value.parse::<UpstreamBase>().unwrap());
 }
 
 #[test]

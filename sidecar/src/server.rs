@@ -210,7 +210,8 @@ pub async fn serve(
     tracing::info!(
         proxy = ?proxy.local_addr().ok(),
         admin = ?admin.local_addr().ok(),
-        upstream = %app.state.upstream.base().authority,
+        // In full: scheme, host, the port really connected to, and path.
+        upstream = %app.state.upstream.base(),
         "holysheep-sidecar listening"
     );
     let admin_stop = stop.clone();

@@ -54,7 +54,7 @@ pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
 pub struct AnnotationError {
     /// The annotation key.
     pub annotation: &'static str,
-    /// The value found (truncated when huge).
+    /// The value found (truncated when huge, credentials in a URL redacted).
     pub value: String,
     /// What was wrong and the expected form.
     pub reason: String,
@@ -133,10 +133,10 @@ impl Overrides {
             image: optional(a, IMAGE, values::image)?,
             upstream: optional(a, UPSTREAM, values::upstream)?,
             native_sidecar: optional(a, NATIVE_SIDECAR, values::boolean)?,
-            cpu_request: optional(a, PROXY_CPU_REQUEST, Quantity::parse)?,
-            memory_request: optional(a, PROXY_MEMORY_REQUEST, Quantity::parse)?,
-            cpu_limit: optional(a, PROXY_CPU_LIMIT, Quantity::parse)?,
-            memory_limit: optional(a, PROXY_MEMORY_LIMIT, Quantity::parse)?,
+            cpu_request: optional(a, PROXY_CPU_REQUEST, Quantity::cpu)?,
+            memory_request: optional(a, PROXY_MEMORY_REQUEST, Quantity::memory)?,
+            cpu_limit: optional(a, PROXY_CPU_LIMIT, Quantity::cpu)?,
+            memory_limit: optional(a, PROXY_MEMORY_LIMIT, Quantity::memory)?,
         })
     }
 }
@@ -162,7 +162,8 @@ fn parse<T>(
 ) -> Result<T, AnnotationError> {
     check(value).map_err(|reason| AnnotationError {
         annotation,
-        value: shorten(value),
+        // Admission messages reach events and logs: a refused URL goes without credentials.
+        value: shorten(&holysheep_common::redact_userinfo(value)),
         reason,
     })
 }
@@ -261,6 +262,28 @@ mod tests {
     #[case::config_empty(CONFIG, "", "object name")]
     #[case::image_space(IMAGE, "a b", "image reference")]
     #[case::upstream_scheme(UPSTREAM, "api.holysheep.ai", "https://")]
+    #[case::upstream_port_99999(UPSTREAM, "http://a:99999/v1", "has port 99999, outside 1-65535")]
+    #[case::upstream_port_65616(
+        UPSTREAM,
+        "http://127.0.0.1:65616/v1",
+        "has port 65616, outside 1-65535"
+    )]
+    #[case::upstream_empty_port(UPSTREAM, "http://h:/v1", "has an empty port")]
+    #[case::upstream_fragment(UPSTREAM, "https://api.holysheep.ai/v1#x", "fragment")]
+    #[case::port_plus(PORT, "+80", "1 to 65535")]
+    #[case::port_leading_zero(PORT, "080", "1 to 65535")]
+    #[case::port_too_high(PORT, "65536", "1 to 65535")]
+    #[case::port_leading_space(PORT, " 80", "1 to 65535")]
+    #[case::admin_port_plus(ADMIN_PORT, "+9090", "1 to 65535")]
+    #[case::cpu_absurd(PROXY_CPU_LIMIT, "1e100", "more than 64 cores")]
+    #[case::cpu_above_bound(PROXY_CPU_REQUEST, "65", "more than 64 cores")]
+    #[case::cpu_negative(PROXY_CPU_REQUEST, "-1", "negative")]
+    #[case::cpu_below_bound(PROXY_CPU_REQUEST, "0.1m", "less than 1m")]
+    #[case::cpu_zero(PROXY_CPU_LIMIT, "0", "less than 1m")]
+    #[case::memory_absurd(PROXY_MEMORY_LIMIT, "1e100", "more than 64Gi")]
+    #[case::memory_above_bound(PROXY_MEMORY_REQUEST, "65Gi", "more than 64Gi")]
+    #[case::memory_negative(PROXY_MEMORY_LIMIT, "-128Mi", "negative")]
+    #[case::memory_millis(PROXY_MEMORY_LIMIT, "128m", "less than 1Mi")]
     #[case::native_yes(NATIVE_SIDECAR, "yes", "\"true\" or \"false\"")]
     #[case::cpu(PROXY_CPU_REQUEST, "lots", "quantity")]
     #[case::memory(PROXY_MEMORY_LIMIT, "128MB", "quantity")]

@@ -102,7 +102,7 @@ impl Resources {
 
 impl Default for Settings {
     fn default() -> Self {
-        let known = |text: &str| Quantity::parse(text).ok();
+        let known = |resource, text: &str| Quantity::bounded(resource, text).ok();
         Self {
             image: DEFAULT_IMAGE.to_owned(),
             image_pull_policy: PullPolicy::IfNotPresent,
@@ -113,10 +113,10 @@ impl Default for Settings {
             secret_name: DEFAULT_SECRET_NAME.to_owned(),
             secret_key: DEFAULT_SECRET_KEY.to_owned(),
             resources: Resources {
-                cpu_request: known(DEFAULT_CPU_REQUEST),
-                memory_request: known(DEFAULT_MEMORY_REQUEST),
+                cpu_request: known(Resource::Cpu, DEFAULT_CPU_REQUEST),
+                memory_request: known(Resource::Memory, DEFAULT_MEMORY_REQUEST),
                 cpu_limit: None,
-                memory_limit: known(DEFAULT_MEMORY_LIMIT),
+                memory_limit: known(Resource::Memory, DEFAULT_MEMORY_LIMIT),
             },
         }
     }
@@ -175,16 +175,16 @@ pub struct SettingsArgs {
     /// Key of the API key in that Secret (holysheep/secret-key overrides it).
     #[arg(long, env = "HOLYSHEEP_SECRET_KEY_NAME", default_value = DEFAULT_SECRET_KEY)]
     pub secret_key_name: String,
-    /// CPU request of the sidecar; empty for none.
+    /// CPU request of the sidecar (1m to 64); empty for none.
     #[arg(long, env = "HOLYSHEEP_PROXY_CPU_REQUEST", default_value = DEFAULT_CPU_REQUEST)]
     pub proxy_cpu_request: String,
-    /// Memory request of the sidecar; empty for none.
+    /// Memory request of the sidecar (1Mi to 64Gi); empty for none.
     #[arg(long, env = "HOLYSHEEP_PROXY_MEMORY_REQUEST", default_value = DEFAULT_MEMORY_REQUEST)]
     pub proxy_memory_request: String,
-    /// CPU limit of the sidecar; empty (the default) for none.
+    /// CPU limit of the sidecar (1m to 64); empty (the default) for none.
     #[arg(long, env = "HOLYSHEEP_PROXY_CPU_LIMIT", default_value = "")]
     pub proxy_cpu_limit: String,
-    /// Memory limit of the sidecar; empty for none.
+    /// Memory limit of the sidecar (1Mi to 64Gi); empty for none.
     #[arg(long, env = "HOLYSHEEP_PROXY_MEMORY_LIMIT", default_value = DEFAULT_MEMORY_LIMIT)]
     pub proxy_memory_limit: String,
 }
@@ -211,13 +211,26 @@ impl SettingsArgs {
             secret_name: check("--secret-name", &self.secret_name, values::object_name)?,
             secret_key: check("--secret-key-name", &self.secret_key_name, values::data_key)?,
             resources: Resources {
-                cpu_request: optional_quantity("--proxy-cpu-request", &self.proxy_cpu_request)?,
+                cpu_request: optional_quantity(
+                    "--proxy-cpu-request",
+                    Resource::Cpu,
+                    &self.proxy_cpu_request,
+                )?,
                 memory_request: optional_quantity(
                     "--proxy-memory-request",
+                    Resource::Memory,
                     &self.proxy_memory_request,
                 )?,
-                cpu_limit: optional_quantity("--proxy-cpu-limit", &self.proxy_cpu_limit)?,
-                memory_limit: optional_quantity("--proxy-memory-limit", &self.proxy_memory_limit)?,
+                cpu_limit: optional_quantity(
+                    "--proxy-cpu-limit",
+                    Resource::Cpu,
+                    &self.proxy_cpu_limit,
+                )?,
+                memory_limit: optional_quantity(
+                    "--proxy-memory-limit",
+                    Resource::Memory,
+                    &self.proxy_memory_limit,
+                )?,
             },
         };
         if settings.proxy_port == settings.admin_port {
@@ -252,16 +265,21 @@ fn check<T>(
 ) -> Result<T, SettingsError> {
     parse(value).map_err(|reason| SettingsError::Invalid {
         flag,
-        value: value.to_owned(),
+        // A refused URL is echoed without its credentials.
+        value: holysheep_common::redact_userinfo(value).into_owned(),
         reason,
     })
 }
 
-fn optional_quantity(flag: &'static str, value: &str) -> Result<Option<Quantity>, SettingsError> {
+fn optional_quantity(
+    flag: &'static str,
+    resource: Resource,
+    value: &str,
+) -> Result<Option<Quantity>, SettingsError> {
     if value.is_empty() {
         return Ok(None);
     }
-    check(flag, value, Quantity::parse).map(Some)
+    check(flag, value, |text| Quantity::bounded(resource, text)).map(Some)
 }
 
 #[cfg(test)]
@@ -341,6 +359,22 @@ mod tests {
                 &["--sidecar-upstream=ftp://x"][..],
                 "--sidecar-upstream",
                 "https://",
+            ),
+            (
+                &["--sidecar-upstream=http://a:99999/v1"][..],
+                "--sidecar-upstream",
+                "has port 99999, outside 1-65535",
+            ),
+            (&["--proxy-port=+8080"][..], "--proxy-port", "1 to 65535"),
+            (
+                &["--proxy-cpu-limit=1e100"][..],
+                "--proxy-cpu-limit",
+                "more than 64 cores",
+            ),
+            (
+                &["--proxy-memory-request=128m"][..],
+                "--proxy-memory-request",
+                "less than 1Mi",
             ),
             (
                 &["--secret-name=Bad_Name"][..],

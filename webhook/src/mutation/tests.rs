@@ -539,6 +539,13 @@ fn image_override() {
 #[case::volume_taken(json!({"volumes": [{"name": "holysheep-credentials", "emptyDir": {}}]}), &[], "rename that volume")]
 #[case::bad_port(json!({}), &[("holysheep/port", "80800")], "holysheep/port=\"80800\"")]
 #[case::bad_quantity(json!({}), &[("holysheep/proxy-cpu-limit", "fast")], "holysheep/proxy-cpu-limit")]
+#[case::upstream_port_out_of_range(json!({}), &[("holysheep/upstream", "http://a:99999/v1")], "invalid annotation holysheep/upstream=\"http://a:99999/v1\": has port 99999, outside 1-65535; use e.g. https://api.holysheep.ai/v1")]
+#[case::upstream_empty_port(json!({}), &[("holysheep/upstream", "http://h:/v1")], "holysheep/upstream=\"http://h:/v1\": has an empty port")]
+#[case::upstream_credentials_redacted(json!({}), &[("holysheep/upstream", "https://u:s3cret@h/v1")], "holysheep/upstream=\"https://***@h/v1\": carries credentials")]
+#[case::port_with_plus(json!({}), &[("holysheep/port", "+80")], "holysheep/port=\"+80\"")]
+#[case::port_leading_zero(json!({}), &[("holysheep/admin-port", "080")], "holysheep/admin-port=\"080\"")]
+#[case::absurd_cpu(json!({}), &[("holysheep/proxy-cpu-limit", "1e100")], "holysheep/proxy-cpu-limit=\"1e100\": more than 64 cores")]
+#[case::absurd_memory(json!({}), &[("holysheep/proxy-memory-limit", "1e100")], "holysheep/proxy-memory-limit=\"1e100\": more than 64Gi")]
 fn refusals_name_the_cause_and_the_fix(
     #[case] spec_patch: Value,
     #[case] extra: &[(&str, &str)],

@@ -37,11 +37,19 @@ pub fn pull_policy(text: &str) -> Result<PullPolicy, String> {
     }
 }
 
-/// A TCP port, 1 to 65535.
+/// A TCP port, 1 to 65535, written as plain decimal digits without a sign or leading
+/// zeros (`+80` and `080` are refused: Rust's integer parsing would take them).
 pub fn port(text: &str) -> Result<u16, String> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && !(text.len() > 1 && text.starts_with('0'));
     match text.parse::<u16>() {
-        Ok(port) if port > 0 => Ok(port),
-        _ => Err("expected a port number from 1 to 65535".to_owned()),
+        Ok(port) if canonical && port > 0 => Ok(port),
+        _ => Err(
+            "expected a port number from 1 to 65535, plain digits without sign or leading \
+             zeros, e.g. 8080"
+                .to_owned(),
+        ),
     }
 }
 
@@ -100,35 +108,14 @@ pub fn image(text: &str) -> Result<String, String> {
     }
 }
 
-/// An upstream base URL: `http://` or `https://`, with a host, without credentials
-/// (they would end up readable in the pod spec).
+/// An upstream base URL, checked with the very rules the sidecar applies to `--upstream`
+/// (`holysheep_common::HttpUrl`), so an admitted pod never crash-loops on it. The text is
+/// kept as written: the sidecar parses it again.
 pub fn upstream(text: &str) -> Result<String, String> {
-    const FORM: &str = "expected an http:// or https:// URL such as https://api.holysheep.ai/v1";
-    let uri: http::Uri = text.parse().map_err(|_| FORM.to_owned())?;
-    match uri.scheme_str() {
-        Some("http" | "https") => {}
-        _ => return Err(FORM.to_owned()),
+    match holysheep_common::HttpUrl::upstream(text) {
+        Ok(_) => Ok(text.to_owned()),
+        Err(e) => Err(e.to_string()),
     }
-    let Some(authority) = uri.authority() else {
-        return Err(FORM.to_owned());
-    };
-    if authority.as_str().contains('@') {
-        return Err(format!(
-            "credentials in the URL would be readable in the pod spec; {FORM}, \
-             and put the key in the Secret"
-        ));
-    }
-    if authority.host().is_empty() {
-        return Err(FORM.to_owned());
-    }
-    // The sidecar appends `/<rest>?<client query>` to the base, so it refuses a base that
-    // carries a query of its own; refuse it here too, at admission, not in a crash loop.
-    if uri.query().is_some() {
-        return Err(format!(
-            "a query string is not allowed in the base URL; {FORM}"
-        ));
-    }
-    Ok(text.to_owned())
 }
 
 #[cfg(test)]
@@ -144,6 +131,13 @@ mod tests {
     #[case::negative("-1", false)]
     #[case::word("http", false)]
     #[case::empty("", false)]
+    #[case::plus("+80", false)]
+    #[case::leading_zero("080", false)]
+    #[case::leading_zero_high("08080", false)]
+    #[case::leading_space(" 80", false)]
+    #[case::trailing_space("80 ", false)]
+    #[case::far_too_high("99999999999999999999", false)]
+    #[case::typical("8080", true)]
     fn ports(#[case] text: &str, #[case] ok: bool) {
         assert_eq!(port(text).is_ok(), ok, "{text}");
     }
@@ -180,6 +174,12 @@ mod tests {
     #[case::empty("", false)]
     #[case::space("https://a b", false)]
     #[case::query("https://api.holysheep.ai/v1?tenant=shop", false)]
+    #[case::port_99999("http://a:99999/v1", false)]
+    #[case::port_65616("http://127.0.0.1:65616/v1", false)]
+    #[case::empty_port("http://h:/v1", false)]
+    #[case::port_zero("http://h:0/v1", false)]
+    #[case::fragment("https://api.holysheep.ai/v1#frag", false)]
+    #[case::ipv6("http://[fd00::7]:8000/v1", true)]
     fn upstreams(#[case] text: &str, #[case] ok: bool) {
         assert_eq!(upstream(text).is_ok(), ok, "{text}");
     }
