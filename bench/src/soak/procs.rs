@@ -1,6 +1,6 @@
 //! Child processes of the soak run and what `/proc` says about them.
 //!
-//! A [`Child`] is killed when dropped, so an aborted run leaves nothing behind.
+//! A [`Child`] is stopped when dropped, so an aborted run leaves nothing behind.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -51,6 +51,18 @@ impl Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
+        // SIGTERM first, as the kubelet does, so the process drains and exits cleanly (and
+        // a profiler wrapping it writes its output); SIGKILL after a few seconds.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.inner.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let _ = self.inner.kill();
         let _ = self.inner.wait();
     }
