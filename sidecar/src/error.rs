@@ -21,6 +21,30 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every response the proxy returns (upstream stream or own error).
 pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
+/// Displays an error with its `source()` chain, `a: b: c`, so the root cause (e.g. the
+/// TLS certificate error under hyper's "client error (Connect)") is not lost. A cause
+/// whose text the previous message already holds is skipped (many errors repeat it).
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+/// Causes shown at most: chains are short; this only bounds a pathological one.
+const MAX_CAUSES: usize = 8;
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut previous = self.0.to_string();
+        f.write_str(&previous)?;
+        let causes = std::iter::successors(self.0.source(), |e| e.source());
+        for cause in causes.take(MAX_CAUSES) {
+            let text = cause.to_string();
+            if !previous.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            previous = text;
+        }
+        Ok(())
+    }
+}
+
 /// Errors answered by the sidecar itself.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -49,14 +73,14 @@ pub enum ProxyError {
         reason: String,
     },
     /// No connection to the upstream could be made (refused, DNS, TLS, connect timeout).
-    #[error("upstream unreachable: {source}")]
+    #[error("upstream unreachable: {}", ErrorChain(&**.source))]
     UpstreamUnreachable {
         /// The connect error.
         #[source]
         source: BoxError,
     },
     /// The connection was made but the exchange failed before response headers.
-    #[error("upstream request failed: {source}")]
+    #[error("upstream request failed: {}", ErrorChain(&**.source))]
     UpstreamFailed {
         /// The client error.
         #[source]
@@ -92,12 +116,24 @@ pub enum ProxyError {
     /// The sidecar is shutting down and refuses new work.
     #[error("the holysheep sidecar is shutting down; retry")]
     ShuttingDown,
+    /// After the response headers, the upstream body sent nothing for
+    /// `limits.stream_idle_timeout`; the sidecar ended it. Only ever the error of a
+    /// response body (or its final SSE error event): the status is already sent.
+    #[error(
+        "the upstream sent nothing for {after:?} after the response started \
+         (limits.stream_idle_timeout); the holysheep sidecar ended the response"
+    )]
+    StreamIdle {
+        /// The configured limit.
+        after: Duration,
+    },
 }
 
 /// OpenAI `type` values used in error bodies.
 const INVALID_REQUEST: &str = "invalid_request_error";
 const SERVER_ERROR: &str = "server_error";
 const RATE_LIMIT: &str = "rate_limit_error";
+const TIMEOUT: &str = "timeout_error";
 
 impl ProxyError {
     /// The one table: status, OpenAI `type` and `code` for each error.
@@ -141,6 +177,9 @@ impl ProxyError {
                 SERVER_ERROR,
                 "shutting_down",
             ),
+            Self::StreamIdle { .. } => {
+                (StatusCode::GATEWAY_TIMEOUT, TIMEOUT, "stream_idle_timeout")
+            }
         }
     }
 
@@ -159,6 +198,7 @@ impl ProxyError {
                 | Self::UpstreamTimeout { .. }
                 | Self::DeadlineExceeded { .. }
                 | Self::RetriesExhausted { .. }
+                | Self::StreamIdle { .. }
         )
     }
 
@@ -258,6 +298,13 @@ mod tests {
                 "local_rate_limit_exceeded",
             ),
             (ProxyError::ShuttingDown, 503, "shutting_down"),
+            (
+                ProxyError::StreamIdle {
+                    after: Duration::from_secs(300),
+                },
+                504,
+                "stream_idle_timeout",
+            ),
         ];
         for (err, status, code) in cases {
             let resp = err.into_response();
@@ -297,5 +344,46 @@ mod tests {
             source: Box::new(last),
         };
         assert_eq!(err.status_and_kind().0, StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    /// An error with a source, like hyper-util's "client error (Connect)".
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Outer(#[source] std::io::Error);
+
+    /// An error that repeats its source in its own message.
+    #[derive(Debug, thiserror::Error)]
+    #[error("tcp connect error: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn upstream_failures_carry_their_root_cause() {
+        let root = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        let err = ProxyError::UpstreamUnreachable {
+            source: Box::new(Outer(root)),
+        };
+        assert_eq!(
+            err.to_string(),
+            "upstream unreachable: client error (Connect): invalid peer certificate: UnknownIssuer"
+        );
+        // A cause already in its parent's text is not repeated.
+        let err = ProxyError::UpstreamFailed {
+            source: Box::new(Outer(std::io::Error::other(Repeats(
+                std::io::Error::other("refused"),
+            )))),
+        };
+        assert_eq!(
+            err.to_string(),
+            "upstream request failed: client error (Connect): tcp connect error: refused"
+        );
+    }
+
+    #[test]
+    fn idle_streams_are_timeouts() {
+        let err = ProxyError::StreamIdle {
+            after: Duration::from_millis(300),
+        };
+        assert_eq!(err.status_and_kind().1, "timeout_error");
+        assert!(err.to_string().contains("limits.stream_idle_timeout"));
     }
 }
