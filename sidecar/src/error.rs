@@ -87,16 +87,28 @@ pub enum ProxyError {
         source: BoxError,
     },
     /// One attempt got no response headers within `retry.attempt_timeout`.
-    #[error("upstream did not answer within {after:?} (retry.attempt_timeout)")]
+    #[error("upstream did not answer within {} (retry.attempt_timeout)", human(*.after))]
     UpstreamTimeout {
         /// The attempt timeout.
         after: Duration,
     },
     /// All attempts and fallbacks together overran `retry.deadline`.
-    #[error("request did not complete within {after:?} (retry.deadline)")]
+    #[error(
+        "gave up on {upstream} after {}: retry.deadline ({}) passed{}",
+        attempts_text(*.attempts),
+        human(*.after),
+        last_error(.last.as_deref())
+    )]
     DeadlineExceeded {
         /// The deadline.
         after: Duration,
+        /// The upstream URL, `scheme://host:port/path` (no query).
+        upstream: String,
+        /// Attempts sent, fallbacks included.
+        attempts: u32,
+        /// The last attempt's failure, when it was not an upstream response.
+        #[source]
+        last: Option<Box<ProxyError>>,
     },
     /// The local rate limit refused the request.
     #[error("local rate limit reached ({limit}); retry after {retry_after:?}")]
@@ -106,9 +118,18 @@ pub enum ProxyError {
         /// When to try again (sent as `Retry-After`, in whole seconds, rounded up).
         retry_after: Duration,
     },
-    /// The retry budget is spent and the upstream kept failing before any response.
-    #[error("upstream kept failing and the retry budget is spent: {source}")]
+    /// The upstream kept failing before any response until `limit` stopped the retries.
+    #[error(
+        "gave up on {upstream} after {}: {limit}; last error: {source}",
+        attempts_text(*.attempts)
+    )]
     RetriesExhausted {
+        /// What stopped the retries.
+        limit: RetryLimit,
+        /// The upstream URL, `scheme://host:port/path` (no query).
+        upstream: String,
+        /// Attempts sent, fallbacks included.
+        attempts: u32,
         /// The last attempt's error.
         #[source]
         source: Box<ProxyError>,
@@ -120,13 +141,65 @@ pub enum ProxyError {
     /// `limits.stream_idle_timeout`; the sidecar ended it. Only ever the error of a
     /// response body (or its final SSE error event): the status is already sent.
     #[error(
-        "the upstream sent nothing for {after:?} after the response started \
-         (limits.stream_idle_timeout); the holysheep sidecar ended the response"
+        "the upstream sent nothing for {} after the response started \
+         (limits.stream_idle_timeout); the holysheep sidecar ended the response",
+        human(*.after)
     )]
     StreamIdle {
         /// The configured limit.
         after: Duration,
     },
+}
+
+/// What stopped the retries of a request, short of the deadline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RetryLimit {
+    /// `retry.max_attempts` attempts were made.
+    Attempts {
+        /// The configured `retry.max_attempts`.
+        max: u32,
+    },
+    /// The retry budget is spent: retries are at most `retry.budget_ratio` of recent
+    /// requests, and the upstream has been failing for many of them.
+    Budget {
+        /// The configured `retry.budget_ratio`.
+        ratio: f64,
+    },
+    /// The request body was streamed: it is sent once and cannot be sent again.
+    NotReplayable,
+}
+
+impl std::fmt::Display for RetryLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Attempts { max } => write!(f, "retry.max_attempts ({max}) reached"),
+            Self::Budget { ratio } => write!(
+                f,
+                "the retry budget is spent (retry.budget_ratio {ratio}: the upstream is \
+                 failing for many recent requests)"
+            ),
+            Self::NotReplayable => f.write_str("a streamed request body is sent only once"),
+        }
+    }
+}
+
+/// A duration as the config writes it (`250ms`, `5m`), whole milliseconds.
+fn human(d: Duration) -> humantime::FormattedDuration {
+    let millis = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    humantime::format_duration(Duration::from_millis(millis))
+}
+
+fn attempts_text(n: u32) -> String {
+    if n == 1 {
+        "1 attempt".to_owned()
+    } else {
+        format!("{n} attempts")
+    }
+}
+
+fn last_error(last: Option<&ProxyError>) -> String {
+    last.map(|e| format!("; last error: {e}"))
+        .unwrap_or_default()
 }
 
 /// OpenAI `type` values used in error bodies.
@@ -171,7 +244,7 @@ impl ProxyError {
                 "local_rate_limit_exceeded",
             ),
             // Same answer as the last attempt's failure, so clients see one meaning per status.
-            Self::RetriesExhausted { source } => source.status_and_kind(),
+            Self::RetriesExhausted { source, .. } => source.status_and_kind(),
             Self::ShuttingDown => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 SERVER_ERROR,
@@ -285,6 +358,9 @@ mod tests {
             (
                 ProxyError::DeadlineExceeded {
                     after: Duration::from_secs(1),
+                    upstream: "https://api.holysheep.ai:443/v1/chat/completions".into(),
+                    attempts: 2,
+                    last: None,
                 },
                 504,
                 "deadline_exceeded",
@@ -341,9 +417,71 @@ mod tests {
             after: Duration::from_secs(1),
         };
         let err = ProxyError::RetriesExhausted {
+            limit: RetryLimit::Attempts { max: 3 },
+            upstream: "http://127.0.0.1:9/v1/chat/completions".into(),
+            attempts: 3,
             source: Box::new(last),
         };
         assert_eq!(err.status_and_kind().0, StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[test]
+    fn giving_up_names_the_limit_the_upstream_and_the_last_error() {
+        let url = "https://api.holysheep.ai:443/v1/chat/completions";
+        let refused = || {
+            Box::new(ProxyError::UpstreamUnreachable {
+                source: "connection refused".into(),
+            })
+        };
+        let cases = [
+            (
+                ProxyError::RetriesExhausted {
+                    limit: RetryLimit::Attempts { max: 3 },
+                    upstream: url.into(),
+                    attempts: 3,
+                    source: refused(),
+                },
+                "gave up on https://api.holysheep.ai:443/v1/chat/completions after 3 attempts: \
+                 retry.max_attempts (3) reached; last error: upstream unreachable: connection refused",
+            ),
+            (
+                ProxyError::RetriesExhausted {
+                    limit: RetryLimit::Budget { ratio: 0.2 },
+                    upstream: url.into(),
+                    attempts: 1,
+                    source: refused(),
+                },
+                "gave up on https://api.holysheep.ai:443/v1/chat/completions after 1 attempt: \
+                 the retry budget is spent (retry.budget_ratio 0.2: the upstream is failing for \
+                 many recent requests); last error: upstream unreachable: connection refused",
+            ),
+            (
+                ProxyError::DeadlineExceeded {
+                    after: Duration::from_millis(700),
+                    upstream: url.into(),
+                    attempts: 3,
+                    last: Some(Box::new(ProxyError::UpstreamTimeout {
+                        after: Duration::from_millis(250),
+                    })),
+                },
+                "gave up on https://api.holysheep.ai:443/v1/chat/completions after 3 attempts: \
+                 retry.deadline (700ms) passed; last error: upstream did not answer within \
+                 250ms (retry.attempt_timeout)",
+            ),
+            (
+                ProxyError::DeadlineExceeded {
+                    after: Duration::from_secs(2),
+                    upstream: url.into(),
+                    attempts: 2,
+                    last: None,
+                },
+                "gave up on https://api.holysheep.ai:443/v1/chat/completions after 2 attempts: \
+                 retry.deadline (2s) passed",
+            ),
+        ];
+        for (err, want) in cases {
+            assert_eq!(err.to_string(), want);
+        }
     }
 
     /// An error with a source, like hyper-util's "client error (Connect)".

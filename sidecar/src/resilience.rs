@@ -16,6 +16,7 @@
 //!
 //! Not here: one attempt (upstream.rs), the policy (retry.rs), the limits (ratelimit.rs).
 
+mod give_up;
 mod stream_error;
 mod stream_idle;
 
@@ -40,6 +41,7 @@ use crate::retry::{
     Decision, GiveUpReason, Outcome, RequestRetry, SharedRetryBudget, fallback_chain,
 };
 use crate::upstream::{self, Upstream};
+use give_up::{deadline, gave_up};
 
 /// The response header naming the model that produced the answer.
 pub const X_HOLYSHEEP_MODEL: &str = "x-holysheep-model";
@@ -139,10 +141,13 @@ impl Resilience {
         let mut attempts = 0;
         // A retry decided on and waited for; counted once it is sent.
         let mut retry_due: Option<RetryReason> = None;
+        // The previous attempt's failure, for the message if the deadline ends the loop.
+        let mut last_error: Option<ProxyError> = None;
         loop {
             let timeout = plan.attempt_timeout(Instant::now());
             if timeout.is_zero() {
-                return Err(deadline(config));
+                let last = last_error.map(Box::new);
+                return Err(deadline(config, &outgoing.uri, attempts, last));
             }
             let request = outgoing.try_clone_request().ok_or_else(not_replayable)?;
             let attempt = plan.attempt();
@@ -163,8 +168,12 @@ impl Resilience {
                 Err(ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamFailed { .. }) => {
                     Outcome::ConnectError
                 }
-                // Our own request is at fault (e.g. body over the limit): no retry helps.
-                Err(other) => return Err(other),
+                // Our own request is at fault (e.g. body over the limit): no retry helps,
+                // and it never went out.
+                Err(other) => {
+                    meter.set_attempts(attempts - 1);
+                    return Err(other);
+                }
             };
             // The model this attempt went to (a fallback decision moves the plan on).
             let tried = plan.model().map(str::to_owned);
@@ -191,8 +200,9 @@ impl Resilience {
                         wait_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
                         "retrying upstream request"
                     );
-                    // Drop the failed response (and its connection) before waiting.
-                    drop(result);
+                    // Drop a failed response (and its connection) before waiting; keep an
+                    // error for the message should the deadline end the request.
+                    last_error = result.err();
                     tokio::time::sleep(after).await;
                 }
                 Decision::Fallback {
@@ -207,7 +217,7 @@ impl Resilience {
                         reason = reason.as_str(),
                         "falling back to the next model"
                     );
-                    drop(result);
+                    last_error = result.err();
                     if let (OutBody::Buffered(body), Some(current)) = (&outgoing.body, &field) {
                         let (body, moved) = models::set_model(body, current, &next);
                         outgoing.replace_body(body);
@@ -229,11 +239,7 @@ impl Resilience {
                             model: tried,
                             gave_up: true,
                         }),
-                        Err(_) if reason == GiveUpReason::Deadline => Err(deadline(config)),
-                        Err(last) if attempts > 1 => Err(ProxyError::RetriesExhausted {
-                            source: Box::new(last),
-                        }),
-                        Err(last) => Err(last),
+                        Err(last) => Err(gave_up(reason, config, &outgoing.uri, attempts, last)),
                     };
                 }
             }
@@ -251,6 +257,7 @@ async fn send_streamed(
 ) -> Result<Answer, ProxyError> {
     let timeout = config.retry.attempt_timeout.min(config.retry.deadline);
     meter.set_attempts(1);
+    let uri = outgoing.uri.clone();
     let result = upstream::send_once(
         upstream,
         outgoing.into_request(),
@@ -271,18 +278,15 @@ async fn send_streamed(
         Some(outcome) => meter.metrics().record_attempt("", outcome),
         None => meter.set_attempts(0),
     }
-    let response = result?;
+    let response = result.map_err(|e| match outcome {
+        Some(_) => gave_up(GiveUpReason::NotReplayable, config, &uri, 1, e),
+        None => e,
+    })?;
     Ok(Answer {
         response,
         model: None,
         gave_up: false,
     })
-}
-
-fn deadline(config: &Config) -> ProxyError {
-    ProxyError::DeadlineExceeded {
-        after: config.retry.deadline,
-    }
 }
 
 fn not_replayable() -> ProxyError {
