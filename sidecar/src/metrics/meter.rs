@@ -354,4 +354,43 @@ mod tests {
         );
         assert_eq!(metrics.config_reloads(ReloadResult::Success), 0);
     }
+
+    #[test]
+    fn a_meter_dropped_before_its_response_is_a_499() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let mut meter = RequestMeter::start(&metrics, "/v1/chat/completions", &HeaderMap::new());
+        meter.set_models(Some("gpt-4"), Some("gpt-4.1"));
+        meter.set_attempts(2);
+        let settled = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+        let hook = Arc::clone(&settled);
+        meter.on_tokens(move |t| hook.store(t, std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(metrics.0.inflight.get(), 1);
+        // What hyper does to the handler when the client leaves before the headers.
+        drop(meter);
+        assert_eq!(metrics.0.inflight.get(), 0);
+        assert_eq!(settled.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(
+                r#"holysheep_requests_total{route="chat_completions",model="gpt-4.1",requested_model="gpt-4",status="499"} 1"#
+            ),
+            "{text}"
+        );
+        // A body cut after the headers is not a 499, and is not counted twice.
+        let meter = RequestMeter::start(&metrics, "/v1/chat/completions", &HeaderMap::new());
+        let resp = meter.finish(
+            Response::new(Full::new(Bytes::from_static(b"{}"))),
+            Arc::new(Config::default()),
+        );
+        drop(resp);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains(r#"status="499"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"holysheep_incomplete_responses_total{reason="client_gone"} 1"#),
+            "{text}"
+        );
+    }
 }
