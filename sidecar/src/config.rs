@@ -207,6 +207,9 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Upstream TCP+TLS connect timeout. Read when the upstream client is built.
     pub connect_timeout: Duration,
+    /// Once response headers arrived, the longest the upstream body may send nothing
+    /// before the sidecar ends it.
+    pub stream_idle_timeout: Duration,
 }
 
 /// The built-in aliases (from the HolySheep guide).
@@ -249,6 +252,8 @@ impl Default for Limits {
         Self {
             max_body_bytes: 20 * 1024 * 1024,
             connect_timeout: Duration::from_secs(5),
+            // Long enough for a reasoning model thinking before its next token.
+            stream_idle_timeout: Duration::from_secs(300),
         }
     }
 }

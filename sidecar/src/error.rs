@@ -21,6 +21,30 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every response the proxy returns (upstream stream or own error).
 pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
+/// Displays an error with its `source()` chain, `a: b: c`, so the root cause (e.g. the
+/// TLS certificate error under hyper's "client error (Connect)") is not lost. A cause
+/// whose text the previous message already holds is skipped (many errors repeat it).
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+/// Causes shown at most: chains are short; this only bounds a pathological one.
+const MAX_CAUSES: usize = 8;
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut previous = self.0.to_string();
+        f.write_str(&previous)?;
+        let causes = std::iter::successors(self.0.source(), |e| e.source());
+        for cause in causes.take(MAX_CAUSES) {
+            let text = cause.to_string();
+            if !previous.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            previous = text;
+        }
+        Ok(())
+    }
+}
+
 /// Errors answered by the sidecar itself.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -49,30 +73,42 @@ pub enum ProxyError {
         reason: String,
     },
     /// No connection to the upstream could be made (refused, DNS, TLS, connect timeout).
-    #[error("upstream unreachable: {source}")]
+    #[error("upstream unreachable: {}", ErrorChain(&**.source))]
     UpstreamUnreachable {
         /// The connect error.
         #[source]
         source: BoxError,
     },
     /// The connection was made but the exchange failed before response headers.
-    #[error("upstream request failed: {source}")]
+    #[error("upstream request failed: {}", ErrorChain(&**.source))]
     UpstreamFailed {
         /// The client error.
         #[source]
         source: BoxError,
     },
     /// One attempt got no response headers within `retry.attempt_timeout`.
-    #[error("upstream did not answer within {after:?} (retry.attempt_timeout)")]
+    #[error("upstream did not answer within {} (retry.attempt_timeout)", human(*.after))]
     UpstreamTimeout {
         /// The attempt timeout.
         after: Duration,
     },
     /// All attempts and fallbacks together overran `retry.deadline`.
-    #[error("request did not complete within {after:?} (retry.deadline)")]
+    #[error(
+        "gave up on {upstream} after {}: retry.deadline ({}) passed{}",
+        attempts_text(*.attempts),
+        human(*.after),
+        last_error(.last.as_deref())
+    )]
     DeadlineExceeded {
         /// The deadline.
         after: Duration,
+        /// The upstream URL, `scheme://host:port/path` (no query).
+        upstream: String,
+        /// Attempts sent, fallbacks included.
+        attempts: u32,
+        /// The last attempt's failure, when it was not an upstream response.
+        #[source]
+        last: Option<Box<ProxyError>>,
     },
     /// The local rate limit refused the request.
     #[error("local rate limit reached ({limit}); retry after {retry_after:?}")]
@@ -82,9 +118,18 @@ pub enum ProxyError {
         /// When to try again (sent as `Retry-After`, in whole seconds, rounded up).
         retry_after: Duration,
     },
-    /// The retry budget is spent and the upstream kept failing before any response.
-    #[error("upstream kept failing and the retry budget is spent: {source}")]
+    /// The upstream kept failing before any response until `limit` stopped the retries.
+    #[error(
+        "gave up on {upstream} after {}: {limit}; last error: {source}",
+        attempts_text(*.attempts)
+    )]
     RetriesExhausted {
+        /// What stopped the retries.
+        limit: RetryLimit,
+        /// The upstream URL, `scheme://host:port/path` (no query).
+        upstream: String,
+        /// Attempts sent, fallbacks included.
+        attempts: u32,
         /// The last attempt's error.
         #[source]
         source: Box<ProxyError>,
@@ -92,12 +137,76 @@ pub enum ProxyError {
     /// The sidecar is shutting down and refuses new work.
     #[error("the holysheep sidecar is shutting down; retry")]
     ShuttingDown,
+    /// After the response headers, the upstream body sent nothing for
+    /// `limits.stream_idle_timeout`; the sidecar ended it. Only ever the error of a
+    /// response body (or its final SSE error event): the status is already sent.
+    #[error(
+        "the upstream sent nothing for {} after the response started \
+         (limits.stream_idle_timeout); the holysheep sidecar ended the response",
+        human(*.after)
+    )]
+    StreamIdle {
+        /// The configured limit.
+        after: Duration,
+    },
+}
+
+/// What stopped the retries of a request, short of the deadline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RetryLimit {
+    /// `retry.max_attempts` attempts were made.
+    Attempts {
+        /// The configured `retry.max_attempts`.
+        max: u32,
+    },
+    /// The retry budget is spent: retries are at most `retry.budget_ratio` of recent
+    /// requests, and the upstream has been failing for many of them.
+    Budget {
+        /// The configured `retry.budget_ratio`.
+        ratio: f64,
+    },
+    /// The request body was streamed: it is sent once and cannot be sent again.
+    NotReplayable,
+}
+
+impl std::fmt::Display for RetryLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Attempts { max } => write!(f, "retry.max_attempts ({max}) reached"),
+            Self::Budget { ratio } => write!(
+                f,
+                "the retry budget is spent (retry.budget_ratio {ratio}: the upstream is \
+                 failing for many recent requests)"
+            ),
+            Self::NotReplayable => f.write_str("a streamed request body is sent only once"),
+        }
+    }
+}
+
+/// A duration as the config writes it (`250ms`, `5m`), whole milliseconds.
+fn human(d: Duration) -> humantime::FormattedDuration {
+    let millis = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    humantime::format_duration(Duration::from_millis(millis))
+}
+
+fn attempts_text(n: u32) -> String {
+    if n == 1 {
+        "1 attempt".to_owned()
+    } else {
+        format!("{n} attempts")
+    }
+}
+
+fn last_error(last: Option<&ProxyError>) -> String {
+    last.map(|e| format!("; last error: {e}"))
+        .unwrap_or_default()
 }
 
 /// OpenAI `type` values used in error bodies.
 const INVALID_REQUEST: &str = "invalid_request_error";
 const SERVER_ERROR: &str = "server_error";
 const RATE_LIMIT: &str = "rate_limit_error";
+const TIMEOUT: &str = "timeout_error";
 
 impl ProxyError {
     /// The one table: status, OpenAI `type` and `code` for each error.
@@ -135,12 +244,15 @@ impl ProxyError {
                 "local_rate_limit_exceeded",
             ),
             // Same answer as the last attempt's failure, so clients see one meaning per status.
-            Self::RetriesExhausted { source } => source.status_and_kind(),
+            Self::RetriesExhausted { source, .. } => source.status_and_kind(),
             Self::ShuttingDown => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 SERVER_ERROR,
                 "shutting_down",
             ),
+            Self::StreamIdle { .. } => {
+                (StatusCode::GATEWAY_TIMEOUT, TIMEOUT, "stream_idle_timeout")
+            }
         }
     }
 
@@ -159,6 +271,7 @@ impl ProxyError {
                 | Self::UpstreamTimeout { .. }
                 | Self::DeadlineExceeded { .. }
                 | Self::RetriesExhausted { .. }
+                | Self::StreamIdle { .. }
         )
     }
 
@@ -245,6 +358,9 @@ mod tests {
             (
                 ProxyError::DeadlineExceeded {
                     after: Duration::from_secs(1),
+                    upstream: "https://api.holysheep.ai:443/v1/chat/completions".into(),
+                    attempts: 2,
+                    last: None,
                 },
                 504,
                 "deadline_exceeded",
@@ -258,6 +374,13 @@ mod tests {
                 "local_rate_limit_exceeded",
             ),
             (ProxyError::ShuttingDown, 503, "shutting_down"),
+            (
+                ProxyError::StreamIdle {
+                    after: Duration::from_secs(300),
+                },
+                504,
+                "stream_idle_timeout",
+            ),
         ];
         for (err, status, code) in cases {
             let resp = err.into_response();
@@ -294,8 +417,111 @@ mod tests {
             after: Duration::from_secs(1),
         };
         let err = ProxyError::RetriesExhausted {
+            limit: RetryLimit::Attempts { max: 3 },
+            upstream: "http://127.0.0.1:9/v1/chat/completions".into(),
+            attempts: 3,
             source: Box::new(last),
         };
         assert_eq!(err.status_and_kind().0, StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[test]
+    fn giving_up_names_the_limit_the_upstream_and_the_last_error() {
+        let url = "https://api.holysheep.ai:443/v1/chat/completions";
+        let refused = || {
+            Box::new(ProxyError::UpstreamUnreachable {
+                source: "connection refused".into(),
+            })
+        };
+        let cases = [
+            (
+                ProxyError::RetriesExhausted {
+                    limit: RetryLimit::Attempts { max: 3 },
+                    upstream: url.into(),
+                    attempts: 3,
+                    source: refused(),
+                },
+                "gave up on https://api.holysheep.ai:443/v1/chat/completions after 3 attempts: \
+                 retry.max_attempts (3) reached; last error: upstream unreachable: connection refused",
+            ),
+            (
+                ProxyError::RetriesExhausted {
+                    limit: RetryLimit::Budget { ratio: 0.2 },
+                    upstream: url.into(),
+                    attempts: 1,
+                    source: refused(),
+                },
+                "gave up on https://api.holysheep.ai:443/v1/chat/completions after 1 attempt: \
+                 the retry budget is spent (retry.budget_ratio 0.2: the upstream is failing for \
+                 many recent requests); last error: upstream unreachable: connection refused",
+            ),
+            (
+                ProxyError::DeadlineExceeded {
+                    after: Duration::from_millis(700),
+                    upstream: url.into(),
+                    attempts: 3,
+                    last: Some(Box::new(ProxyError::UpstreamTimeout {
+                        after: Duration::from_millis(250),
+                    })),
+                },
+                "gave up on https://api.holysheep.ai:443/v1/chat/completions after 3 attempts: \
+                 retry.deadline (700ms) passed; last error: upstream did not answer within \
+                 250ms (retry.attempt_timeout)",
+            ),
+            (
+                ProxyError::DeadlineExceeded {
+                    after: Duration::from_secs(2),
+                    upstream: url.into(),
+                    attempts: 2,
+                    last: None,
+                },
+                "gave up on https://api.holysheep.ai:443/v1/chat/completions after 2 attempts: \
+                 retry.deadline (2s) passed",
+            ),
+        ];
+        for (err, want) in cases {
+            assert_eq!(err.to_string(), want);
+        }
+    }
+
+    /// An error with a source, like hyper-util's "client error (Connect)".
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Outer(#[source] std::io::Error);
+
+    /// An error that repeats its source in its own message.
+    #[derive(Debug, thiserror::Error)]
+    #[error("tcp connect error: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn upstream_failures_carry_their_root_cause() {
+        let root = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        let err = ProxyError::UpstreamUnreachable {
+            source: Box::new(Outer(root)),
+        };
+        assert_eq!(
+            err.to_string(),
+            "upstream unreachable: client error (Connect): invalid peer certificate: UnknownIssuer"
+        );
+        // A cause already in its parent's text is not repeated.
+        let err = ProxyError::UpstreamFailed {
+            source: Box::new(Outer(std::io::Error::other(Repeats(
+                std::io::Error::other("refused"),
+            )))),
+        };
+        assert_eq!(
+            err.to_string(),
+            "upstream request failed: client error (Connect): tcp connect error: refused"
+        );
+    }
+
+    #[test]
+    fn idle_streams_are_timeouts() {
+        let err = ProxyError::StreamIdle {
+            after: Duration::from_millis(300),
+        };
+        assert_eq!(err.status_and_kind().1, "timeout_error");
+        assert!(err.to_string().contains("limits.stream_idle_timeout"));
     }
 }

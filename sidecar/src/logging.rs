@@ -111,6 +111,7 @@ fn end_str(end: StreamEnd) -> &'static str {
     match end {
         StreamEnd::Complete => "complete",
         StreamEnd::Error => "upstream_error",
+        StreamEnd::Timeout => "timeout",
         StreamEnd::Dropped => "client_gone",
     }
 }

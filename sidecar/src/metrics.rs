@@ -1,6 +1,7 @@
 //! Prometheus metrics of the sidecar: request counts and latency, upstream attempts,
-//! retries and fallbacks, tokens and cost per model, reloads, local rate limiting, and the
-//! same measurements under the OpenTelemetry GenAI semantic-convention names.
+//! retries and fallbacks, responses cut short, tokens and cost per model, reloads, local
+//! rate limiting, and the same measurements under the OpenTelemetry GenAI
+//! semantic-convention names.
 //!
 //! [`Metrics::register`] puts every family into a `prometheus_client` registry (served on
 //! the admin listener by `server.rs`). Recording methods take raw model names and bound
@@ -29,13 +30,14 @@ use crate::config::Config;
 use key_reloads::KeyReloads;
 use sets::{
     AttemptLabels, Buckets, DURATION_BUCKETS, FallbackLabels, GEN_AI_DURATION_BUCKETS,
-    GEN_AI_TOKEN_BUCKETS, GenAiDurationLabels, GenAiTokenLabels, HistogramFamily, ModelLabelSet,
-    RateLimitLabels, ReloadLabels, RequestLabels, RetryLabels, RouteLabels, RouteModelLabels,
-    TTFB_BUCKETS, TokenLabels, UnparsedLabels,
+    GEN_AI_TOKEN_BUCKETS, GenAiDurationLabels, GenAiTokenLabels, HistogramFamily, IncompleteLabels,
+    ModelLabelSet, RateLimitLabels, ReloadLabels, RequestLabels, RetryLabels, RouteLabels,
+    RouteModelLabels, TTFB_BUCKETS, TokenLabels, UnparsedLabels,
 };
 
 pub use labels::{
-    AttemptOutcome, RateLimitKind, ReloadResult, RetryReason, Route, TokenType, UnparsedKind,
+    AttemptOutcome, IncompleteReason, RateLimitKind, ReloadResult, RetryReason, Route, TokenType,
+    UnparsedKind,
 };
 pub use meter::RequestMeter;
 pub use models::{
@@ -65,6 +67,7 @@ struct Families {
     attempts: Family<AttemptLabels, Counter>,
     retries: Family<RetryLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
+    incomplete: Family<IncompleteLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
     cost: Family<ModelLabelSet, Counter<f64, AtomicU64>>,
     unpriced_tokens: Family<TokenLabels, Counter>,
@@ -90,6 +93,7 @@ impl Metrics {
             attempts: Family::default(),
             retries: Family::default(),
             fallbacks: Family::default(),
+            incomplete: Family::default(),
             tokens: Family::default(),
             cost: Family::default(),
             unpriced_tokens: Family::default(),
@@ -137,6 +141,16 @@ impl Metrics {
             "holysheep_fallbacks",
             "Switches to a fallback model after retries on a model were exhausted",
             f.fallbacks.clone(),
+        );
+        for reason in IncompleteReason::ALL {
+            // Known in advance: each starts at 0, so a rate over it is defined from start.
+            let _ = f.incomplete.get_or_create(&IncompleteLabels { reason });
+        }
+        r.register(
+            "holysheep_incomplete_responses",
+            "Response bodies that did not reach their end, by reason: timeout (upstream idle \
+             past limits.stream_idle_timeout), upstream_error, client_gone",
+            f.incomplete.clone(),
         );
         r.register(
             "holysheep_tokens",

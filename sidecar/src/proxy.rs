@@ -9,6 +9,10 @@
 //! `metrics::RequestMeter` follows each request and wraps the response body in the usage
 //! tap), or buffer responses: upstream bodies stream back frame by frame, and
 //! dropping the client connection drops the upstream request.
+//!
+//! A response body is layered, innermost first: the upstream body, the idle limit
+//! (`limits.stream_idle_timeout`), the usage tap (which sees how the body ended), and
+//! the SSE error tail (which turns a failed event stream into a final error event).
 
 use std::sync::Arc;
 
@@ -24,7 +28,7 @@ use crate::error::{BoxError, ProxyError, ResponseBody};
 use crate::keys::{ApiKey, KeyStore};
 use crate::metrics::{Metrics, RateLimitKind, RequestMeter};
 use crate::models::{self, ModelField};
-use crate::resilience::{Answer, Resilience, SseErrorTail, is_event_stream};
+use crate::resilience::{Answer, IdleTimeout, Resilience, SseErrorTail, is_event_stream};
 use crate::upstream::{Upstream, UpstreamBody};
 use crate::usage::{self, StreamUsage};
 
@@ -67,8 +71,12 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Re
             err.into_response()
         }
     };
-    // Metrics and the request log line are written when the body ends.
-    meter.finish(resp, config).map(BodyExt::boxed_unsync)
+    let sse = is_event_stream(resp.headers());
+    // Metrics and the request log line are written when the body ends; a handler dropped
+    // before this point (the client left) is recorded when `meter` drops.
+    meter
+        .finish(resp, config)
+        .map(|body| SseErrorTail::new(body, sse).boxed_unsync())
 }
 
 async fn forward(
@@ -106,16 +114,16 @@ async fn forward(
         outgoing,
         model.as_ref(),
         requested.as_deref(),
+        meter,
     )
     .await?;
-    meter.set_attempts(answer.attempts);
     if let Some(model) = &answer.model {
         meter.set_upstream_model(model);
     }
     let mut resp = stream_back(answer.response);
     Answer::mark(answer.model.as_deref(), answer.gave_up, &mut resp);
-    let sse = is_event_stream(resp.headers());
-    Ok(resp.map(|body| SseErrorTail::new(body, sse).boxed_unsync()))
+    let idle = config.limits.stream_idle_timeout;
+    Ok(resp.map(|body| IdleTimeout::new(body, idle).boxed_unsync()))
 }
 
 /// A request ready to go upstream (key set, model remapped).
@@ -340,24 +348,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Step: send upstream. The seam where `retry` adds attempts, backoff and fallbacks
 /// (buffered bodies replay through [`Outgoing::try_clone_request`]; `model` is what
-/// fallbacks rewrite with [`models::set_model`]).
+/// fallbacks rewrite with [`models::set_model`]). The meter learns of each attempt as it
+/// is sent.
 async fn send(
     state: &AppState,
     config: &Config,
     outgoing: Outgoing,
     model: Option<&ModelField>,
     requested: Option<&str>,
+    meter: &mut RequestMeter,
 ) -> Result<Answer, ProxyError> {
     state
         .resilience
-        .send(
-            &state.upstream,
-            config,
-            outgoing,
-            model,
-            requested,
-            &state.metrics,
-        )
+        .send(&state.upstream, config, outgoing, model, requested, meter)
         .await
 }
 

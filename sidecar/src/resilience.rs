@@ -2,7 +2,12 @@
 //! before the first one, then attempts, pauses and fallback models until the policy says
 //! to hand an answer to the client; and marks what the client gets (`x-holysheep-model`,
 //! `x-should-retry: false` once the sidecar gave up, an SSE `error` event when a stream
-//! breaks after its first byte).
+//! breaks after its first byte, the end of a body whose upstream went idle).
+//!
+//! Attempts are counted as they are sent: a retry shows in
+//! `holysheep_upstream_retries_total` and in the request's `attempts` only once it goes
+//! upstream, never when it is merely planned (the client may leave, or the deadline pass,
+//! during the pause before it).
 //!
 //! The decisions themselves are made by the pure policy in retry.rs; this module only
 //! performs them (sleeps, re-sends, rewrites the `model` field). Nothing is retried once
@@ -11,9 +16,12 @@
 //!
 //! Not here: one attempt (upstream.rs), the policy (retry.rs), the limits (ratelimit.rs).
 
+mod give_up;
 mod stream_error;
+mod stream_idle;
 
 pub use stream_error::{SseErrorTail, is_event_stream};
+pub use stream_idle::IdleTimeout;
 
 use std::time::SystemTime;
 
@@ -25,7 +33,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::metrics::{AttemptOutcome, Metrics, RetryReason};
+use crate::metrics::{AttemptOutcome, RequestMeter, RetryReason};
 use crate::models::{self, ModelField};
 use crate::proxy::{OutBody, Outgoing};
 use crate::ratelimit::{LocalRateLimit, TokenReservation, estimate_tokens};
@@ -33,6 +41,7 @@ use crate::retry::{
     Decision, GiveUpReason, Outcome, RequestRetry, SharedRetryBudget, fallback_chain,
 };
 use crate::upstream::{self, Upstream};
+use give_up::{deadline, gave_up};
 
 /// The response header naming the model that produced the answer.
 pub const X_HOLYSHEEP_MODEL: &str = "x-holysheep-model";
@@ -58,8 +67,6 @@ pub struct Answer {
     pub model: Option<String>,
     /// True when the sidecar stopped retrying (the answer is a failure it gave up on).
     pub gave_up: bool,
-    /// How many upstream attempts were made, fallbacks included.
-    pub attempts: u32,
 }
 
 impl Answer {
@@ -95,7 +102,8 @@ impl Resilience {
     }
 
     /// Sends `outgoing` with retries and fallbacks (see the module doc). `model` is the
-    /// request's `model` field after aliasing, `requested` the name the client sent.
+    /// request's `model` field after aliasing, `requested` the name the client sent;
+    /// `meter` is told of each attempt as it goes out (and holds the metrics).
     pub async fn send(
         &self,
         upstream: &Upstream,
@@ -103,7 +111,7 @@ impl Resilience {
         mut outgoing: Outgoing,
         model: Option<&ModelField>,
         requested: Option<&str>,
-        metrics: &Metrics,
+        meter: &mut RequestMeter,
     ) -> Result<Answer, ProxyError> {
         let chain = model.map_or_else(Vec::new, |field| {
             fallback_chain(
@@ -123,7 +131,7 @@ impl Resilience {
                 outgoing.body = OutBody::Buffered(Bytes::new());
             }
             OutBody::Streamed(_) => {
-                return send_streamed(upstream, config, outgoing, metrics).await;
+                return send_streamed(upstream, config, outgoing, meter).await;
             }
             OutBody::Buffered(_) => {}
         }
@@ -131,14 +139,24 @@ impl Resilience {
         let mut plan = RequestRetry::new(&config.retry, budget, chain, true, Instant::now());
         let mut field = model.cloned();
         let mut attempts = 0;
+        // A retry decided on and waited for; counted once it is sent.
+        let mut retry_due: Option<RetryReason> = None;
+        // The previous attempt's failure, for the message if the deadline ends the loop.
+        let mut last_error: Option<ProxyError> = None;
         loop {
             let timeout = plan.attempt_timeout(Instant::now());
             if timeout.is_zero() {
-                return Err(deadline(config));
+                let last = last_error.map(Box::new);
+                return Err(deadline(config, &outgoing.uri, attempts, last));
             }
             let request = outgoing.try_clone_request().ok_or_else(not_replayable)?;
             let attempt = plan.attempt();
             attempts += 1;
+            meter.set_attempts(attempts);
+            if let Some(reason) = retry_due.take() {
+                let model = plan.model().unwrap_or("");
+                meter.metrics().record_retry(model, reason);
+            }
             let result =
                 upstream::send_once(upstream, request, timeout, config.limits.max_body_bytes).await;
             let outcome = match result {
@@ -150,13 +168,19 @@ impl Resilience {
                 Err(ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamFailed { .. }) => {
                     Outcome::ConnectError
                 }
-                // Our own request is at fault (e.g. body over the limit): no retry helps.
-                Err(other) => return Err(other),
+                // Our own request is at fault (e.g. body over the limit): no retry helps,
+                // and it never went out.
+                Err(other) => {
+                    meter.set_attempts(attempts - 1);
+                    return Err(other);
+                }
             };
             // The model this attempt went to (a fallback decision moves the plan on).
             let tried = plan.model().map(str::to_owned);
             let counted_as = tried.as_deref().unwrap_or("");
-            metrics.record_attempt(counted_as, attempt_outcome(outcome));
+            meter
+                .metrics()
+                .record_attempt(counted_as, attempt_outcome(outcome));
             let decision = plan.decide(outcome, Instant::now(), &mut rand::rng());
             match decision {
                 Decision::Return => {
@@ -165,11 +189,10 @@ impl Resilience {
                         response,
                         model: tried,
                         gave_up: false,
-                        attempts,
                     });
                 }
                 Decision::Retry { after } => {
-                    metrics.record_retry(counted_as, retry_reason(outcome));
+                    retry_due = Some(retry_reason(outcome));
                     tracing::info!(
                         model = tried.as_deref().unwrap_or(""),
                         attempt,
@@ -177,22 +200,24 @@ impl Resilience {
                         wait_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
                         "retrying upstream request"
                     );
-                    // Drop the failed response (and its connection) before waiting.
-                    drop(result);
+                    // Drop a failed response (and its connection) before waiting; keep an
+                    // error for the message should the deadline end the request.
+                    last_error = result.err();
                     tokio::time::sleep(after).await;
                 }
                 Decision::Fallback {
                     model: next,
                     reason,
                 } => {
-                    metrics.record_fallback(counted_as, &next);
+                    meter.metrics().record_fallback(counted_as, &next);
+                    meter.set_upstream_model(&next);
                     tracing::info!(
                         from = tried.as_deref().unwrap_or(""),
                         to = %next,
                         reason = reason.as_str(),
                         "falling back to the next model"
                     );
-                    drop(result);
+                    last_error = result.err();
                     if let (OutBody::Buffered(body), Some(current)) = (&outgoing.body, &field) {
                         let (body, moved) = models::set_model(body, current, &next);
                         outgoing.replace_body(body);
@@ -213,13 +238,8 @@ impl Resilience {
                             response,
                             model: tried,
                             gave_up: true,
-                            attempts,
                         }),
-                        Err(_) if reason == GiveUpReason::Deadline => Err(deadline(config)),
-                        Err(last) if attempts > 1 => Err(ProxyError::RetriesExhausted {
-                            source: Box::new(last),
-                        }),
-                        Err(last) => Err(last),
+                        Err(last) => Err(gave_up(reason, config, &outgoing.uri, attempts, last)),
                     };
                 }
             }
@@ -233,9 +253,11 @@ async fn send_streamed(
     upstream: &Upstream,
     config: &Config,
     outgoing: Outgoing,
-    metrics: &Metrics,
+    meter: &mut RequestMeter,
 ) -> Result<Answer, ProxyError> {
     let timeout = config.retry.attempt_timeout.min(config.retry.deadline);
+    meter.set_attempts(1);
+    let uri = outgoing.uri.clone();
     let result = upstream::send_once(
         upstream,
         outgoing.into_request(),
@@ -252,22 +274,19 @@ async fn send_streamed(
         // Refused before it went out (e.g. body over the limit): not an attempt.
         Err(_) => None,
     };
-    if let Some(outcome) = outcome {
-        metrics.record_attempt("", outcome);
+    match outcome {
+        Some(outcome) => meter.metrics().record_attempt("", outcome),
+        None => meter.set_attempts(0),
     }
-    let response = result?;
+    let response = result.map_err(|e| match outcome {
+        Some(_) => gave_up(GiveUpReason::NotReplayable, config, &uri, 1, e),
+        None => e,
+    })?;
     Ok(Answer {
         response,
         model: None,
         gave_up: false,
-        attempts: 1,
     })
-}
-
-fn deadline(config: &Config) -> ProxyError {
-    ProxyError::DeadlineExceeded {
-        after: config.retry.deadline,
-    }
 }
 
 fn not_replayable() -> ProxyError {

@@ -23,6 +23,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use crate::config::Price;
+use crate::error::{BoxError, ProxyError};
 
 pub use body::{ReportFn, UsageBody};
 pub use request::{Prepared, StreamUsage, prepare_stream_usage};
@@ -175,8 +176,28 @@ pub enum StreamEnd {
     Complete,
     /// The upstream body failed mid-way.
     Error,
+    /// The upstream body sent nothing for `limits.stream_idle_timeout`; the sidecar
+    /// ended it.
+    Timeout,
     /// The body was dropped before its end (client went away).
     Dropped,
+}
+
+impl StreamEnd {
+    /// How a body that failed with `error` ended: [`StreamEnd::Timeout`] for the
+    /// sidecar's own idle limit, [`StreamEnd::Error`] for anything else. Takes any error
+    /// type, so bodies with other error types still classify (as `Error`).
+    pub fn of_error<E: 'static>(error: &E) -> Self {
+        let any: &dyn std::any::Any = error;
+        let own = any.downcast_ref::<ProxyError>().or_else(|| {
+            any.downcast_ref::<BoxError>()
+                .and_then(|boxed| boxed.downcast_ref::<ProxyError>())
+        });
+        match own {
+            Some(ProxyError::StreamIdle { .. }) => Self::Timeout,
+            _ => Self::Error,
+        }
+    }
 }
 
 /// What [`UsageBody`] saw, handed once to its callback.

@@ -60,6 +60,8 @@ struct LimitsFile {
     max_body_bytes: Option<u64>,
     #[serde(default, with = "humantime_serde")]
     connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    stream_idle_timeout: Option<Duration>,
 }
 
 impl FileConfig {
@@ -121,6 +123,7 @@ impl FileConfig {
         if let Some(l) = self.limits {
             merge(&mut cfg.limits.max_body_bytes, l.max_body_bytes);
             merge(&mut cfg.limits.connect_timeout, l.connect_timeout);
+            merge(&mut cfg.limits.stream_idle_timeout, l.stream_idle_timeout);
         }
         validate(&cfg)?;
         Ok(cfg)
@@ -188,5 +191,44 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if cfg.limits.connect_timeout.is_zero() {
         return err("limits.connect_timeout", "must be greater than 0, e.g. 5s");
     }
+    if cfg.limits.stream_idle_timeout.is_zero() {
+        return err(
+            "limits.stream_idle_timeout",
+            "must be greater than 0, e.g. 300s",
+        );
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::{Config, ConfigError};
+
+    #[test]
+    fn stream_idle_timeout_defaults_parses_and_must_be_positive() {
+        let default = Config::default().limits.stream_idle_timeout;
+        assert_eq!(default, Duration::from_secs(300));
+        let c = Config::from_yaml_str("limits:\n  stream_idle_timeout: 250ms\n").unwrap();
+        assert_eq!(c.limits.stream_idle_timeout, Duration::from_millis(250));
+        // The other limits keep their defaults.
+        assert_eq!(c.limits.connect_timeout, Duration::from_secs(5));
+        for (yaml, want) in [
+            (
+                "limits:\n  stream_idle_timeout: 0s\n",
+                "must be greater than 0",
+            ),
+            ("limits:\n  stream_idle_timeout: soon\n", ""),
+        ] {
+            let err = Config::from_yaml_str(yaml).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(err, ConfigError::Invalid { .. } | ConfigError::Parse { .. }),
+                "{text}"
+            );
+            assert!(text.contains("limits.stream_idle_timeout"), "{text}");
+            assert!(text.contains(want), "{text}");
+        }
+    }
 }

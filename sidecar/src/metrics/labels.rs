@@ -1,5 +1,5 @@
 //! Label values for the sidecar's metrics: the bounded enums (route, token type, retry
-//! reason, attempt outcome, reload result, rate limit, unparsed kind). Every label value
+//! reason, attempt outcome, reload result, rate limit, unparsed kind, incomplete reason). Every label value
 //! comes from one of these or from `models.rs`. This module does not register or record
 //! metrics.
 
@@ -239,6 +239,32 @@ impl UnparsedKind {
     }
 }
 
+/// Why a response body did not reach its end (`reason` of
+/// `holysheep_incomplete_responses_total`); the values are the request log's `end`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum IncompleteReason {
+    /// The upstream sent nothing for `limits.stream_idle_timeout`.
+    Timeout,
+    /// The upstream body failed (reset, closed mid-body).
+    UpstreamError,
+    /// The client went away before the end.
+    ClientGone,
+}
+
+impl IncompleteReason {
+    /// Every value, for series that start at 0.
+    pub const ALL: [Self; 3] = [Self::Timeout, Self::UpstreamError, Self::ClientGone];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::UpstreamError => "upstream_error",
+            Self::ClientGone => "client_gone",
+        }
+    }
+}
+
 macro_rules! label_value_from_as_str {
     ($($ty:ty),* $(,)?) => {$(
         impl EncodeLabelValue for $ty {
@@ -257,6 +283,7 @@ label_value_from_as_str!(
     ReloadResult,
     RateLimitKind,
     UnparsedKind,
+    IncompleteReason,
 );
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //!
 //! The proxy creates it first thing, tells it what it learns (models, stream usage mode,
 //! attempts) and hands it the final response, whose body it wraps in a
-//! [`UsageBody`]. It does not parse requests or decide retries.
+//! [`UsageBody`]. A meter dropped before it got a response is a client that went away
+//! before the response headers (hyper drops the request's future then): it is recorded
+//! as status 499, `end: client_gone`. It does not parse requests or decide retries.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,13 +14,18 @@ use bytes::Bytes;
 use http::{HeaderMap, Response, header};
 use http_body::Body;
 
-use super::{InflightGuard, Metrics, RequestRecord, Route, TokenRecord, UnparsedKind};
+use super::{
+    IncompleteReason, InflightGuard, Metrics, RequestRecord, Route, TokenRecord, UnparsedKind,
+};
 use crate::config::Config;
 use crate::logging::RequestLog;
 use crate::usage::{StreamEnd, StreamUsage, TapMode, UsageBody, UsageReport, cost_usd};
 
 /// Longest client `x-request-id` reused as the request id.
 const MAX_REQUEST_ID_LEN: usize = 64;
+/// The status recorded for a client gone before the response headers (nginx's
+/// "client closed request"; nothing was sent, so no real status exists).
+const CLIENT_GONE_STATUS: u16 = 499;
 
 /// One request in flight; see the module docs.
 pub struct RequestMeter {
@@ -31,7 +38,13 @@ pub struct RequestMeter {
     stream_usage: StreamUsage,
     attempts: u32,
     on_tokens: Option<TokensHook>,
+    #[expect(
+        dead_code,
+        reason = "held for its Drop: in flight until the meter goes"
+    )]
     inflight: InflightGuard,
+    /// The request was recorded; dropping the meter then records nothing more.
+    recorded: bool,
 }
 
 /// Called once with the response's total tokens (0 when unknown), e.g. to settle a
@@ -67,6 +80,7 @@ impl RequestMeter {
             attempts: 0,
             on_tokens: None,
             inflight: metrics.inflight(),
+            recorded: false,
         }
     }
 
@@ -96,7 +110,13 @@ impl RequestMeter {
         self.stream_usage = stream_usage;
     }
 
-    /// Upstream attempts made so far (the proxy sets 1 for a single send).
+    /// The metrics the meter records into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Upstream attempts made so far, updated as each one is sent, so a request that
+    /// ends early still reports the attempts it made.
     pub fn set_attempts(&mut self, attempts: u32) {
         self.attempts = attempts;
     }
@@ -126,6 +146,7 @@ impl RequestMeter {
     }
 
     fn report(mut self, status: u16, config: &Config, report: UsageReport) {
+        self.recorded = true;
         if let Some(hook) = self.on_tokens.take() {
             hook(
                 report
@@ -186,8 +207,61 @@ impl RequestMeter {
             end: report.end,
         }
         .emit();
-        // In flight until the report is made (the last byte has gone).
-        drop(self.inflight);
+        if let Some(reason) = incomplete_reason(report.end) {
+            metrics.record_incomplete(reason);
+        }
+        // In flight until the report is made (the last byte has gone): the guard goes
+        // with `self`, here.
+    }
+
+    /// The client went away before a response existed: one 499 record and log line.
+    fn report_client_gone(&mut self) {
+        self.recorded = true;
+        if let Some(hook) = self.on_tokens.take() {
+            // Nothing was reported back: nothing beyond the reservation is charged.
+            hook(0);
+        }
+        let rec = RequestRecord {
+            route: self.route,
+            requested_model: self.requested_model.as_deref(),
+            upstream_model: self.upstream_model.as_deref(),
+            response_model: None,
+            status: CLIENT_GONE_STATUS,
+            duration: self.started.elapsed(),
+            ttfb: None,
+        };
+        self.metrics.record_request(&rec);
+        RequestLog {
+            request_id: &self.request_id,
+            request: rec,
+            attempts: self.attempts,
+            input_tokens: None,
+            output_tokens: None,
+            cost_usd: None,
+            stream: false,
+            end: StreamEnd::Dropped,
+        }
+        .emit();
+    }
+}
+
+impl Drop for RequestMeter {
+    fn drop(&mut self) {
+        // `finish` hands the meter to the body's report, which records it; a meter
+        // dropped unrecorded never got that far.
+        if !self.recorded {
+            self.report_client_gone();
+        }
+    }
+}
+
+/// The `holysheep_incomplete_responses_total` reason of a body's end, if it was cut.
+fn incomplete_reason(end: StreamEnd) -> Option<IncompleteReason> {
+    match end {
+        StreamEnd::Complete => None,
+        StreamEnd::Error => Some(IncompleteReason::UpstreamError),
+        StreamEnd::Timeout => Some(IncompleteReason::Timeout),
+        StreamEnd::Dropped => Some(IncompleteReason::ClientGone),
     }
 }
 
@@ -279,5 +353,44 @@ mod tests {
             text.contains(r#"holysheep_cost_usd_total{model="text-embedding-3-small"} 0.000001"#)
         );
         assert_eq!(metrics.config_reloads(ReloadResult::Success), 0);
+    }
+
+    #[test]
+    fn a_meter_dropped_before_its_response_is_a_499() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let mut meter = RequestMeter::start(&metrics, "/v1/chat/completions", &HeaderMap::new());
+        meter.set_models(Some("gpt-4"), Some("gpt-4.1"));
+        meter.set_attempts(2);
+        let settled = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+        let hook = Arc::clone(&settled);
+        meter.on_tokens(move |t| hook.store(t, std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(metrics.0.inflight.get(), 1);
+        // What hyper does to the handler when the client leaves before the headers.
+        drop(meter);
+        assert_eq!(metrics.0.inflight.get(), 0);
+        assert_eq!(settled.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(
+                r#"holysheep_requests_total{route="chat_completions",model="gpt-4.1",requested_model="gpt-4",status="499"} 1"#
+            ),
+            "{text}"
+        );
+        // A body cut after the headers is not a 499, and is not counted twice.
+        let meter = RequestMeter::start(&metrics, "/v1/chat/completions", &HeaderMap::new());
+        let resp = meter.finish(
+            Response::new(Full::new(Bytes::from_static(b"{}"))),
+            Arc::new(Config::default()),
+        );
+        drop(resp);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains(r#"status="499"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"holysheep_incomplete_responses_total{reason="client_gone"} 1"#),
+            "{text}"
+        );
     }
 }

@@ -8,12 +8,12 @@ use std::time::Duration;
 use super::series::{Series, SeriesKey};
 use super::sets::{
     AttemptLabels, FallbackLabels, GenAiDurationLabels, GenAiLabels, GenAiTokenLabels,
-    ModelLabelSet, RateLimitLabels, ReloadLabels, RequestLabels, RetryLabels, RouteLabels,
-    RouteModelLabels, TokenLabels, UnparsedLabels,
+    IncompleteLabels, ModelLabelSet, RateLimitLabels, ReloadLabels, RequestLabels, RetryLabels,
+    RouteLabels, RouteModelLabels, TokenLabels, UnparsedLabels,
 };
 use super::{
-    AttemptOutcome, GEN_AI_PROVIDER, Metrics, RateLimitKind, ReloadResult, RetryReason, Route,
-    TokenType, UnparsedKind,
+    AttemptOutcome, GEN_AI_PROVIDER, IncompleteReason, Metrics, RateLimitKind, ReloadResult,
+    RetryReason, Route, TokenType, UnparsedKind,
 };
 
 /// One finished request, as the proxy saw it. Model names are raw; they are bounded here.
@@ -215,6 +215,14 @@ impl Metrics {
                 from_model: self.0.models.label(Some(from)),
                 to_model: self.0.models.label(Some(to)),
             })
+            .inc();
+    }
+
+    /// Counts one response body that did not reach its end.
+    pub fn record_incomplete(&self, reason: IncompleteReason) {
+        self.0
+            .incomplete
+            .get_or_create(&IncompleteLabels { reason })
             .inc();
     }
 

@@ -7,7 +7,8 @@ use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::labels::{
-    AttemptOutcome, RateLimitKind, ReloadResult, RetryReason, Route, TokenType, UnparsedKind,
+    AttemptOutcome, IncompleteReason, RateLimitKind, ReloadResult, RetryReason, Route, TokenType,
+    UnparsedKind,
 };
 use super::models::ModelName;
 
@@ -91,6 +92,11 @@ pub(super) struct RateLimitLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct UnparsedLabels {
     pub(super) kind: UnparsedKind,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct IncompleteLabels {
+    pub(super) reason: IncompleteReason,
 }
 
 /// Attributes shared by the GenAI metrics, named as the semantic conventions name them

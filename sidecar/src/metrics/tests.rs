@@ -115,6 +115,28 @@ fn design_metric_names_are_exposed_and_parse() {
 }
 
 #[test]
+fn incomplete_responses_start_at_zero_and_count_by_reason() {
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let s = scrape(&registry);
+    for reason in ["timeout", "upstream_error", "client_gone"] {
+        let labels = [("reason", reason)];
+        assert_eq!(
+            counter(&s, "holysheep_incomplete_responses_total", &labels),
+            0.0,
+            "{reason}"
+        );
+    }
+    metrics.record_incomplete(IncompleteReason::Timeout);
+    let s = scrape(&registry);
+    let timeout = [("reason", "timeout")];
+    assert_eq!(
+        counter(&s, "holysheep_incomplete_responses_total", &timeout),
+        1.0
+    );
+}
+
+#[test]
 fn gen_ai_semantic_convention_metrics() {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);

@@ -181,6 +181,7 @@ impl<B> UsageBody<B> {
 impl<B> Body for UsageBody<B>
 where
     B: Body<Data = Bytes>,
+    B::Error: 'static,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -213,7 +214,7 @@ where
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Some(Err(err)) => {
-                    this.tap.finish(StreamEnd::Error);
+                    this.tap.finish(StreamEnd::of_error(&err));
                     return Poll::Ready(Some(Err(err)));
                 }
                 None => {

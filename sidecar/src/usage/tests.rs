@@ -267,3 +267,35 @@ async fn off_mode_still_times_and_counts_bytes() {
     assert_eq!(reports[0].bytes_sent, 8);
     assert_eq!(reports[0].unparsed, 0);
 }
+
+#[tokio::test]
+async fn an_idle_upstream_is_reported_as_a_timeout() {
+    let (reports, report) = collector();
+    let frames = stream::iter([
+        Ok(Frame::data(Bytes::from_static(b"data: {}\n\n"))),
+        Err::<Frame<Bytes>, crate::error::BoxError>(Box::new(
+            crate::error::ProxyError::StreamIdle {
+                after: std::time::Duration::from_secs(1),
+            },
+        )),
+    ]);
+    let body = UsageBody::new(StreamBody::new(frames), TapMode::Sse, report);
+    assert!(body.collect().await.is_err());
+    assert_eq!(reports.lock().unwrap()[0].end, StreamEnd::Timeout);
+}
+
+#[test]
+fn stream_end_of_an_error() {
+    let idle = crate::error::ProxyError::StreamIdle {
+        after: std::time::Duration::from_secs(1),
+    };
+    assert_eq!(StreamEnd::of_error(&idle), StreamEnd::Timeout);
+    let boxed: crate::error::BoxError = Box::new(idle);
+    assert_eq!(StreamEnd::of_error(&boxed), StreamEnd::Timeout);
+    let other: crate::error::BoxError = "reset".into();
+    assert_eq!(StreamEnd::of_error(&other), StreamEnd::Error);
+    assert_eq!(
+        StreamEnd::of_error(&std::io::Error::other("reset")),
+        StreamEnd::Error
+    );
+}

@@ -12,6 +12,7 @@
     reason = "test support: a failed setup should panic with its message"
 )]
 
+pub mod tcp;
 pub mod upstream;
 
 use std::future::Future;
