@@ -74,7 +74,7 @@ fn config_yaml(variant: u64) -> String {
         // A refused edit: the sidecar keeps the last good config and logs once.
         2 => "retry:\n  max_attempts: 3\n  no_such_knob: true\n".to_owned(),
         v => format!(
-            "aliases:\n  gpt-4: gpt-4.1\n  soak-{v}: gpt-4.1\nretry:\n  max_attempts: 3\n  base_backoff: 10ms\n  max_backoff: 100ms\n  deadline: 10s\nlimits:\n  max_body_bytes: 65536\n"
+            "aliases:\n  gpt-4: gpt-4.1\n  soak-{v}: gpt-4.1\nretry:\n  max_attempts: 3\n  base_backoff: 10ms\n  max_backoff: 100ms\n  deadline: 10s\nlimits:\n  max_body_bytes: 65536\n  stream_idle_timeout: 2s\n"
         ),
     }
 }
