@@ -2,6 +2,10 @@
 //! `Upgrade: h2c` offer (what `curl --http2` sends to an http:// URL), `CONNECT`,
 //! dot-segment paths, malformed body framing. Each is either served as plain HTTP/1.1 or
 //! refused by the sidecar itself, and refused requests never reach the upstream.
+//!
+//! Then clients that hold connections: silent or half-sent heads, idle keep-alive
+//! (HTTP/1 and HTTP/2), more connections than the cap. Timeouts are set short through
+//! `Settings::conn_limits`; every wait is bounded by `READ_BOUND`.
 
 #![allow(
     clippy::unwrap_used,
@@ -14,6 +18,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use holysheep_sidecar::server::ConnLimits;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::upstream::FakeUpstream;
 use support::{Sidecar, TEST_KEY, settings};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -278,4 +285,196 @@ async fn body_shorter_than_content_length_then_close_is_400_not_502() {
         "{:?}",
         up.requests()
     );
+}
+
+// ---- listener hygiene: deadlines, idle timeout, connection cap ----
+
+/// Test limits: `head` and `idle` short or long as the case needs, generous cap.
+fn limits(head: Duration, idle: Duration, cap: u32) -> ConnLimits {
+    ConnLimits {
+        head_timeout: head,
+        idle_timeout: idle,
+        max_connections: cap,
+    }
+}
+
+const SHORT: Duration = Duration::from_millis(200);
+/// Longer than any bounded wait here, so a close within READ_BOUND is not due to it.
+const LONG: Duration = Duration::from_secs(60);
+
+async fn sidecar_with(up: &FakeUpstream, conn_limits: ConnLimits) -> Sidecar {
+    let mut s = settings(&up.url());
+    s.conn_limits = conn_limits;
+    Sidecar::start_with(s).await
+}
+
+/// Reads until the sidecar closes the connection (data such as an HTTP/2 GOAWAY is
+/// skipped); fails when it is still open after `READ_BOUND`.
+async fn assert_closed_by_sidecar(tcp: &mut TcpStream, what: &str) {
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(READ_BOUND, tcp.read(&mut buf)).await {
+            Err(_elapsed) => panic!("{what}: the sidecar kept the connection open"),
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+const GET_MODELS: &[u8] = b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+
+#[tokio::test]
+async fn silent_or_half_sent_first_heads_are_closed_after_the_head_timeout() {
+    let up = FakeUpstream::always_json(200, "{\"data\":[]}").await;
+    let sidecar = sidecar_with(&up, limits(SHORT, LONG, 64)).await;
+
+    let cases: [(&str, &[u8]); 4] = [
+        ("nothing sent", b""),
+        (
+            "half an HTTP/1 head",
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        ),
+        ("a request line only", b"GET /v1/models HTTP/1.1\r\n"),
+        (
+            "an HTTP/2 preface, no request",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ),
+    ];
+    for (what, sent) in cases {
+        let mut tcp = TcpStream::connect(sidecar.proxy_addr).await.unwrap();
+        tcp.write_all(sent).await.unwrap();
+        assert_closed_by_sidecar(&mut tcp, what).await;
+    }
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test]
+async fn the_admin_listener_closes_silent_connections_too() {
+    let up = FakeUpstream::always_json(200, "{}").await;
+    let sidecar = sidecar_with(&up, limits(SHORT, LONG, 64)).await;
+
+    let mut tcp = TcpStream::connect(sidecar.admin_addr).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+    assert_closed_by_sidecar(&mut tcp, "admin, half a head").await;
+}
+
+#[tokio::test]
+async fn idle_http1_keep_alive_is_closed_after_the_idle_timeout() {
+    let up = FakeUpstream::always_json(200, "{\"data\":[]}").await;
+    let sidecar = sidecar_with(&up, limits(LONG, SHORT, 64)).await;
+
+    let mut tcp = TcpStream::connect(sidecar.proxy_addr).await.unwrap();
+    tcp.write_all(GET_MODELS).await.unwrap();
+    assert_eq!(read_response(&mut tcp).await.status, 200);
+    assert_closed_by_sidecar(&mut tcp, "idle HTTP/1 keep-alive").await;
+}
+
+#[tokio::test]
+async fn half_a_head_after_keep_alive_is_cut_at_the_head_timeout() {
+    let up = FakeUpstream::always_json(200, "{\"data\":[]}").await;
+    let sidecar = sidecar_with(&up, limits(SHORT, LONG, 64)).await;
+
+    let mut tcp = TcpStream::connect(sidecar.proxy_addr).await.unwrap();
+    tcp.write_all(GET_MODELS).await.unwrap();
+    assert_eq!(read_response(&mut tcp).await.status, 200);
+    tcp.write_all(b"GET /v1/models HTTP/1.1\r\nHost: 1")
+        .await
+        .unwrap();
+    // Closed well before the (long) idle timeout could explain it.
+    assert_closed_by_sidecar(&mut tcp, "second head, half sent").await;
+}
+
+#[tokio::test]
+async fn keep_alive_outlives_the_head_timeout() {
+    let up = FakeUpstream::always_json(200, "{\"data\":[]}").await;
+    let sidecar = sidecar_with(&up, limits(SHORT, LONG, 64)).await;
+
+    let mut tcp = TcpStream::connect(sidecar.proxy_addr).await.unwrap();
+    tcp.write_all(GET_MODELS).await.unwrap();
+    assert_eq!(read_response(&mut tcp).await.status, 200);
+    // Idle between requests for several head timeouts: that is keep-alive, not a slow head.
+    tokio::time::sleep(SHORT * 4).await;
+    tcp.write_all(GET_MODELS).await.unwrap();
+    assert_eq!(read_response(&mut tcp).await.status, 200);
+    assert_eq!(up.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_request_in_flight_is_not_cut_by_the_head_or_idle_timeout() {
+    let (reply, chunks) = support::upstream::Reply::stream("text/event-stream");
+    let up = FakeUpstream::scripted(vec![reply]).await;
+    let sidecar = sidecar_with(&up, limits(SHORT, SHORT, 64)).await;
+
+    let mut tcp = TcpStream::connect(sidecar.proxy_addr).await.unwrap();
+    tcp.write_all(GET_MODELS).await.unwrap();
+    chunks.send("data: 1\n\n".into()).await.unwrap();
+    // The response is under way; stay in flight for several timeouts.
+    let mut head = Vec::new();
+    while !head.ends_with(b"data: 1\n\n\r\n") {
+        head.push(read_byte(&mut tcp).await.expect("response under way"));
+    }
+    tokio::time::sleep(SHORT * 4).await;
+    chunks.send("data: 2\n\n".into()).await.unwrap();
+    drop(chunks);
+    let mut rest = Vec::new();
+    while !rest.ends_with(b"0\r\n\r\n") {
+        rest.push(read_byte(&mut tcp).await.expect("rest of the response"));
+    }
+    assert!(
+        String::from_utf8_lossy(&rest).contains("data: 2"),
+        "{rest:?}"
+    );
+}
+
+#[tokio::test]
+async fn idle_http2_connection_is_closed_after_the_idle_timeout() {
+    let up = FakeUpstream::always_json(200, "{\"data\":[]}").await;
+    let sidecar = sidecar_with(&up, limits(LONG, SHORT, 64)).await;
+
+    let tcp = TcpStream::connect(sidecar.proxy_addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(sidecar.url("/v1/models"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    resp.into_body().collect().await.unwrap();
+    // The client keeps its side open (`sender` lives on); the sidecar ends it.
+    let ended = tokio::time::timeout(READ_BOUND, conn).await;
+    assert!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "HTTP/2 connection still open or broken: {ended:?}"
+    );
+    drop(sender);
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_wait_until_one_closes() {
+    let up = FakeUpstream::always_json(200, "{\"data\":[]}").await;
+    let sidecar = sidecar_with(&up, limits(LONG, LONG, 2)).await;
+
+    // Two kept-alive connections fill the cap.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(sidecar.proxy_addr).await.unwrap();
+        tcp.write_all(GET_MODELS).await.unwrap();
+        assert_eq!(read_response(&mut tcp).await.status, 200);
+        open.push(tcp);
+    }
+    // A third one is queued by the kernel, not served...
+    let mut third = TcpStream::connect(sidecar.proxy_addr).await.unwrap();
+    third.write_all(GET_MODELS).await.unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut byte)).await;
+    assert!(early.is_err(), "served over the cap: {early:?}");
+    assert_eq!(up.requests().len(), 2);
+    // ...until one of the two closes.
+    drop(open.remove(0));
+    assert_eq!(read_response(&mut third).await.status, 200);
+    assert_eq!(up.requests().len(), 3);
 }
