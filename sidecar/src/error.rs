@@ -149,6 +149,34 @@ pub enum ProxyError {
         /// The configured limit.
         after: Duration,
     },
+    /// A method the proxy never forwards (`CONNECT`: it is not a tunnelling proxy).
+    #[error(
+        "{method} is not supported: the holysheep sidecar is not a tunnelling proxy; send \
+         plain HTTP requests to its /v1/... URLs (and keep it out of HTTPS_PROXY)"
+    )]
+    MethodNotAllowed {
+        /// The refused method.
+        method: String,
+    },
+    /// The path has a `.` or `..` segment (possibly percent-encoded), which the upstream
+    /// could resolve to somewhere outside `/v1/`.
+    #[error(
+        "request path {path} has a '.' or '..' segment: the holysheep sidecar forwards \
+         normalized /v1/... paths only; resolve the path in the client"
+    )]
+    DotSegmentPath {
+        /// The requested path (no query: it may carry data).
+        path: String,
+    },
+    /// The client's body could not be read: its framing is broken.
+    #[error(
+        "failed to read the request body ({reason}): the client sent a malformed or \
+         truncated body; check its Content-Length or chunked encoding"
+    )]
+    BodyUnreadable {
+        /// What the HTTP layer reported.
+        reason: String,
+    },
 }
 
 /// What stopped the retries of a request, short of the deadline.
@@ -208,6 +236,9 @@ const SERVER_ERROR: &str = "server_error";
 const RATE_LIMIT: &str = "rate_limit_error";
 const TIMEOUT: &str = "timeout_error";
 
+/// `Allow` of a 405: every method is forwarded but `CONNECT`; these are the usual ones.
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
 impl ProxyError {
     /// The one table: status, OpenAI `type` and `code` for each error.
     pub fn status_and_kind(&self) -> (StatusCode, &'static str, &'static str) {
@@ -253,6 +284,19 @@ impl ProxyError {
             Self::StreamIdle { .. } => {
                 (StatusCode::GATEWAY_TIMEOUT, TIMEOUT, "stream_idle_timeout")
             }
+            Self::MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                INVALID_REQUEST,
+                "method_not_allowed",
+            ),
+            Self::DotSegmentPath { .. } => {
+                (StatusCode::BAD_REQUEST, INVALID_REQUEST, "invalid_path")
+            }
+            Self::BodyUnreadable { .. } => (
+                StatusCode::BAD_REQUEST,
+                INVALID_REQUEST,
+                "invalid_request_body",
+            ),
         }
     }
 
@@ -304,6 +348,9 @@ impl ProxyError {
         if let Self::RateLimited { retry_after, .. } = &self {
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if let Self::MethodNotAllowed { .. } = &self {
+            headers.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
         }
         resp
     }
@@ -394,6 +441,43 @@ mod tests {
                     .is_some_and(|m| !m.is_empty())
             );
             assert!(v["error"]["type"].is_string());
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_of_the_request_itself_are_openai_shaped() {
+        let cases = [
+            (
+                ProxyError::MethodNotAllowed {
+                    method: "CONNECT".into(),
+                },
+                405,
+                "method_not_allowed",
+            ),
+            (
+                ProxyError::DotSegmentPath {
+                    path: "/v1/../x".into(),
+                },
+                400,
+                "invalid_path",
+            ),
+            (
+                ProxyError::BodyUnreadable {
+                    reason: "invalid chunk size line".into(),
+                },
+                400,
+                "invalid_request_body",
+            ),
+        ];
+        for (err, status, code) in cases {
+            let allow = matches!(err, ProxyError::MethodNotAllowed { .. });
+            let resp = err.into_response();
+            assert_eq!(resp.status().as_u16(), status, "{code}");
+            assert_eq!(resp.headers().contains_key(header::ALLOW), allow, "{code}");
+            assert!(!resp.headers().contains_key("x-should-retry"), "{code}");
+            let v = body_json(resp).await;
+            assert_eq!(v["error"]["code"], code);
+            assert_eq!(v["error"]["type"], INVALID_REQUEST);
         }
     }
 

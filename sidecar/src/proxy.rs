@@ -1,8 +1,9 @@
 //! The forwarding pipeline for one request, as named steps.
 //!
-//! `handle` = route -> require key -> bound body -> remap model -> set key -> send ->
-//! stream back. Each step is a small function below, read top to bottom. A protocol
-//! upgrade (WebSocket, the Realtime API) branches off after the key check to `upgrade`.
+//! `handle` = refuse unforwardable targets -> route -> require key -> bound body -> remap
+//! model -> set key -> send -> stream back. Each step is a small function below, read top
+//! to bottom. A WebSocket upgrade (the Realtime API) branches off after the key check to
+//! `upgrade`.
 //!
 //! What it does not do: retry or fall back (the `send` step hands the request to
 //! `resilience`, which runs the attempts under the `retry` policy), count tokens (a
@@ -29,9 +30,10 @@ use crate::keys::{ApiKey, KeyStore};
 use crate::metrics::{Metrics, RateLimitKind, RequestMeter};
 use crate::models::{self, ModelField};
 use crate::resilience::{Answer, IdleTimeout, Resilience, SseErrorTail, is_event_stream};
-use crate::upstream::{Upstream, UpstreamBody};
+use crate::upstream::{ClientBody, ReadFailure, Upstream, UpstreamBody};
 use crate::usage::{self, StreamUsage};
 
+mod target;
 mod upgrade;
 
 /// Everything a request needs, shared by all connections.
@@ -86,13 +88,15 @@ async fn forward(
     meter: &mut RequestMeter,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (parts, body) = req.into_parts();
+    target::check(&parts.method, &parts.uri)?;
     let uri = route(&state.upstream, &parts.uri)?;
     let key = state.keys.current().ok_or(ProxyError::NoKey)?;
     if upgrade::requested(&parts.headers) {
         let timeout = config.retry.attempt_timeout;
         return upgrade::tunnel(&state.upstream, parts, body, uri, &key, timeout).await;
     }
-    let body = bound_body(&parts.headers, body, config.limits.max_body_bytes).await?;
+    let (body, read_failure) =
+        bound_body(&parts.headers, body, config.limits.max_body_bytes).await?;
     let (body, model, requested) = remap_model(body, config);
     meter.set_models(
         requested.as_deref(),
@@ -116,7 +120,8 @@ async fn forward(
         requested.as_deref(),
         meter,
     )
-    .await?;
+    .await
+    .map_err(|err| blame_client_body(err, read_failure.as_ref()))?;
     if let Some(model) = &answer.model {
         meter.set_upstream_model(model);
     }
@@ -145,7 +150,7 @@ pub enum OutBody {
     /// A JSON body read whole (up to `limits.max_body_bytes`), model remapped.
     Buffered(Bytes),
     /// Any other body, streamed with the size limit enforced as it flows.
-    Streamed(Limited<Incoming>),
+    Streamed(Limited<ClientBody>),
 }
 
 impl Outgoing {
@@ -203,12 +208,13 @@ fn route(upstream: &Upstream, uri: &Uri) -> Result<Uri, ProxyError> {
 }
 
 /// Step: refuse an over-limit body up front (Content-Length), buffer JSON up to the
-/// limit, stream anything else through a limit that trips mid-stream.
+/// limit, stream anything else through a limit that trips mid-stream. A streamed body
+/// comes with the handle that tells whether reading it failed (see [`ClientBody`]).
 async fn bound_body(
     headers: &HeaderMap,
     body: Incoming,
     limit: u64,
-) -> Result<OutBody, ProxyError> {
+) -> Result<(OutBody, Option<ReadFailure>), ProxyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -216,16 +222,33 @@ async fn bound_body(
     if declared.is_some_and(|len| len > limit) {
         return Err(ProxyError::BodyTooLarge { limit });
     }
-    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
     if !is_json(headers) {
-        return Ok(OutBody::Streamed(limited));
+        let body = ClientBody::new(body);
+        let failure = body.failure();
+        return Ok((
+            OutBody::Streamed(Limited::new(body, limit_usize)),
+            Some(failure),
+        ));
     }
-    match limited.collect().await {
-        Ok(collected) => Ok(OutBody::Buffered(collected.to_bytes())),
+    match Limited::new(body, limit_usize).collect().await {
+        Ok(collected) => Ok((OutBody::Buffered(collected.to_bytes()), None)),
         Err(e) if e.is::<LengthLimitError>() => Err(ProxyError::BodyTooLarge { limit }),
-        Err(e) => Err(ProxyError::BadRequest {
-            reason: format!("failed to read the request body: {e}"),
+        Err(e) => Err(ProxyError::BodyUnreadable {
+            reason: crate::upstream::describe_read_error(&*e),
         }),
+    }
+}
+
+/// A send that failed because the client's own streamed body broke (bad chunked
+/// encoding, fewer bytes than Content-Length) is the client's fault (400), whatever the
+/// upstream client made of it.
+fn blame_client_body(err: ProxyError, read_failure: Option<&ReadFailure>) -> ProxyError {
+    match read_failure.and_then(ReadFailure::get) {
+        Some(reason) => ProxyError::BodyUnreadable {
+            reason: reason.to_owned(),
+        },
+        None => err,
     }
 }
 
@@ -314,8 +337,9 @@ fn content_length_is(headers: &HeaderMap, len: usize) -> bool {
     values.next().is_none() && first.and_then(|v| v.parse::<usize>().ok()) == Some(len)
 }
 
-/// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one connection, never forwarded (RFC 9110 7.6.1), plus the
+/// settings of an ignored `Upgrade: h2c` offer (RFC 7540 3.2.1).
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -324,6 +348,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.

@@ -5,7 +5,8 @@
 //! and HTTP/2, every request to `proxy::handle`) and the admin listener (`/healthz`,
 //! `/readyz` = a key is loaded and not draining, `/metrics`) until `shutdown` resolves;
 //! then it stops accepting, lets in-flight requests and streams finish for up to
-//! `Settings::shutdown_grace`, and returns. [`run`] is both, for `main` and tests.
+//! `Settings::shutdown_grace`, and returns. [`run`] is both, for `main` and tests. Both
+//! listeners bound their connections (count, head deadline, idle timeout): see `conn`.
 //!
 //! What it does not do: parse flags or install signal handlers (`main` does), or log
 //! per request (`proxy::handle` logs failures once).
@@ -23,9 +24,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,9 +35,17 @@ use crate::metrics::Metrics;
 use crate::proxy::{self, AppState};
 use crate::upstream::{Upstream, UpstreamError};
 
+mod conn;
+
+use conn::Connections;
+pub use conn::{ADMIN_MAX_CONNECTIONS, ConnLimits, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS};
+
 /// How long in-flight requests and streams may run after SIGTERM. Kubernetes waits 30s
 /// (terminationGracePeriodSeconds) before SIGKILL; 25s leaves room to exit cleanly.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+/// How long admin requests in flight (a probe, a scrape) may finish once the proxy has
+/// drained; they take milliseconds, and the proxy's grace has used most of the budget.
+const ADMIN_DRAIN: Duration = Duration::from_secs(2);
 
 /// Everything needed to start the sidecar, already parsed.
 #[derive(Debug, Clone)]
@@ -55,6 +62,9 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Key file re-check interval (safety net under the directory watch).
     pub key_recheck: Duration,
+    /// Bounds of the proxy listener's connections (the admin listener uses the same
+    /// timeouts and [`ADMIN_MAX_CONNECTIONS`]).
+    pub conn_limits: ConnLimits,
 }
 
 impl Settings {
@@ -71,6 +81,7 @@ impl Settings {
             config_path: args.config.clone(),
             shutdown_grace: SHUTDOWN_GRACE,
             key_recheck: RECHECK_INTERVAL,
+            conn_limits: ConnLimits::default(),
         })
     }
 }
@@ -95,7 +106,7 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
-    /// The admin server failed.
+    /// The admin server task failed.
     #[error("admin server failed: {0}")]
     Admin(#[source] std::io::Error),
 }
@@ -110,6 +121,7 @@ pub struct App {
     pub config_path: Option<PathBuf>,
     shutdown_grace: Duration,
     key_recheck: Duration,
+    conn_limits: ConnLimits,
 }
 
 /// Builds the app: first key load, upstream client, registry with the sidecar metrics.
@@ -138,6 +150,7 @@ pub fn build(settings: Settings) -> Result<App, RunError> {
         config_path: settings.config_path,
         shutdown_grace: settings.shutdown_grace,
         key_recheck: settings.key_recheck,
+        conn_limits: settings.conn_limits,
     })
 }
 
@@ -215,21 +228,36 @@ pub async fn serve(
         "holysheep-sidecar listening"
     );
     let admin_stop = stop.clone();
+    let admin_limits = ConnLimits {
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        ..app.conn_limits
+    };
     let admin_task = tokio::spawn(async move {
-        axum::serve(admin, admin_router(admin_state))
-            .with_graceful_shutdown(admin_stop.cancelled_owned())
-            .await
+        let conns = Connections::new(admin_limits);
+        let service = TowerToHyperService::new(admin_router(admin_state));
+        conns
+            .accept(&admin, admin_stop.cancelled_owned(), service)
+            .await;
+        drop(admin);
+        conns.drain(ADMIN_DRAIN).await;
     });
 
-    serve_proxy(proxy, app.state, shutdown, &draining, app.shutdown_grace).await;
+    serve_proxy(
+        proxy,
+        app.state,
+        shutdown,
+        &draining,
+        app.shutdown_grace,
+        app.conn_limits,
+    )
+    .await;
 
     stop.cancel();
     key_watcher.abort();
-    match admin_task.await {
-        Ok(result) => result.map_err(RunError::Admin),
-        // The admin task only ends by returning; a join error means it panicked.
-        Err(e) => Err(RunError::Admin(std::io::Error::other(e))),
-    }
+    // The admin task only ends by returning; a join error means it panicked.
+    admin_task
+        .await
+        .map_err(|e| RunError::Admin(std::io::Error::other(e)))
 }
 
 /// Accepts proxy connections until `shutdown`, then drains them up to `grace`.
@@ -239,47 +267,21 @@ async fn serve_proxy(
     shutdown: impl Future<Output = ()>,
     draining: &AtomicBool,
     grace: Duration,
+    limits: ConnLimits,
 ) {
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
-                Err(e) => {
-                    // E.g. out of file descriptors: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        // Small request/response writes: don't wait for Nagle.
-        let _ = stream.set_nodelay(true);
+    let conns = Connections::new(limits);
+    let service = hyper::service::service_fn(move |req| {
         let state = Arc::clone(&state);
-        let service = hyper::service::service_fn(move |req| {
-            let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(proxy::handle(state, req).await) }
-        });
-        let conn = builder
-            // With upgrades: WebSocket (Realtime API) tunnels, see `proxy::upgrade`.
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "client connection ended with an error");
-            }
-        });
-    }
+        async move { Ok::<_, Infallible>(proxy::handle(state, req).await) }
+    });
+    conns.accept(&listener, shutdown, service).await;
     drop(listener);
     draining.store(true, Ordering::Release);
     tracing::info!(grace = ?grace, "shutting down: draining in-flight requests");
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("drained"),
-        () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+    if conns.drain(grace).await {
+        tracing::info!("drained");
+    } else {
+        tracing::warn!("grace period over; closing remaining connections");
     }
 }
 

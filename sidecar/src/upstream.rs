@@ -29,8 +29,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::{Limits, UpstreamBase};
 use crate::error::{BoxError, ProxyError};
 
+mod client_body;
 mod h1pool;
 
+pub use client_body::{ClientBody, ReadFailure, describe_read_error};
 use h1pool::H1Pool;
 
 /// How long an idle pooled upstream connection is kept.
@@ -39,7 +41,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// A request body going upstream: buffered (JSON, replayable) or streamed (size-bounded).
-pub type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
+pub type UpstreamBody = Either<Full<Bytes>, Limited<ClientBody>>;
 
 /// Why the upstream client could not be built.
 #[derive(Debug, thiserror::Error)]

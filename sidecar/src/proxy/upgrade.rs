@@ -2,6 +2,10 @@
 //! request goes upstream with our key over its own HTTP/1.1 connection; on `101` both
 //! connections are taken over and bytes are copied both ways until either side closes.
 //!
+//! Only WebSocket is tunnelled. Any other offer (`Upgrade: h2c` from `curl --http2`,
+//! TLS/1.0...) is an optional offer the server may ignore (RFC 9110 7.8): the request is
+//! served as plain HTTP/1.1 with the offer stripped as hop-by-hop.
+//!
 //! What it does not do: look inside the frames (no usage counting, no model alias), retry,
 //! or keep a tunnel open past shutdown: tunnels are not part of the graceful drain.
 //! A refused upgrade (any status but 101) streams back like any other response.
@@ -20,15 +24,26 @@ use crate::error::{ProxyError, ResponseBody};
 use crate::keys::ApiKey;
 use crate::upstream::{self, Upstream};
 
-/// Whether the client asks to switch protocols (`Connection: upgrade` + `Upgrade`).
+/// Whether the client asks to switch to WebSocket (`Connection: upgrade` and `websocket`
+/// among the `Upgrade` protocols, any case, any version suffix).
 pub(super) fn requested(headers: &HeaderMap) -> bool {
-    let connection_upgrade = headers
-        .get_all(header::CONNECTION)
-        .iter()
+    let connection_upgrade =
+        tokens(headers, header::CONNECTION).any(|token| token.eq_ignore_ascii_case("upgrade"));
+    connection_upgrade
+        && tokens(headers, header::UPGRADE).any(|protocol| {
+            let name = protocol.split('/').next().unwrap_or(protocol);
+            name.trim().eq_ignore_ascii_case("websocket")
+        })
+}
+
+/// The comma-separated tokens of every `name` header, trimmed.
+fn tokens(headers: &HeaderMap, name: header::HeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .into_iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    connection_upgrade && headers.contains_key(header::UPGRADE)
+        .map(str::trim)
 }
 
 /// Forwards an upgrade request and, on `101`, splices the two connections together.
@@ -115,6 +130,29 @@ mod tests {
                 h.insert(header::UPGRADE, u.parse().unwrap());
             }
             assert_eq!(requested(&h), want, "{connection:?} {upgrade:?}");
+        }
+    }
+
+    #[test]
+    fn only_websocket_is_an_upgrade() {
+        let cases = [
+            ("WebSocket", true),
+            ("websocket/13", true),
+            ("h2c, websocket", true),
+            ("h2c", false),
+            ("HTTP/2.0", false),
+            ("TLS/1.0", false),
+            ("websockets", false),
+            ("", false),
+        ];
+        for (upgrade, want) in cases {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::CONNECTION,
+                "Upgrade, HTTP2-Settings".parse().unwrap(),
+            );
+            h.insert(header::UPGRADE, upgrade.parse().unwrap());
+            assert_eq!(requested(&h), want, "{upgrade:?}");
         }
     }
 }

@@ -31,7 +31,7 @@ use futures_util::StreamExt;
 use holysheep_sidecar::config::Config;
 use holysheep_sidecar::keys::{KeySource, KeyStore};
 use holysheep_sidecar::proxy::AppState;
-use holysheep_sidecar::server::{self, RunError, Settings};
+use holysheep_sidecar::server::{self, ConnLimits, RunError, Settings};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -107,6 +107,7 @@ pub fn settings(upstream: &str) -> Settings {
         config_path: None,
         shutdown_grace: Duration::from_secs(5),
         key_recheck: Duration::from_secs(3600),
+        conn_limits: ConnLimits::default(),
     }
 }
 
