@@ -5,15 +5,18 @@
 //! The response type is our own (not kube-core's) so that `patch` goes out as base64 of the
 //! JSON patch and `patchType` appears only together with a patch.
 //!
+//! The body is read in place: the request and its object stay borrowed raw JSON until they
+//! are needed, and the object is decoded only into the facts the mutation reads
+//! (`mutation::PodFacts`), so the memory a review takes is about the size of its body.
+//!
 //! What it does not do: HTTP (that is `server`) or decide what to inject (`mutation`).
 //! Everything here is pure and synchronous, so it is tested without a server.
 
-use base64::Engine as _;
-use k8s_openapi::api::core::v1::Pod;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::metrics::AdmissionResult;
-use crate::mutation::{MutationError, mutate};
+use crate::mutation::{MutationError, PodFacts, mutate_facts};
 use crate::settings::Settings;
 
 /// The only AdmissionReview version served. v1beta1 was removed in Kubernetes 1.22.
@@ -21,18 +24,18 @@ pub const API_VERSION: &str = "admission.k8s.io/v1";
 /// The `kind` of both the request and the response.
 pub const KIND: &str = "AdmissionReview";
 
-/// An AdmissionReview as kube-apiserver sends it.
+/// An AdmissionReview as kube-apiserver sends it, borrowing from the body.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct AdmissionReview {
+pub struct AdmissionReview<'a> {
     /// Must be [`API_VERSION`].
     pub api_version: String,
     /// Must be [`KIND`].
     pub kind: String,
-    /// The request, decoded only after the envelope is checked, so that a v1beta1 review
-    /// is answered with the version problem rather than a field-level one.
-    #[serde(default)]
-    pub request: Option<serde_json::Value>,
+    /// The request as raw JSON, decoded only after the envelope is checked, so that a
+    /// v1beta1 review is answered with the version problem rather than a field-level one.
+    #[serde(borrow, default)]
+    pub request: Option<&'a RawValue>,
 }
 
 /// Group, version and kind of the reviewed object.
@@ -71,11 +74,11 @@ pub struct UserInfo {
     pub username: String,
 }
 
-/// The `request` of an AdmissionReview. Fields the webhook does not use (`oldObject`,
-/// `options`, `requestKind`...) are accepted and ignored.
+/// The `request` of an AdmissionReview, borrowing the object from the body. Fields the
+/// webhook does not use (`oldObject`, `options`, `requestKind`...) are skipped unread.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct AdmissionRequest {
+pub struct AdmissionRequest<'a> {
     /// Echoed back in the response; kube-apiserver matches on it.
     pub uid: String,
     /// Kind of the object, after conversion to the version the webhook asked for.
@@ -96,9 +99,9 @@ pub struct AdmissionRequest {
     /// Who is asking.
     #[serde(default)]
     pub user_info: UserInfo,
-    /// The object being admitted.
-    #[serde(default)]
-    pub object: Option<serde_json::Value>,
+    /// The object being admitted, as raw JSON.
+    #[serde(borrow, default)]
+    pub object: Option<&'a RawValue>,
     /// True when the request will not be persisted. The mutation has no side effects, so
     /// the answer is the same.
     #[serde(default)]
@@ -108,6 +111,9 @@ pub struct AdmissionRequest {
 /// Why a body is not an AdmissionReview we can answer (HTTP 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReviewError {
+    /// Not JSON, or not an object with the AdmissionReview fields.
+    #[error("not an AdmissionReview: {0}")]
+    Malformed(String),
     /// Another `apiVersion`.
     #[error(
         "unsupported apiVersion {0:?}: only admission.k8s.io/v1 is served; set admissionReviewVersions: [\"v1\"] in the webhook configuration"
@@ -127,9 +133,14 @@ pub enum ReviewError {
     Request(String),
 }
 
-impl AdmissionReview {
+impl<'a> AdmissionReview<'a> {
+    /// Reads the envelope from a request body.
+    pub fn parse(body: &'a [u8]) -> Result<Self, ReviewError> {
+        serde_json::from_slice(body).map_err(|e| ReviewError::Malformed(e.to_string()))
+    }
+
     /// Checks the envelope and returns the request.
-    pub fn into_request(self) -> Result<AdmissionRequest, ReviewError> {
+    pub fn into_request(self) -> Result<AdmissionRequest<'a>, ReviewError> {
         if self.api_version != API_VERSION {
             return Err(ReviewError::ApiVersion(self.api_version));
         }
@@ -138,10 +149,10 @@ impl AdmissionReview {
         }
         let request = self
             .request
-            .filter(|r| !r.is_null())
+            .filter(|r| r.get() != "null")
             .ok_or(ReviewError::NoRequest)?;
-        let request = AdmissionRequest::deserialize(request)
-            .map_err(|e| ReviewError::Request(e.to_string()))?;
+        let request: AdmissionRequest<'a> =
+            serde_json::from_str(request.get()).map_err(|e| ReviewError::Request(e.to_string()))?;
         if request.uid.is_empty() {
             return Err(ReviewError::NoUid);
         }
@@ -252,7 +263,7 @@ pub struct Decision {
     pub result: AdmissionResult,
 }
 
-impl AdmissionRequest {
+impl AdmissionRequest<'_> {
     /// True for the Pod object itself in the core group (not a subresource such as
     /// `pods/ephemeralcontainers` or `pods/binding`, which carry other kinds or must not
     /// be mutated).
@@ -266,7 +277,7 @@ impl AdmissionRequest {
 
 /// Decides one admission request. Pure: the same request always gets the same answer,
 /// which is also why `dryRun` needs no special case.
-pub fn review(request: &AdmissionRequest, settings: &Settings) -> Decision {
+pub fn review(request: &AdmissionRequest<'_>, settings: &Settings) -> Decision {
     let uid = request.uid.as_str();
     if !request.is_pod() {
         return Decision {
@@ -289,16 +300,18 @@ pub fn review(request: &AdmissionRequest, settings: &Settings) -> Decision {
             };
         }
     };
-    match mutate(&pod, settings) {
+    let mutated = mutate_facts(&pod, settings);
+    drop(pod);
+    match mutated {
         Ok(None) => Decision {
             response: AdmissionResponse::allow(uid),
             result: AdmissionResult::Skipped,
         },
-        Ok(Some(patch)) => match serde_json::to_vec(&patch) {
-            Ok(bytes) => {
+        Ok(Some(patch)) => match encode_patch(&patch) {
+            Ok(patch) => {
                 let mut response = AdmissionResponse::allow(uid);
                 response.patch_type = Some(PatchType::JsonPatch);
-                response.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+                response.patch = Some(patch);
                 Decision {
                     response,
                     result: AdmissionResult::Injected,
@@ -352,21 +365,33 @@ fn denial_message(error: &MutationError) -> String {
     format!("holysheep sidecar injection refused: {error}")
 }
 
-/// Decodes `request.object` as a Pod. Pods created from `generateName` have no name and
-/// often no namespace in their metadata yet: the request's namespace is filled in so the
-/// mutation sees where the pod is going.
-fn decode_pod(request: &AdmissionRequest) -> Result<Pod, String> {
+/// The patch as base64 of its JSON, written straight into the base64 text (the JSON is
+/// never held on its own).
+fn encode_patch(patch: &json_patch::Patch) -> Result<String, serde_json::Error> {
+    let mut encoder =
+        base64::write::EncoderStringWriter::new(&base64::engine::general_purpose::STANDARD);
+    serde_json::to_writer(&mut encoder, patch)?;
+    Ok(encoder.into_inner())
+}
+
+/// Decodes the facts the mutation reads from `request.object`. Pods created from
+/// `generateName` have no name and often no namespace in their metadata yet: the request's
+/// namespace is filled in so the mutation sees where the pod is going.
+fn decode_pod(request: &AdmissionRequest<'_>) -> Result<PodFacts, String> {
     let object = request
         .object
-        .as_ref()
+        .filter(|o| o.get() != "null")
         .ok_or_else(|| "holysheep: the AdmissionReview request has no object".to_owned())?;
-    let mut pod: Pod = Pod::deserialize(object)
+    let mut pod: PodFacts = serde_json::from_str(object.get())
         .map_err(|e| format!("holysheep: request.object is not a valid Pod: {e}"))?;
-    if pod.metadata.namespace.as_deref().unwrap_or("").is_empty() {
-        pod.metadata.namespace = request.namespace.clone().filter(|ns| !ns.is_empty());
+    if pod.namespace.as_deref().unwrap_or("").is_empty() {
+        pod.namespace = request.namespace.clone().filter(|ns| !ns.is_empty());
     }
     Ok(pod)
 }
+
+mod answer;
+pub use answer::{Answer, AnswerError, ReviewSummary, answer};
 
 #[cfg(test)]
 mod tests;

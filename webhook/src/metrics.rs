@@ -1,5 +1,5 @@
-//! Prometheus metrics of the admission server: admissions by result, admission latency, and
-//! certificate reloads by result, served as text on `GET /metrics`.
+//! Prometheus metrics of the admission server: admissions by result, admission latency,
+//! certificate reloads by result and open connections, served as text on `GET /metrics`.
 //!
 //! What it does not do: decide results (that is `admission`) or watch files (`tls`). Label
 //! values come from enums only, never from request content, so a hostile pod cannot blow up
@@ -31,6 +31,10 @@ pub enum AdmissionResult {
     NotCreate,
     /// The body was not an AdmissionReview v1 (answered with HTTP 400 or 413).
     InvalidRequest,
+    /// No room for the review within the queue timeout (answered with HTTP 429).
+    Busy,
+    /// The request body did not arrive within the body deadline (HTTP 408).
+    TimedOut,
 }
 
 impl AdmissionResult {
@@ -44,6 +48,8 @@ impl AdmissionResult {
             Self::NotPod => "not_pod",
             Self::NotCreate => "not_create",
             Self::InvalidRequest => "invalid_request",
+            Self::Busy => "busy",
+            Self::TimedOut => "timed_out",
         }
     }
 }
@@ -98,6 +104,7 @@ pub struct Metrics {
     admission_duration: Histogram,
     cert_reloads: Family<ReloadLabel, Counter>,
     cert_not_after: Gauge,
+    open_connections: Gauge,
 }
 
 impl Metrics {
@@ -114,7 +121,7 @@ impl Metrics {
         let admission_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 15));
         registry.register(
             "admission_duration_seconds",
-            "Time to decide one admission review, from the decoded request to the answer",
+            "Time to answer one admission review, from its arrival (body read, queue, decision)",
             admission_duration.clone(),
         );
         let cert_reloads = Family::<ReloadLabel, Counter>::default();
@@ -129,12 +136,34 @@ impl Metrics {
             "notAfter of the serving certificate in use, as a Unix time (alert well before it)",
             cert_not_after.clone(),
         );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections open now (TLS handshake included); new ones wait at the cap",
+            open_connections.clone(),
+        );
         Self {
             admissions,
             admission_duration,
             cert_reloads,
             cert_not_after,
+            open_connections,
         }
+    }
+
+    /// Counts a connection as open.
+    pub fn connection_opened(&self) {
+        self.open_connections.inc();
+    }
+
+    /// Counts a connection as closed.
+    pub fn connection_closed(&self) {
+        self.open_connections.dec();
+    }
+
+    /// Connections open now (for tests and logs).
+    pub fn open_connections(&self) -> i64 {
+        self.open_connections.get()
     }
 
     /// Counts one admission and records how long it took.
@@ -214,6 +243,8 @@ mod tests {
             AdmissionResult::NotPod,
             AdmissionResult::NotCreate,
             AdmissionResult::InvalidRequest,
+            AdmissionResult::Busy,
+            AdmissionResult::TimedOut,
         ] {
             metrics.observe_admission(r, 0.0);
             let text = render(&registry).unwrap();

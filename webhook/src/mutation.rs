@@ -7,19 +7,30 @@
 //! (`holysheep/status` is `holysheep~1status`). Patches work on every pod shape: a missing
 //! `annotations`, `volumes`, `initContainers` or `env` is created whole, never appended to.
 //!
+//! It works on [`PodFacts`], the few parts of a pod it reads, so an admission review is
+//! never decoded whole (`facts`), and every step is linear in the size of the pod (`ports`).
+//!
 //! No I/O here; `admission` and `inject_cli` are the shells around it.
 
 use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::annotations::{self, AnnotationError, Injection, Overrides};
 use crate::settings::{Settings, resource_flag_word};
 use crate::sidecar::{self, SidecarSpec};
+
+mod facts;
+mod ports;
+pub use facts::{
+    APP_ENV_NAMES, ContainerFacts, Containers, FactsError, MAX_ANNOTATION_BYTES, MAX_CONTAINERS,
+    PodFacts, RESERVED_VOLUMES, SpecFacts, Volumes,
+};
+use ports::{PortSet, free_port};
 
 /// Why a pod cannot be injected. Its `Display` is the admission message shown to the user:
 /// it names the annotation or field and the fix.
@@ -90,6 +101,18 @@ pub enum MutationError {
     /// An opted-in pod without a spec.
     #[error("the pod has no spec: there is nothing to inject into")]
     MissingSpec,
+    /// More containers than the injection handles (each app container gets its own
+    /// patch operations).
+    #[error(
+        "the pod has {count} containers and init containers, more than the {max} the sidecar \
+         injection handles: set holysheep/inject: \"false\" or split the pod"
+    )]
+    TooManyContainers {
+        /// Containers and init containers in the pod.
+        count: usize,
+        /// [`MAX_CONTAINERS`].
+        max: usize,
+    },
     /// Building the patch value failed (a bug, not a user error).
     #[error("internal error: failed to build the sidecar patch")]
     Internal(#[source] serde_json::Error),
@@ -100,8 +123,14 @@ pub enum MutationError {
 /// annotation, or a container named `holysheep-sidecar`: safe under
 /// `reinvocationPolicy: IfNeeded`).
 pub fn mutate(pod: &Pod, settings: &Settings) -> Result<Option<Patch>, MutationError> {
+    mutate_facts(&PodFacts::from_pod(pod), settings)
+}
+
+/// [`mutate`] on the facts of a pod: what the admission server calls with the facts it
+/// decoded from the review.
+pub fn mutate_facts(pod: &PodFacts, settings: &Settings) -> Result<Option<Patch>, MutationError> {
     let no_annotations = BTreeMap::new();
-    let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&no_annotations);
+    let pod_annotations = pod.annotations.as_ref().unwrap_or(&no_annotations);
     if annotations::injection(pod_annotations)? == Injection::NotRequested {
         return Ok(None);
     }
@@ -111,14 +140,24 @@ pub fn mutate(pod: &Pod, settings: &Settings) -> Result<Option<Patch>, MutationE
     if annotations::is_marked_injected(pod_annotations) || has_sidecar(spec) {
         return Ok(None);
     }
-    if spec.host_network == Some(true) {
+    if spec.host_network {
         return Err(MutationError::HostNetwork);
+    }
+    let count = spec
+        .containers
+        .len
+        .saturating_add(spec.init_containers.as_ref().map_or(0, |c| c.len));
+    if count > MAX_CONTAINERS {
+        return Err(MutationError::TooManyContainers {
+            count,
+            max: MAX_CONTAINERS,
+        });
     }
     let sidecar = SidecarSpec::resolve(settings, Overrides::parse(pod_annotations)?);
     check(spec, &sidecar)?;
 
     let mut ops = Vec::new();
-    annotate(&mut ops, pod.metadata.annotations.as_ref(), spec, &sidecar);
+    annotate(&mut ops, pod.annotations.as_ref(), spec, &sidecar);
     add_to_list(
         &mut ops,
         &["spec", "volumes"],
@@ -133,7 +172,12 @@ pub fn mutate(pod: &Pod, settings: &Settings) -> Result<Option<Patch>, MutationE
     // in plain mode the proxy starts after every init container has finished, so pointing
     // them at it would only turn their calls into connection errors.
     if sidecar.native {
-        for (index, container) in spec.init_containers.iter().flatten().enumerate() {
+        for (index, container) in spec
+            .init_containers
+            .iter()
+            .flat_map(|c| c.iter())
+            .enumerate()
+        {
             add_env(&mut ops, "initContainers", index, container, &app_env)?;
         }
     }
@@ -142,15 +186,19 @@ pub fn mutate(pod: &Pod, settings: &Settings) -> Result<Option<Patch>, MutationE
     Ok(Some(Patch(ops)))
 }
 
-fn has_sidecar(spec: &PodSpec) -> bool {
+/// App and init containers, in that order.
+fn all_containers(spec: &SpecFacts) -> impl Iterator<Item = &ContainerFacts> {
     spec.containers
         .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .any(|c| c.name == sidecar::CONTAINER_NAME)
+        .chain(spec.init_containers.iter().flat_map(|c| c.iter()))
+}
+
+fn has_sidecar(spec: &SpecFacts) -> bool {
+    all_containers(spec).any(|c| c.name == sidecar::CONTAINER_NAME)
 }
 
 /// The refusals that depend on the merged settings.
-fn check(spec: &PodSpec, sidecar: &SidecarSpec) -> Result<(), MutationError> {
+fn check(spec: &SpecFacts, sidecar: &SidecarSpec) -> Result<(), MutationError> {
     if sidecar.proxy_port == sidecar.admin_port {
         return Err(MutationError::SamePorts {
             port: sidecar.proxy_port,
@@ -163,45 +211,41 @@ fn check(spec: &PodSpec, sidecar: &SidecarSpec) -> Result<(), MutationError> {
             limit: limit.to_string(),
         });
     }
-    let app_ports: Vec<(u16, &str)> =
-        spec.containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-            .flat_map(|c| {
-                c.ports.iter().flatten().filter_map(move |p| {
-                    Some((u16::try_from(p.container_port).ok()?, c.name.as_str()))
-                })
-            })
-            .collect();
+    check_ports(spec, sidecar)?;
+    if let Some(name) = spec.volumes.as_ref().and_then(|v| v.reserved) {
+        return Err(MutationError::VolumeNameTaken { name });
+    }
+    Ok(())
+}
+
+/// Refuses a sidecar port that an app or init container declares, suggesting a free one.
+/// One pass builds the set of declared ports; the suggestion then scans the port range
+/// once at most.
+fn check_ports(spec: &SpecFacts, sidecar: &SidecarSpec) -> Result<(), MutationError> {
+    let mut taken: PortSet = all_containers(spec)
+        .flat_map(|c| c.ports.iter().copied())
+        .collect();
     let sidecar_ports = [
         ("proxy", sidecar.proxy_port, annotations::PORT),
         ("admin", sidecar.admin_port, annotations::ADMIN_PORT),
     ];
     for (role, port, annotation) in sidecar_ports {
-        if let Some((_, container)) = app_ports.iter().find(|(p, _)| *p == port) {
-            let taken = |p: u16| {
-                p == sidecar.proxy_port
-                    || p == sidecar.admin_port
-                    || app_ports.iter().any(|(q, _)| *q == p)
-            };
-            let suggestion = (port.saturating_add(1)..=u16::MAX)
-                .chain(1024..port)
-                .find(|p| !taken(*p))
-                .unwrap_or(port);
-            return Err(MutationError::PortCollision {
-                role,
-                port,
-                annotation,
-                container: (*container).to_owned(),
-                suggestion,
-            });
+        if !taken.contains(port) {
+            continue;
         }
-    }
-    for volume in spec.volumes.iter().flatten() {
-        let reserved = [sidecar::CREDENTIALS_VOLUME, sidecar::CONFIG_VOLUME];
-        if let Some(name) = reserved.into_iter().find(|n| *n == volume.name) {
-            return Err(MutationError::VolumeNameTaken { name });
-        }
+        let container = all_containers(spec)
+            .find(|c| c.ports.contains(&port))
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        taken.insert(sidecar.proxy_port);
+        taken.insert(sidecar.admin_port);
+        return Err(MutationError::PortCollision {
+            role,
+            port,
+            annotation,
+            container,
+            suggestion: free_port(&taken, port).unwrap_or(port),
+        });
     }
     Ok(())
 }
@@ -211,7 +255,7 @@ fn check(spec: &PodSpec, sidecar: &SidecarSpec) -> Result<(), MutationError> {
 fn annotate(
     ops: &mut Vec<PatchOperation>,
     existing: Option<&BTreeMap<String, String>>,
-    spec: &PodSpec,
+    spec: &SpecFacts,
     sidecar: &SidecarSpec,
 ) {
     let mut wanted = vec![
@@ -220,7 +264,7 @@ fn annotate(
         (annotations::PROMETHEUS_PORT, sidecar.admin_port.to_string()),
         (annotations::PROMETHEUS_PATH, "/metrics".to_owned()),
     ];
-    if let Some(first_app) = spec.containers.first() {
+    if let Some(first_app) = spec.containers.kept.first() {
         wanted.push((annotations::DEFAULT_CONTAINER, first_app.name.clone()));
     }
     match existing {
@@ -276,18 +320,12 @@ fn add_env(
     ops: &mut Vec<PatchOperation>,
     list: &str,
     index: usize,
-    container: &Container,
-    app_env: &[k8s_openapi::api::core::v1::EnvVar],
+    container: &ContainerFacts,
+    app_env: &[EnvVar],
 ) -> Result<(), MutationError> {
     let missing: Vec<_> = app_env
         .iter()
-        .filter(|var| {
-            !container
-                .env
-                .iter()
-                .flatten()
-                .any(|set| set.name == var.name)
-        })
+        .filter(|var| !container.env.iter().flatten().any(|set| *set == var.name))
         .cloned()
         .collect();
     let index = index.to_string();
@@ -303,13 +341,13 @@ fn add_env(
 /// to the containers, so the app stays first for tools that pick container 0.
 fn insert_sidecar(
     ops: &mut Vec<PatchOperation>,
-    spec: &PodSpec,
+    spec: &SpecFacts,
     sidecar: &SidecarSpec,
 ) -> Result<(), MutationError> {
     let container = sidecar.container();
     if !sidecar.native {
         // An empty list may also be a missing one (k8s-openapi defaults it): add it whole.
-        let exists = !spec.containers.is_empty();
+        let exists = spec.containers.len > 0;
         return add_to_list(ops, &["spec", "containers"], exists, &[container]);
     }
     match spec.init_containers {

@@ -4,12 +4,17 @@ use serde_json::json;
 
 use super::*;
 
+/// The body text of `review`, kept for the whole test: requests borrow from it.
+fn body(review: &serde_json::Value) -> &'static [u8] {
+    Box::leak(review.to_string().into_bytes().into_boxed_slice())
+}
+
 fn request(
     kind: &str,
     resource: &str,
     operation: &str,
     object: serde_json::Value,
-) -> AdmissionRequest {
+) -> AdmissionRequest<'static> {
     let review = json!({
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -29,7 +34,7 @@ fn request(
             "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
         }
     });
-    serde_json::from_value::<AdmissionReview>(review)
+    AdmissionReview::parse(body(&review))
         .unwrap()
         .into_request()
         .unwrap()
@@ -47,7 +52,7 @@ fn plain_pod() -> serde_json::Value {
 #[test]
 fn envelope_errors_are_named() {
     let bad = |v: serde_json::Value| {
-        serde_json::from_value::<AdmissionReview>(v)
+        AdmissionReview::parse(body(&v))
             .unwrap()
             .into_request()
             .unwrap_err()
@@ -135,15 +140,12 @@ fn a_pod_not_opted_in_is_skipped() {
 #[test]
 fn the_request_namespace_fills_an_empty_pod_namespace() {
     let req = request("Pod", "pods", "CREATE", plain_pod());
-    assert_eq!(
-        decode_pod(&req).unwrap().metadata.namespace.as_deref(),
-        Some("shop")
-    );
+    assert_eq!(decode_pod(&req).unwrap().namespace.as_deref(), Some("shop"));
     let mut own = plain_pod();
     own["metadata"]["namespace"] = json!("other");
     let req = request("Pod", "pods", "CREATE", own);
     assert_eq!(
-        decode_pod(&req).unwrap().metadata.namespace.as_deref(),
+        decode_pod(&req).unwrap().namespace.as_deref(),
         Some("other")
     );
 }
@@ -165,6 +167,62 @@ fn internal_error_is_a_500_refusal() {
     assert!(!d.response.allowed);
     assert_eq!(d.result, AdmissionResult::Error);
     assert_eq!(d.response.status.unwrap().code, 500);
+}
+
+#[test]
+fn a_body_that_is_not_json_is_malformed() {
+    for body in [&b"{not json"[..], b"[1,2]", b"", b"\xff"] {
+        assert!(matches!(
+            AdmissionReview::parse(body),
+            Err(ReviewError::Malformed(_))
+        ));
+    }
+}
+
+#[test]
+fn answer_reads_decides_and_serializes_in_one_step() {
+    let review = json!({
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "request": {
+            "uid": "u-1",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop",
+            "operation": "CREATE",
+            "userInfo": {"username": "admin"},
+            "object": {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"annotations": {"holysheep/inject": "true"}},
+                "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 8080}]}]}},
+            "oldObject": null
+        }
+    });
+    let answer = answer(review.to_string().as_bytes(), &Settings::default()).unwrap();
+    assert_eq!(answer.result, AdmissionResult::Denied);
+    assert_eq!(answer.summary.uid, "u-1");
+    assert_eq!(answer.summary.namespace, "shop");
+    assert!(answer.summary.message.contains("collides"), "{answer:?}");
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(body["response"]["uid"], "u-1");
+    assert_eq!(body["response"]["status"]["code"], 403);
+}
+
+#[test]
+fn the_patch_is_base64_of_its_json() {
+    let req = request(
+        "Pod",
+        "pods",
+        "CREATE",
+        json!({"metadata": {"annotations": {"holysheep/inject": "true"}},
+               "spec": {"containers": [{"name": "app"}]}}),
+    );
+    let d = review(&req, &Settings::default());
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(d.response.patch.unwrap())
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+    assert!(!patch.is_empty());
 }
 
 /// Arbitrary JSON, biased toward Pod-ish keys so deserialization gets deep before failing.

@@ -32,8 +32,19 @@ fn typed(pod: &Value) -> Pod {
     serde_json::from_value(pod.clone()).unwrap()
 }
 
+/// Runs the mutation both ways, on a typed `Pod` (the `inject` path) and on the facts
+/// decoded from the JSON text (the admission path), and checks they decide alike.
 fn run(pod: &Value, settings: &Settings) -> Result<Option<Patch>, MutationError> {
-    mutate(&typed(pod), settings)
+    let from_typed = mutate(&typed(pod), settings);
+    let facts: PodFacts = serde_json::from_str(&pod.to_string()).unwrap();
+    assert_eq!(facts, PodFacts::from_pod(&typed(pod)), "facts differ");
+    let from_json = mutate_facts(&facts, settings);
+    assert_eq!(
+        from_json.as_ref().map_err(ToString::to_string),
+        from_typed.as_ref().map_err(ToString::to_string),
+        "the admission and inject paths decide differently"
+    );
+    from_typed
 }
 
 /// Injects, returns the patched pod, and checks that a second pass is a no-op.
@@ -611,4 +622,137 @@ fn app_env_helper_matches_design() {
         ]
     );
     assert_eq!(env[0].value.as_deref(), Some("http://127.0.0.1:8080/v1"));
+}
+
+#[test]
+fn app_env_names_are_the_ones_the_sidecar_gives() {
+    let spec = SidecarSpec::resolve(&Settings::default(), Overrides::default());
+    let names: Vec<_> = spec.app_env().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, APP_ENV_NAMES);
+}
+
+#[test]
+fn facts_keep_only_what_the_mutation_reads() {
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"namespace": "shop", "labels": {"a": "b"}, "annotations": {"k": "v"}},
+        "spec": {
+            "hostNetwork": false,
+            "containers": [{
+                "name": "app",
+                "image": "a",
+                "env": [
+                    {"name": "LOG", "value": "1"},
+                    {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+                ],
+                "ports": [{"containerPort": 80}, {"containerPort": 70000}, {"name": "x"}],
+                "resources": {"limits": {"cpu": "1"}}
+            }],
+            "initContainers": null,
+            "volumes": [{"name": "data"}, {"name": "holysheep-config"}, {"name": "holysheep-credentials"}]
+        }
+    });
+    let facts: PodFacts = serde_json::from_str(&pod.to_string()).unwrap();
+    let expected = PodFacts {
+        namespace: Some("shop".into()),
+        annotations: Some([("k".to_owned(), "v".to_owned())].into()),
+        spec: Some(SpecFacts {
+            host_network: false,
+            containers: Containers {
+                kept: vec![ContainerFacts {
+                    name: "app".into(),
+                    env: Some(vec!["OPENAI_API_KEY".into()]),
+                    ports: vec![80, 0],
+                }],
+                len: 1,
+            },
+            init_containers: None,
+            volumes: Some(Volumes {
+                reserved: Some("holysheep-config"),
+            }),
+        }),
+    };
+    assert_eq!(facts, expected);
+    assert_eq!(PodFacts::from_pod(&typed(&pod)), expected);
+}
+
+#[rstest]
+#[case::api_version(json!({"apiVersion": "v2", "kind": "Pod"}), "apiVersion")]
+#[case::kind(json!({"apiVersion": "v1", "kind": "Service"}), "kind")]
+#[case::containers(json!({"spec": {"containers": {"name": "a"}}}), "a list of containers")]
+#[case::annotations(json!({"metadata": {"annotations": {"a": 1}}}), "invalid type")]
+fn facts_refuse_what_a_typed_pod_refuses(#[case] pod: Value, #[case] needle: &str) {
+    assert!(serde_json::from_value::<Pod>(pod.clone()).is_err());
+    let error = serde_json::from_str::<PodFacts>(&pod.to_string()).unwrap_err();
+    assert!(error.to_string().contains(needle), "{error}");
+}
+
+#[test]
+fn oversized_annotations_are_refused_while_they_are_read() {
+    let mut pod = pod_json(&[INJECT]);
+    pod["metadata"]["annotations"]["big"] = json!("x".repeat(MAX_ANNOTATION_BYTES));
+    let error = serde_json::from_str::<PodFacts>(&pod.to_string()).unwrap_err();
+    assert!(
+        error.to_string().contains("metadata.annotations"),
+        "{error}"
+    );
+    // At the limit exactly, they are read.
+    let room = MAX_ANNOTATION_BYTES - "holysheep/inject".len() - "true".len() - "big".len();
+    pod["metadata"]["annotations"]["big"] = json!("x".repeat(room));
+    assert!(serde_json::from_str::<PodFacts>(&pod.to_string()).is_ok());
+}
+
+#[test]
+fn long_container_lists_are_counted_not_kept() {
+    let containers: Vec<Value> = (0..MAX_CONTAINERS + 5)
+        .map(|i| json!({"name": format!("c{i}")}))
+        .collect();
+    let mut pod = pod_json(&[INJECT]);
+    pod["spec"]["containers"] = Value::Array(containers);
+    let facts: PodFacts = serde_json::from_str(&pod.to_string()).unwrap();
+    let spec = facts.spec.as_ref().unwrap();
+    assert_eq!(spec.containers.kept.len(), MAX_CONTAINERS);
+    assert_eq!(spec.containers.len, MAX_CONTAINERS + 5);
+    let message = run(&pod, &Settings::default()).unwrap_err().to_string();
+    assert!(
+        message.contains("1005 containers") && message.contains("holysheep/inject"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_pod_with_the_most_containers_handled_is_injected() {
+    let mut pod = pod_json(&[INJECT]);
+    pod["spec"]["containers"] = (0..MAX_CONTAINERS - 1)
+        .map(|i| json!({"name": format!("c{i}")}))
+        .collect();
+    pod["spec"]["initContainers"] = json!([{"name": "init"}]);
+    let injected = inject(&pod);
+    let spec = injected.spec.unwrap();
+    assert!(
+        spec.containers
+            .iter()
+            .all(|c| env_value(c, "OPENAI_API_KEY").is_some())
+    );
+}
+
+#[test]
+fn a_pod_declaring_every_port_gets_a_suggestion_or_the_port_itself() {
+    let mut pod = pod_json(&[INJECT]);
+    // Every port from 8080 up: the suggestion wraps around to 1024.
+    pod["spec"]["containers"][0]["ports"] = (8080..=u16::MAX)
+        .map(|p| json!({"containerPort": p}))
+        .collect();
+    let message = run(&pod, &Settings::default()).unwrap_err().to_string();
+    assert!(message.contains("holysheep/port: \"1024\""), "{message}");
+    // Every unprivileged port: nothing is free, the port itself is named.
+    pod["spec"]["containers"][0]["ports"] = (1024..=u16::MAX)
+        .map(|p| json!({"containerPort": p}))
+        .collect();
+    let message = run(&pod, &Settings::default()).unwrap_err().to_string();
+    assert!(
+        message.contains("collides with containerPort 8080 of container \"app\""),
+        "{message}"
+    );
 }

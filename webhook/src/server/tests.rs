@@ -4,6 +4,7 @@ use axum::body::Body;
 use tower::ServiceExt as _;
 
 use super::*;
+use crate::metrics::AdmissionResult;
 
 async fn call(state: &AppState, req: Request) -> (StatusCode, String) {
     let res = app(state.clone()).oneshot(req).await.unwrap();

@@ -1,4 +1,4 @@
-//! Shared by `admission_http.rs` and `tls_reload.rs`: certificates from holysheep-certs in
+//! Shared by `admission_http.rs`, `hostile.rs` and `tls_reload.rs`: certificates from holysheep-certs in
 //! a temp dir, the real server on 127.0.0.1:0, and reqwest clients that trust only the
 //! generated CA and reach the server by the Service name kube-apiserver dials.
 
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use holysheep_certs::{Ca, ServingCert};
-use holysheep_webhook::server::{self, AppState};
+use holysheep_webhook::server::{self, AppState, Limits};
 use holysheep_webhook::settings::Settings;
 use holysheep_webhook::tls::{ReloadStatus, ReloadingTls, TlsFiles};
 use tokio::sync::oneshot;
@@ -66,10 +66,27 @@ pub async fn start_with(
     layout: impl FnOnce(&Path, &Ca) -> TlsFiles,
     watch: bool,
 ) -> TestServer {
+    start_state(AppState::new(settings), layout, watch).await
+}
+
+/// Starts the server with default settings and the given bounds.
+pub async fn start_limited(limits: Limits) -> TestServer {
+    start_state(
+        AppState::with_limits(Settings::default(), limits),
+        plain_files,
+        false,
+    )
+    .await
+}
+
+async fn start_state(
+    state: AppState,
+    layout: impl FnOnce(&Path, &Ca) -> TlsFiles,
+    watch: bool,
+) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let ca = new_ca();
     let files = layout(dir.path(), &ca);
-    let state = AppState::new(settings);
     let tls = ReloadingTls::load(files.clone(), Some(state.metrics().clone())).unwrap();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (watch_stop_tx, watch_stop_rx) = oneshot::channel::<()>();
@@ -126,6 +143,28 @@ impl TestServer {
         self.client_alpn(&[b"h2", b"http/1.1"])
     }
 
+    /// A raw TLS connection to the server, verified against its CA, offering `alpn`.
+    pub async fn tls_connect(
+        &self,
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        self.tls_handshake(tcp, alpn).await.unwrap()
+    }
+
+    /// The TLS handshake on an open TCP connection to the server.
+    pub async fn tls_handshake(
+        &self,
+        tcp: tokio::net::TcpStream,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let config = client_config(&[self.ca.cert_pem()], alpn);
+        let name = rustls_pki_types::ServerName::try_from(HOST).unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+    }
+
     /// Polls /readyz until it answers 200 (bounded).
     pub async fn wait_ready(&self) {
         let client = self.client();
@@ -169,6 +208,17 @@ impl TestServer {
 }
 
 pub fn client_for(ca_pems: &[&str], addr: SocketAddr, alpn: &[&[u8]]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(client_config(ca_pems, alpn))
+        .resolve(HOST, addr)
+        .tls_info(true)
+        .timeout(WAIT)
+        .build()
+        .unwrap()
+}
+
+/// A rustls client configuration trusting only `ca_pems`, offering `alpn`.
+pub fn client_config(ca_pems: &[&str], alpn: &[&[u8]]) -> rustls::ClientConfig {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
@@ -185,13 +235,7 @@ pub fn client_for(ca_pems: &[&str], addr: SocketAddr, alpn: &[&[u8]]) -> reqwest
     .with_root_certificates(roots)
     .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(config)
-        .resolve(HOST, addr)
-        .tls_info(true)
-        .timeout(WAIT)
-        .build()
-        .unwrap()
+    config
 }
 
 /// The DER of the leaf certificate the server presented on `res`'s connection.

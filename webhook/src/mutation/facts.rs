@@ -1,0 +1,396 @@
+//! What the mutation reads of a pod, and nothing else: the namespace and annotations,
+//! `hostNetwork`, each container's name, the app env names it sets that the injection
+//! would also set, its ports, and whether a volume already uses a name the injection needs.
+//!
+//! Decoded straight from the AdmissionReview JSON, so a review costs memory in proportion
+//! to what the mutation needs rather than to the object: in k8s-openapi a `Container` takes
+//! about 2 KiB and a `Volume` 3 KiB, so 3 MiB of minimal entries would decode into hundreds
+//! of MiB as a typed `Pod`. Every part kept is bounded: container lists keep their first
+//! [`MAX_CONTAINERS`] entries and count the rest, annotations above the Kubernetes size
+//! limit are refused, env entries and volumes are reduced to the names the injection cares
+//! about while they are read. The offline `inject` command builds the same facts from a
+//! typed `Pod` ([`PodFacts::from_pod`]).
+//!
+//! What it does not do: validate the pod (kube-apiserver does that after admission) or
+//! decide anything (`mutation`).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::sidecar;
+
+/// Containers kept per list (`containers`, `initContainers`); longer lists are counted,
+/// and the injection refuses pods with more containers than this in all (every app
+/// container gets its own env operations, so the patch grows with the count).
+pub const MAX_CONTAINERS: usize = 1000;
+
+/// Kubernetes refuses a pod whose annotation keys and values add up to more than this
+/// (256 KiB), so a larger map is refused while it is read instead of being held.
+pub const MAX_ANNOTATION_BYTES: usize = 256 * 1024;
+
+/// The env names the injection gives app containers (`SidecarSpec::app_env`). Only these
+/// are kept of a container's env: whether a container sets them decides what is added.
+pub const APP_ENV_NAMES: [&str; 4] = [
+    "OPENAI_BASE_URL",
+    "OPENAI_API_BASE",
+    "HOLYSHEEP_BASE_URL",
+    "OPENAI_API_KEY",
+];
+
+/// Volume names the injection adds; a pod already using one is refused.
+pub const RESERVED_VOLUMES: [&str; 2] = [sidecar::CREDENTIALS_VOLUME, sidecar::CONFIG_VOLUME];
+
+/// The parts of a pod the mutation reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "WirePod")]
+pub struct PodFacts {
+    /// `metadata.namespace`.
+    pub namespace: Option<String>,
+    /// `metadata.annotations`; `None` when absent or null.
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// `spec`; `None` when absent or null.
+    pub spec: Option<SpecFacts>,
+}
+
+/// The parts of a pod spec the mutation reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpecFacts {
+    /// `hostNetwork: true`.
+    pub host_network: bool,
+    /// `containers` (absent or null: empty).
+    pub containers: Containers,
+    /// `initContainers`; `None` when absent or null.
+    pub init_containers: Option<Containers>,
+    /// `volumes`; `None` when absent or null.
+    pub volumes: Option<Volumes>,
+}
+
+/// A container list: its first [`MAX_CONTAINERS`] entries and its whole length.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Containers {
+    /// The entries kept, in order.
+    pub kept: Vec<ContainerFacts>,
+    /// How many entries the list has, kept or not.
+    pub len: usize,
+}
+
+/// The parts of a container the mutation reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerFacts {
+    /// `name`.
+    pub name: String,
+    /// `env`, reduced to the names in [`APP_ENV_NAMES`]; `None` when absent or null (the
+    /// patch then creates the list instead of appending to it).
+    pub env: Option<Vec<String>>,
+    /// Every `ports[].containerPort` that is a valid port number.
+    pub ports: Vec<u16>,
+}
+
+/// What the mutation needs of `volumes`: that the list exists, and the first reserved name
+/// in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Volumes {
+    /// The first volume (in list order) whose name is one of [`RESERVED_VOLUMES`].
+    pub reserved: Option<&'static str>,
+}
+
+impl PodFacts {
+    /// The facts of a typed pod (the offline `inject` path and tests).
+    pub fn from_pod(pod: &Pod) -> Self {
+        let spec = pod.spec.as_ref().map(|spec| SpecFacts {
+            host_network: spec.host_network == Some(true),
+            containers: Containers::from_typed(&spec.containers),
+            init_containers: spec.init_containers.as_deref().map(Containers::from_typed),
+            volumes: spec.volumes.as_ref().map(|volumes| Volumes {
+                reserved: volumes.iter().find_map(|v| reserved_volume(&v.name)),
+            }),
+        });
+        Self {
+            namespace: pod.metadata.namespace.clone(),
+            annotations: pod.metadata.annotations.clone(),
+            spec,
+        }
+    }
+}
+
+impl Containers {
+    fn from_typed(containers: &[Container]) -> Self {
+        let kept = containers
+            .iter()
+            .take(MAX_CONTAINERS)
+            .map(|c| ContainerFacts {
+                name: c.name.clone(),
+                env: c.env.as_ref().map(|env| {
+                    env.iter()
+                        .filter_map(|var| app_env_name(&var.name).map(str::to_owned))
+                        .collect()
+                }),
+                ports: c
+                    .ports
+                    .iter()
+                    .flatten()
+                    .filter_map(|p| u16::try_from(p.container_port).ok())
+                    .collect(),
+            })
+            .collect();
+        Self {
+            kept,
+            len: containers.len(),
+        }
+    }
+
+    /// The containers kept, in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, ContainerFacts> {
+        self.kept.iter()
+    }
+}
+
+fn app_env_name(name: &str) -> Option<&'static str> {
+    APP_ENV_NAMES.into_iter().find(|n| *n == name)
+}
+
+fn reserved_volume(name: &str) -> Option<&'static str> {
+    RESERVED_VOLUMES.into_iter().find(|n| *n == name)
+}
+
+// The wire shapes: what serde reads from the JSON. Unknown fields are skipped without
+// being stored.
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WirePod {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: Option<WireMetadata>,
+    #[serde(default)]
+    spec: Option<WireSpec>,
+}
+
+#[derive(Deserialize)]
+struct WireMetadata {
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    annotations: Option<Annotations>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireSpec {
+    #[serde(default)]
+    host_network: Option<bool>,
+    #[serde(default)]
+    containers: Option<Containers>,
+    #[serde(default)]
+    init_containers: Option<Containers>,
+    #[serde(default)]
+    volumes: Option<Volumes>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireContainer {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    env: Option<EnvNames>,
+    #[serde(default)]
+    ports: Option<Ports>,
+}
+
+#[derive(Deserialize)]
+struct WireNamed<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WirePort {
+    #[serde(default)]
+    container_port: Option<i32>,
+}
+
+/// Why an object is not read as a Pod (a typed `Pod` refuses the same `apiVersion`/`kind`).
+#[derive(Debug, thiserror::Error)]
+pub enum FactsError {
+    /// `apiVersion` other than `v1`.
+    #[error("apiVersion is {0:?}, expected \"v1\"")]
+    ApiVersion(String),
+    /// `kind` other than `Pod`.
+    #[error("kind is {0:?}, expected \"Pod\"")]
+    Kind(String),
+}
+
+impl TryFrom<WirePod> for PodFacts {
+    type Error = FactsError;
+
+    fn try_from(pod: WirePod) -> Result<Self, Self::Error> {
+        if let Some(version) = pod.api_version.filter(|v| v != "v1") {
+            return Err(FactsError::ApiVersion(version));
+        }
+        if let Some(kind) = pod.kind.filter(|k| k != "Pod") {
+            return Err(FactsError::Kind(kind));
+        }
+        let (namespace, annotations) = pod
+            .metadata
+            .map_or((None, None), |m| (m.namespace, m.annotations.map(|a| a.0)));
+        let spec = pod.spec.map(|spec| SpecFacts {
+            host_network: spec.host_network == Some(true),
+            containers: spec.containers.unwrap_or_default(),
+            init_containers: spec.init_containers,
+            volumes: spec.volumes,
+        });
+        Ok(Self {
+            namespace,
+            annotations,
+            spec,
+        })
+    }
+}
+
+/// Annotations read with a running total of key and value bytes.
+struct Annotations(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for Annotations {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MapVisitor;
+        impl<'de> Visitor<'de> for MapVisitor {
+            type Value = Annotations;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of string annotations")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut annotations = BTreeMap::new();
+                let mut bytes = 0usize;
+                while let Some((key, value)) = map.next_entry::<String, String>()? {
+                    bytes = bytes.saturating_add(key.len()).saturating_add(value.len());
+                    if bytes > MAX_ANNOTATION_BYTES {
+                        return Err(de::Error::custom(format_args!(
+                            "metadata.annotations: keys and values add up to more than \
+                             {MAX_ANNOTATION_BYTES} bytes, which Kubernetes refuses; \
+                             shorten or remove annotations"
+                        )));
+                    }
+                    annotations.insert(key, value);
+                }
+                Ok(Annotations(annotations))
+            }
+        }
+        deserializer.deserialize_map(MapVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Containers {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SeqVisitor;
+        impl<'de> Visitor<'de> for SeqVisitor {
+            type Value = Containers;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of containers")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut containers = Containers::default();
+                loop {
+                    if containers.kept.len() < MAX_CONTAINERS {
+                        let Some(c) = seq.next_element::<WireContainer>()? else {
+                            break;
+                        };
+                        containers.kept.push(ContainerFacts {
+                            name: c.name.unwrap_or_default(),
+                            env: c.env.map(|e| e.0),
+                            ports: c.ports.map(|p| p.0).unwrap_or_default(),
+                        });
+                    } else if seq.next_element::<IgnoredAny>()?.is_none() {
+                        break;
+                    }
+                    containers.len += 1;
+                }
+                Ok(containers)
+            }
+        }
+        deserializer.deserialize_seq(SeqVisitor)
+    }
+}
+
+/// A container's env, reduced to the names in [`APP_ENV_NAMES`].
+struct EnvNames(Vec<String>);
+
+impl<'de> Deserialize<'de> for EnvNames {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SeqVisitor;
+        impl<'de> Visitor<'de> for SeqVisitor {
+            type Value = EnvNames;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of env vars")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut names = Vec::new();
+                while let Some(var) = seq.next_element::<WireNamed<'de>>()? {
+                    if let Some(name) = var.name.as_deref().and_then(app_env_name) {
+                        names.push(name.to_owned());
+                    }
+                }
+                Ok(EnvNames(names))
+            }
+        }
+        deserializer.deserialize_seq(SeqVisitor)
+    }
+}
+
+/// A container's port numbers.
+struct Ports(Vec<u16>);
+
+impl<'de> Deserialize<'de> for Ports {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SeqVisitor;
+        impl<'de> Visitor<'de> for SeqVisitor {
+            type Value = Ports;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of container ports")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut ports = Vec::new();
+                while let Some(port) = seq.next_element::<WirePort>()? {
+                    // A typed Pod reads a missing containerPort as 0; out-of-range numbers
+                    // cannot collide with a sidecar port.
+                    if let Ok(port) = u16::try_from(port.container_port.unwrap_or_default()) {
+                        ports.push(port);
+                    }
+                }
+                Ok(Ports(ports))
+            }
+        }
+        deserializer.deserialize_seq(SeqVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Volumes {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SeqVisitor;
+        impl<'de> Visitor<'de> for SeqVisitor {
+            type Value = Volumes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of volumes")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut volumes = Volumes::default();
+                while let Some(volume) = seq.next_element::<WireNamed<'de>>()? {
+                    if volumes.reserved.is_none() {
+                        volumes.reserved = volume.name.as_deref().and_then(reserved_volume);
+                    }
+                }
+                Ok(volumes)
+            }
+        }
+        deserializer.deserialize_seq(SeqVisitor)
+    }
+}
