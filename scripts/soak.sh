@@ -6,7 +6,7 @@
 # (chat, streams, embeddings, models, oversized bodies, clients that leave before headers
 # or mid-stream) against an upstream that answers 5xx/429, cuts streams mid-event and
 # stalls streams on a schedule; key rotations every 30 s and config edits every 45 s in
-# the kubelet's `..data` layout (every third edit refused); two bursts of SOAK_BURST
+# the kubelet's `..data` layout (every third edit refused); three bursts of SOAK_BURST
 # (1000) concurrent streams; and, through the webhook over TLS, ordinary reviews at 10/s
 # plus a hostile storm every minute (silent TCP and TLS connections, a trickling body,
 # parallel 2.7-2.9 MB reviews with and without port collisions, a 4.5 MB review). RSS,
