@@ -1,5 +1,7 @@
 //! Micro-benchmark of the mutation core: time per typical pod for `mutate` alone, and for
-//! the admission-shaped path around it (decode the pod JSON, mutate, encode the patch).
+//! the server's whole step around it, `admission::answer` (read the AdmissionReview body,
+//! decide, serialize the response with its patch); then `admission::answer` on 3 MiB
+//! reviews of several shapes. One core.
 //! Plain `harness = false` timing with `Instant`: 7 runs, the median reported.
 //!
 //! Run: `cargo bench -p holysheep-webhook --bench mutate`
@@ -7,12 +9,16 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use holysheep_webhook::admission;
 use holysheep_webhook::annotations::Overrides;
 use holysheep_webhook::mutation::mutate;
 use holysheep_webhook::settings::Settings;
 use holysheep_webhook::sidecar::SidecarSpec;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
+
+mod reviews;
+use reviews::MIB;
 
 /// A pod as a Deployment creates it: generateName, labels, a few annotations, an app
 /// container with env, ports, probes and mounts, a log-shipper sidecar, two volumes.
@@ -69,7 +75,7 @@ fn median_per_call(runs: usize, iterations: u32, mut f: impl FnMut()) -> Duratio
     samples[runs / 2]
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let settings = Settings::default();
     let pod_json = typical_pod();
     let pod_bytes = serde_json::to_vec(&pod_json)?;
@@ -84,10 +90,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let core = median_per_call(7, 20_000, || {
         black_box(mutate(black_box(&pod), &settings).ok());
     });
+    let review_bytes = serde_json::to_vec(&reviews::envelope(typical_pod()))?;
     let full = median_per_call(7, 10_000, || {
-        let pod: Option<Pod> = serde_json::from_slice(black_box(&pod_bytes)).ok();
-        let patch = pod.and_then(|pod| mutate(&pod, &settings).ok().flatten());
-        black_box(patch.and_then(|p| serde_json::to_vec(&p).ok()));
+        black_box(admission::answer(black_box(&review_bytes), &settings).ok());
     });
     let spec = SidecarSpec::resolve(&settings, Overrides::default());
     let build = median_per_call(7, 20_000, || {
@@ -107,8 +112,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         core.as_secs_f64() * 1e6
     );
     println!(
-        "decode + mutate + encode patch:     median {:>8.2} us per pod",
-        full.as_secs_f64() * 1e6
+        "admission::answer (review in, out): median {:>8.2} us per pod ({} bytes in)",
+        full.as_secs_f64() * 1e6,
+        review_bytes.len()
     );
     println!(
         "  of which: build the sidecar Container  median {:>8.2} us",
@@ -118,5 +124,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "  of which: Container to serde_json::Value median {:>8.2} us",
         encode.as_secs_f64() * 1e6
     );
+
+    println!("admission::answer on large reviews (read, decide, serialize):");
+    let large: [(&str, Vec<u8>); 4] = [
+        (
+            "3 MiB, one long env value (injected)",
+            reviews::text(3 * MIB)?,
+        ),
+        (
+            "3 MiB of minimal volumes (injected)",
+            reviews::volumes(3 * MIB)?,
+        ),
+        (
+            "2.9 MiB declaring every port (refused)",
+            reviews::ports(3 * MIB * 29 / 30)?,
+        ),
+        (
+            "3 MiB of minimal containers (refused)",
+            reviews::containers(3 * MIB)?,
+        ),
+    ];
+    for (title, body) in &large {
+        let answer = admission::answer(body, &settings)?;
+        let time = median_per_call(7, 10, || {
+            black_box(admission::answer(black_box(body), &settings).ok());
+        });
+        println!(
+            "  {title:<40} median {:>8.2} ms  ({:?}, {} bytes out)",
+            time.as_secs_f64() * 1e3,
+            answer.result,
+            answer.body.len()
+        );
+    }
     Ok(())
 }

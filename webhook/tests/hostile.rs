@@ -154,21 +154,24 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     .await
     .unwrap();
     let driver = tokio::spawn(conn);
+    // The server's quiet time starts after it answers the last request, so after it was
+    // sent: the close cannot come sooner than the timeout after `last_sent`.
+    let mut last_sent = Instant::now();
     for _ in 0..2 {
         let request = http::Request::get(format!("https://{HOST}/healthz"))
             .body(Empty::new())
             .unwrap();
+        last_sent = Instant::now();
         let response = sender.send_request(request).await.unwrap();
         assert_eq!(response.status(), 200);
     }
-    let quiet_since = Instant::now();
     tokio::time::timeout(WAIT, driver)
         .await
         .expect("the idle HTTP/2 connection stayed open")
         .unwrap()
         .unwrap();
     assert!(
-        quiet_since.elapsed() >= SHORT,
+        last_sent.elapsed() >= SHORT,
         "closed before the idle timeout"
     );
     server.stop().await;
@@ -180,11 +183,11 @@ async fn an_idle_http1_connection_is_closed() {
     let server = start_limited(short_deadlines()).await;
     let mut tls = server.tls_connect(&[b"http/1.1"]).await;
     let request = format!("GET /healthz HTTP/1.1\r\nhost: {HOST}\r\n\r\n");
+    let sent = Instant::now();
     tls.write_all(request.as_bytes()).await.unwrap();
     assert_eq!(read_status(&mut tls).await, 200);
-    let quiet_since = Instant::now();
     closed_by_peer(tls).await;
-    assert!(quiet_since.elapsed() >= SHORT, "closed before the deadline");
+    assert!(sent.elapsed() >= SHORT, "closed before the deadline");
     server.stop().await;
 }
 
@@ -197,6 +200,7 @@ async fn a_trickling_body_is_cut_off_at_the_body_deadline() {
     let length = 1000;
     // One byte every 20 ms: the whole body would take 20 s, each byte arrives well
     // within any per-read timeout.
+    let started = Instant::now();
     let trickle = tokio::spawn(async move {
         writer.write_all(post_head(length).as_bytes()).await?;
         for _ in 0..length {
@@ -206,9 +210,11 @@ async fn a_trickling_body_is_cut_off_at_the_body_deadline() {
         }
         std::io::Result::Ok(())
     });
-    let started = Instant::now();
     assert_eq!(read_status(&mut reader).await, 408);
-    assert!(started.elapsed() >= SHORT);
+    assert!(
+        started.elapsed() >= SHORT,
+        "cut off before the body deadline"
+    );
     trickle.abort();
     server.stop().await;
 }

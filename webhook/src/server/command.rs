@@ -40,7 +40,9 @@ where
             addr: args.listen,
             source,
         })?;
-    tracing::info!(listen = %args.listen, cert = %tls.files().cert.display(), "serving admission reviews");
+    // The bound address, not the flag: with port 0 the log says which port was chosen.
+    let listen = listener.local_addr().unwrap_or(args.listen);
+    tracing::info!(listen = %listen, cert = %tls.files().cert.display(), "serving admission reviews");
     let delay = args.shutdown_delay;
     let draining = state.clone();
     let shutdown = async move {
