@@ -9,9 +9,9 @@
 //! must never fall back silently to the scheme's default (and send the key elsewhere).
 //!
 //! What it does not do: resolve the host, or decide which flag or annotation a value came
-//! from. Errors say what is wrong and the fix; the caller names the input. Only the
-//! upstream rules exist ([`HttpUrl::upstream`]); another kind of URL (an egress proxy) is
-//! another constructor with its own [`Rules`].
+//! from. Errors say what is wrong and the fix; the caller names the input. Each kind of
+//! URL is a constructor with its own [`Rules`]: an upstream base ([`HttpUrl::upstream`])
+//! and an egress proxy ([`HttpUrl::egress_proxy`]).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -116,6 +116,15 @@ pub enum UrlProblem {
     /// `#...`: never sent, so almost certainly a mistake.
     #[error("carries a fragment (`#...`), which is never sent; remove it")]
     Fragment,
+    /// `https://` where only plain `http://` is supported (an egress proxy).
+    #[error(
+        "uses https://, but the proxy is reached over plain http:// (TLS to the upstream \
+         still runs end to end inside the CONNECT tunnel)"
+    )]
+    HttpsNotAllowed,
+    /// A path where only `scheme://host[:port]` is meaningful (an egress proxy).
+    #[error("has path `{0}`, but a proxy URL is only scheme, host and port")]
+    PathNotAllowed(String),
     /// Refused by the `url` crate for another reason.
     #[error("is not a valid URL ({0})")]
     Invalid(url::ParseError),
@@ -136,20 +145,55 @@ pub struct UrlError {
 struct Rules {
     /// A good value, shown in errors.
     example: &'static str,
+    /// Whether `https://` is allowed.
+    https: bool,
+    /// Whether a path other than `/` is allowed.
+    path: bool,
 }
 
 /// An upstream base URL: any path prefix.
 const UPSTREAM: Rules = Rules {
     example: DEFAULT_UPSTREAM,
+    https: true,
+    path: true,
+};
+
+/// An egress proxy: plain `http://host:port`. TLS to the upstream runs inside the
+/// proxy's `CONNECT` tunnel, so the hop to the proxy itself is plain HTTP (as with
+/// curl's and Go's `HTTPS_PROXY=http://...`).
+const EGRESS_PROXY: Rules = Rules {
+    example: "http://proxy.corp.internal:3128",
+    https: false,
+    path: false,
 };
 
 impl HttpUrl {
     /// Parses an upstream base URL (`https://api.holysheep.ai/v1`): any path prefix,
     /// trailing `/` trimmed.
     pub fn upstream(text: &str) -> Result<Self, UrlError> {
-        parse(text).map_err(|problem| UrlError {
+        Self::parse_with(text, &UPSTREAM)
+    }
+
+    /// Parses an egress proxy URL (`http://proxy.corp.internal:3128`): `http://` only,
+    /// no path (a trailing `/` is fine), no credentials (they come from a Secret, never
+    /// from a flag, an annotation or a log line).
+    pub fn egress_proxy(text: &str) -> Result<Self, UrlError> {
+        Self::parse_with(text, &EGRESS_PROXY)
+    }
+
+    fn parse_with(text: &str, rules: &Rules) -> Result<Self, UrlError> {
+        let checked = parse(text).and_then(|url| {
+            if !rules.https && url.is_https() {
+                return Err(UrlProblem::HttpsNotAllowed);
+            }
+            if !rules.path && !url.path_prefix.is_empty() {
+                return Err(UrlProblem::PathNotAllowed(url.path_prefix.clone()));
+            }
+            Ok(url)
+        });
+        checked.map_err(|problem| UrlError {
             problem,
-            example: UPSTREAM.example,
+            example: rules.example,
         })
     }
 

@@ -196,3 +196,30 @@ fn http_scheme_conversion() {
 fn redaction(#[case] text: &str, #[case] redacted: &str) {
     assert_eq!(redact_userinfo(text), redacted);
 }
+
+#[rstest]
+#[case::host_port("http://proxy.corp.internal:3128", "proxy.corp.internal", 3128)]
+#[case::trailing_slash("http://10.0.0.5:8080/", "10.0.0.5", 8080)]
+#[case::default_port("http://proxy", "proxy", 80)]
+fn egress_proxy_accepted(#[case] text: &str, #[case] host: &str, #[case] port: u16) {
+    let url = HttpUrl::egress_proxy(text).expect("accepted");
+    assert_eq!(
+        (url.host(), url.port(), url.path_prefix()),
+        (host, port, "")
+    );
+}
+
+#[rstest]
+#[case::https("https://proxy:3128", UrlProblem::HttpsNotAllowed)]
+#[case::path("http://proxy:3128/v1", UrlProblem::PathNotAllowed("/v1".into()))]
+#[case::credentials("http://user:pw@proxy:3128", UrlProblem::UserInfo)]
+#[case::socks("socks5://proxy:1080", UrlProblem::Scheme)]
+#[case::bad_port("http://proxy:99999", UrlProblem::PortOutOfRange("99999".into()))]
+fn egress_proxy_refused(#[case] text: &str, #[case] problem: UrlProblem) {
+    let err = HttpUrl::egress_proxy(text).expect_err("refused");
+    assert_eq!(err.problem, problem);
+    assert!(
+        err.to_string().contains("http://proxy.corp.internal:3128"),
+        "{err}"
+    );
+}
