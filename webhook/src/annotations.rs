@@ -39,6 +39,12 @@ pub const PROXY_CPU_LIMIT: &str = "holysheep/proxy-cpu-limit";
 /// Sidecar memory limit.
 pub const PROXY_MEMORY_LIMIT: &str = "holysheep/proxy-memory-limit";
 
+/// Egress proxy URL of the sidecar, or `none` to connect directly (default `--egress-proxy`).
+pub const EGRESS_PROXY: &str = "holysheep/egress-proxy";
+/// ConfigMap with `ca.crt` the sidecar trusts for the upstream (default
+/// `--upstream-ca-configmap`).
+pub const UPSTREAM_CA: &str = "holysheep/upstream-ca";
+
 /// Prometheus scrape annotations, added when absent.
 pub const PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
 /// Prometheus port annotation.
@@ -118,6 +124,10 @@ pub struct Overrides {
     pub cpu_limit: Option<Quantity>,
     /// `holysheep/proxy-memory-limit`.
     pub memory_limit: Option<Quantity>,
+    /// `holysheep/egress-proxy`: `Some(None)` is `none`, no proxy for this pod.
+    pub egress_proxy: Option<Option<String>>,
+    /// `holysheep/upstream-ca`.
+    pub upstream_ca: Option<String>,
 }
 
 impl Overrides {
@@ -137,6 +147,8 @@ impl Overrides {
             memory_request: optional(a, PROXY_MEMORY_REQUEST, Quantity::memory)?,
             cpu_limit: optional(a, PROXY_CPU_LIMIT, Quantity::cpu)?,
             memory_limit: optional(a, PROXY_MEMORY_LIMIT, Quantity::memory)?,
+            egress_proxy: optional(a, EGRESS_PROXY, values::egress_proxy_choice)?,
+            upstream_ca: optional(a, UPSTREAM_CA, values::object_name)?,
         })
     }
 }
@@ -235,6 +247,8 @@ mod tests {
             (PROXY_MEMORY_REQUEST, "64Mi"),
             (PROXY_CPU_LIMIT, "1"),
             (PROXY_MEMORY_LIMIT, "256Mi"),
+            (EGRESS_PROXY, "http://proxy.corp.internal:3128"),
+            (UPSTREAM_CA, "corp-ca"),
             ("unrelated/annotation", "whatever"),
         ]))
         .unwrap();
@@ -250,7 +264,14 @@ mod tests {
         assert_eq!(overrides.memory_request.unwrap().as_str(), "64Mi");
         assert_eq!(overrides.cpu_limit.unwrap().as_str(), "1");
         assert_eq!(overrides.memory_limit.unwrap().as_str(), "256Mi");
+        assert_eq!(
+            overrides.egress_proxy,
+            Some(Some("http://proxy.corp.internal:3128".to_owned()))
+        );
+        assert_eq!(overrides.upstream_ca.as_deref(), Some("corp-ca"));
         assert_eq!(Overrides::parse(&map(&[])).unwrap(), Overrides::default());
+        let off = Overrides::parse(&map(&[(EGRESS_PROXY, "none")])).unwrap();
+        assert_eq!(off.egress_proxy, Some(None));
     }
 
     #[rstest]
@@ -287,6 +308,10 @@ mod tests {
     #[case::native_yes(NATIVE_SIDECAR, "yes", "\"true\" or \"false\"")]
     #[case::cpu(PROXY_CPU_REQUEST, "lots", "quantity")]
     #[case::memory(PROXY_MEMORY_LIMIT, "128MB", "quantity")]
+    #[case::egress_https(EGRESS_PROXY, "https://proxy:3128", "http://proxy.corp.internal:3128")]
+    #[case::egress_empty(EGRESS_PROXY, "", "\"none\"")]
+    #[case::egress_credentials(EGRESS_PROXY, "http://u:pw@proxy:3128", "\"none\"")]
+    #[case::upstream_ca_upper(UPSTREAM_CA, "Corp-CA", "object name")]
     fn invalid_overrides_name_the_annotation(
         #[case] key: &'static str,
         #[case] value: &str,
@@ -315,6 +340,8 @@ mod tests {
             PROXY_MEMORY_REQUEST,
             PROXY_CPU_LIMIT,
             PROXY_MEMORY_LIMIT,
+            EGRESS_PROXY,
+            UPSTREAM_CA,
         ];
         for key in keys {
             let annotations = map(&[(key, &huge)]);

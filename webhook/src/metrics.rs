@@ -105,6 +105,7 @@ pub struct Metrics {
     cert_reloads: Family<ReloadLabel, Counter>,
     cert_not_after: Gauge,
     open_connections: Gauge,
+    shed_connections: Counter,
 }
 
 impl Metrics {
@@ -139,8 +140,15 @@ impl Metrics {
         let open_connections = Gauge::default();
         registry.register(
             "open_connections",
-            "Client connections open now (TLS handshake included); new ones wait at the cap",
+            "Client connections open now (TLS handshake included); at the cap a quiet one is shed",
             open_connections.clone(),
+        );
+        let shed_connections = Counter::default();
+        registry.register(
+            "shed_connections",
+            "Connections closed without a request in flight to make room for a new client at \
+             the connection cap",
+            shed_connections.clone(),
         );
         Self {
             admissions,
@@ -148,6 +156,7 @@ impl Metrics {
             cert_reloads,
             cert_not_after,
             open_connections,
+            shed_connections,
         }
     }
 
@@ -159,6 +168,16 @@ impl Metrics {
     /// Counts a connection as closed.
     pub fn connection_closed(&self) {
         self.open_connections.dec();
+    }
+
+    /// Counts a connection shed to make room for a new one.
+    pub fn connection_shed(&self) {
+        self.shed_connections.inc();
+    }
+
+    /// Connections shed so far (for tests and logs).
+    pub fn shed_connections(&self) -> u64 {
+        self.shed_connections.get()
     }
 
     /// Connections open now (for tests and logs).

@@ -386,4 +386,6 @@ fn to_value(value: impl Serialize) -> Result<Value, MutationError> {
 }
 
 #[cfg(test)]
+mod egress_tests;
+#[cfg(test)]
 mod tests;

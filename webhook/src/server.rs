@@ -7,7 +7,8 @@
 //! the blocking pool, a few at a time, so a large one never stalls `/healthz` or the other
 //! connections.
 //!
-//! [`serve`] (in `conn`) is the TLS accept loop with its per-connection deadlines;
+//! [`serve`] (in `conn`) is the TLS accept loop with its per-connection deadlines, and at
+//! the connection cap sheds quiet connections for new clients (`shed`);
 //! [`run`] (in `command`) is the `serve` command: it loads or bootstraps the certificate,
 //! starts the reload watcher and serves until SIGTERM. The bounds are in `limits`, the
 //! body and room checks in `intake`.
@@ -35,6 +36,7 @@ mod command;
 mod conn;
 mod intake;
 pub mod limits;
+mod shed;
 pub use command::{run, shutdown_signal};
 pub use conn::{DRAIN_TIMEOUT, serve};
 pub use intake::Refusal;

@@ -12,6 +12,10 @@
 //!   defaults: a CPU limit on a proxy in every request's path turns CFS throttling into tail
 //!   latency, while a memory limit keeps a leak from taking the node. Namespaces whose
 //!   LimitRange or quota requires a CPU limit can set `--proxy-cpu-limit`.
+//! - no egress proxy, `NO_PROXY` list or CA ConfigMap: most clusters reach the upstream
+//!   directly. Their env twins are `HOLYSHEEP_SIDECAR_*`, not the sidecar's own
+//!   `HOLYSHEEP_EGRESS_PROXY` or a plain `NO_PROXY`, which in the webhook's Deployment
+//!   would read as settings of the webhook itself.
 //!
 //! This module only holds and validates values; `sidecar` turns them into pod objects.
 
@@ -62,6 +66,13 @@ pub struct Settings {
     pub secret_key: String,
     /// Requests and limits of the sidecar.
     pub resources: Resources,
+    /// Egress proxy the sidecar reaches the upstream through; `None`: direct (or the
+    /// sidecar's own `HTTPS_PROXY`-style env, which the webhook never sets).
+    pub egress_proxy: Option<String>,
+    /// `NO_PROXY` list given to the sidecar along with a proxy.
+    pub no_proxy: Option<String>,
+    /// ConfigMap with `ca.crt`, a PEM bundle the sidecar trusts besides the system roots.
+    pub upstream_ca_config_map: Option<String>,
 }
 
 /// CPU and memory requests and limits of the sidecar; `None` leaves one unset.
@@ -118,6 +129,9 @@ impl Default for Settings {
                 cpu_limit: None,
                 memory_limit: known(Resource::Memory, DEFAULT_MEMORY_LIMIT),
             },
+            egress_proxy: None,
+            no_proxy: None,
+            upstream_ca_config_map: None,
         }
     }
 }
@@ -187,6 +201,20 @@ pub struct SettingsArgs {
     /// Memory limit of the sidecar (1Mi to 64Gi); empty for none.
     #[arg(long, env = "HOLYSHEEP_PROXY_MEMORY_LIMIT", default_value = DEFAULT_MEMORY_LIMIT)]
     pub proxy_memory_limit: String,
+    /// Egress proxy for the sidecars, http://host:port without credentials (a Secret's
+    /// egress-proxy-auth key holds them); unset or empty: none (holysheep/egress-proxy
+    /// overrides it, "none" turns it off for a pod).
+    #[arg(long, env = "HOLYSHEEP_SIDECAR_EGRESS_PROXY")]
+    pub egress_proxy: Option<String>,
+    /// Hosts, domains, IPs or CIDRs the sidecars reach without the egress proxy,
+    /// comma-separated (given to them as NO_PROXY along with a proxy); empty: none.
+    #[arg(long, env = "HOLYSHEEP_SIDECAR_NO_PROXY")]
+    pub no_proxy: Option<String>,
+    /// ConfigMap with ca.crt, a PEM bundle the sidecars trust besides the system roots
+    /// (a private upstream or a TLS-inspecting proxy); empty: none (holysheep/upstream-ca
+    /// overrides it).
+    #[arg(long, env = "HOLYSHEEP_SIDECAR_UPSTREAM_CA_CONFIGMAP")]
+    pub upstream_ca_configmap: Option<String>,
 }
 
 impl SettingsArgs {
@@ -232,6 +260,13 @@ impl SettingsArgs {
                     &self.proxy_memory_limit,
                 )?,
             },
+            egress_proxy: optional_text("--egress-proxy", self.egress_proxy, values::egress_proxy)?,
+            no_proxy: optional_text("--no-proxy", self.no_proxy, values::no_proxy)?,
+            upstream_ca_config_map: optional_text(
+                "--upstream-ca-configmap",
+                self.upstream_ca_configmap,
+                values::object_name,
+            )?,
         };
         if settings.proxy_port == settings.admin_port {
             return Err(SettingsError::Conflict(format!(
@@ -269,6 +304,18 @@ fn check<T>(
         value: holysheep_common::redact_userinfo(value).into_owned(),
         reason,
     })
+}
+
+/// An optional flag whose empty value means unset (so an env twin can be left empty).
+fn optional_text(
+    flag: &'static str,
+    value: Option<String>,
+    parse: impl FnOnce(&str) -> Result<String, String>,
+) -> Result<Option<String>, SettingsError> {
+    value
+        .filter(|text| !text.is_empty())
+        .map(|text| check(flag, &text, parse))
+        .transpose()
 }
 
 fn optional_quantity(
@@ -324,6 +371,9 @@ mod tests {
             "--proxy-memory-request=16Mi",
             "--proxy-cpu-limit=1",
             "--proxy-memory-limit=",
+            "--egress-proxy=http://proxy.corp.internal:3128",
+            "--no-proxy=.corp.internal,10.0.0.0/8",
+            "--upstream-ca-configmap=corp-ca",
         ])
         .unwrap();
         assert_eq!(settings.image, "r.io/hs:1");
@@ -338,6 +388,26 @@ mod tests {
         assert_eq!(settings.resources.cpu_request, None);
         assert_eq!(settings.resources.memory_limit, None);
         assert_eq!(settings.resources.cpu_limit.unwrap().as_str(), "1");
+        assert_eq!(
+            settings.egress_proxy.as_deref(),
+            Some("http://proxy.corp.internal:3128")
+        );
+        assert_eq!(
+            settings.no_proxy.as_deref(),
+            Some(".corp.internal,10.0.0.0/8")
+        );
+        assert_eq!(settings.upstream_ca_config_map.as_deref(), Some("corp-ca"));
+        // Empty values (an env twin left empty) mean unset.
+        let settings =
+            parse(&["--egress-proxy=", "--no-proxy=", "--upstream-ca-configmap="]).unwrap();
+        assert_eq!(
+            (
+                settings.egress_proxy,
+                settings.no_proxy,
+                settings.upstream_ca_config_map
+            ),
+            (None, None, None)
+        );
     }
 
     #[test]
@@ -396,6 +466,23 @@ mod tests {
                 "--proxy-memory-limit",
                 "raise the limit",
             ),
+            (
+                &["--egress-proxy=https://proxy:3128"][..],
+                "--egress-proxy",
+                "http://proxy.corp.internal:3128",
+            ),
+            (
+                &["--egress-proxy=http://u:secretpw@proxy:3128"][..],
+                "--egress-proxy",
+                "http://",
+            ),
+            (&["--no-proxy=a, b"][..], "--no-proxy", "without spaces"),
+            (&["--no-proxy=a,,b"][..], "--no-proxy", "comma-separated"),
+            (
+                &["--upstream-ca-configmap=Corp_CA"][..],
+                "--upstream-ca-configmap",
+                "object name",
+            ),
         ];
         for (args, flag, form) in cases {
             let message = parse(args).unwrap_err().to_string();
@@ -403,6 +490,7 @@ mod tests {
                 message.contains(flag) && message.contains(form),
                 "{args:?}: {message}"
             );
+            assert!(!message.contains("secretpw"), "{message}");
         }
     }
 }

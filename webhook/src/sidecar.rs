@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, ObjectFieldSelector, Probe, ResourceRequirements, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecretProjection, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -32,6 +33,16 @@ pub const API_KEY_FILE: &str = "api-key";
 pub const CONFIG_DIR: &str = "/etc/holysheep";
 /// Key in the ConfigMap, and file name in the config volume.
 pub const CONFIG_FILE: &str = "config.yaml";
+/// File name of the egress proxy's `user:password` in the credential volume, from the
+/// Secret key of the same name; the sidecar looks for it beside the API key.
+pub const EGRESS_PROXY_AUTH: &str = "egress-proxy-auth";
+/// Name of the upstream CA volume (from the `holysheep/upstream-ca` ConfigMap).
+pub const UPSTREAM_CA_VOLUME: &str = "holysheep-upstream-ca";
+/// Where the upstream CA volume is mounted in the sidecar: apart from the Secret's mount,
+/// since it is not a secret.
+pub const UPSTREAM_CA_DIR: &str = "/var/run/holysheep/upstream-ca";
+/// Key in the CA ConfigMap, and file name in the volume.
+pub const UPSTREAM_CA_FILE: &str = "ca.crt";
 /// Name of the admin container port (at most 15 characters, as Kubernetes requires).
 pub const ADMIN_PORT_NAME: &str = "hs-metrics";
 /// `OPENAI_API_KEY` given to apps: SDKs refuse to start without one; the sidecar replaces it.
@@ -66,6 +77,12 @@ pub struct SidecarSpec {
     pub config_map: Option<String>,
     /// Requests and limits.
     pub resources: Resources,
+    /// Egress proxy URL, if the sidecar goes through one.
+    pub egress_proxy: Option<String>,
+    /// `NO_PROXY` list; only ever set along with `egress_proxy`.
+    pub no_proxy: Option<String>,
+    /// ConfigMap with `ca.crt`, if any.
+    pub upstream_ca: Option<String>,
 }
 
 impl SidecarSpec {
@@ -73,7 +90,7 @@ impl SidecarSpec {
     /// field, so a pod can raise its memory limit and keep the default request).
     pub fn resolve(settings: &Settings, overrides: Overrides) -> Self {
         let defaults = &settings.resources;
-        Self {
+        let mut spec = Self {
             image: overrides.image.unwrap_or_else(|| settings.image.clone()),
             pull_policy: settings.image_pull_policy,
             proxy_port: overrides.port.unwrap_or(settings.proxy_port),
@@ -87,6 +104,13 @@ impl SidecarSpec {
                 .secret_key
                 .unwrap_or_else(|| settings.secret_key.clone()),
             config_map: overrides.config,
+            egress_proxy: overrides
+                .egress_proxy
+                .unwrap_or_else(|| settings.egress_proxy.clone()),
+            no_proxy: None,
+            upstream_ca: overrides
+                .upstream_ca
+                .or_else(|| settings.upstream_ca_config_map.clone()),
             resources: Resources {
                 cpu_request: overrides
                     .cpu_request
@@ -99,7 +123,12 @@ impl SidecarSpec {
                     .memory_limit
                     .or_else(|| defaults.memory_limit.clone()),
             },
+        };
+        // Without a proxy there is nothing to bypass.
+        if spec.egress_proxy.is_some() {
+            spec.no_proxy.clone_from(&settings.no_proxy);
         }
+        spec
     }
 
     /// `http://127.0.0.1:<port>/v1`: what the apps' SDKs call.
@@ -129,6 +158,18 @@ impl SidecarSpec {
                 format!("{CONFIG_DIR}/{CONFIG_FILE}"),
             ));
         }
+        if let Some(proxy) = &self.egress_proxy {
+            env.push(value_env("HOLYSHEEP_EGRESS_PROXY", proxy.clone()));
+            if let Some(no_proxy) = &self.no_proxy {
+                env.push(value_env("NO_PROXY", no_proxy.clone()));
+            }
+        }
+        if self.upstream_ca.is_some() {
+            env.push(value_env(
+                "HOLYSHEEP_UPSTREAM_CA_FILE",
+                format!("{UPSTREAM_CA_DIR}/{UPSTREAM_CA_FILE}"),
+            ));
+        }
         env.push(field_env("POD_NAME", "metadata.name"));
         env.push(field_env("POD_NAMESPACE", "metadata.namespace"));
 
@@ -142,6 +183,14 @@ impl SidecarSpec {
             mounts.push(VolumeMount {
                 name: CONFIG_VOLUME.to_owned(),
                 mount_path: CONFIG_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
+        if self.upstream_ca.is_some() {
+            mounts.push(VolumeMount {
+                name: UPSTREAM_CA_VOLUME.to_owned(),
+                mount_path: UPSTREAM_CA_DIR.to_owned(),
                 read_only: Some(true),
                 ..VolumeMount::default()
             });
@@ -173,39 +222,66 @@ impl SidecarSpec {
         }
     }
 
-    /// The credential volume, and the config volume when `holysheep/config` is set.
+    /// The credential volume, the config volume when `holysheep/config` is set and the
+    /// upstream CA volume when a CA ConfigMap applies. The ConfigMaps are optional: a
+    /// missing one leaves an empty directory and the sidecar runs on its defaults (system
+    /// roots, built-in config) instead of the pod being stuck in ContainerCreating.
     pub fn volumes(&self) -> Vec<Volume> {
-        let mut volumes = vec![Volume {
-            name: CREDENTIALS_VOLUME.to_owned(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(self.secret_name.clone()),
-                items: Some(vec![KeyToPath {
-                    key: self.secret_key.clone(),
-                    path: API_KEY_FILE.to_owned(),
-                    mode: Some(FILE_MODE),
-                }]),
-                default_mode: Some(FILE_MODE),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        }];
+        let mut volumes = vec![self.credentials_volume()];
         if let Some(config_map) = &self.config_map {
-            volumes.push(Volume {
-                name: CONFIG_VOLUME.to_owned(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: config_map.clone(),
-                    items: Some(vec![KeyToPath {
-                        key: CONFIG_FILE.to_owned(),
-                        path: CONFIG_FILE.to_owned(),
-                        mode: None,
-                    }]),
-                    default_mode: Some(FILE_MODE),
-                    ..ConfigMapVolumeSource::default()
-                }),
-                ..Volume::default()
-            });
+            volumes.push(config_map_volume(CONFIG_VOLUME, config_map, CONFIG_FILE));
+        }
+        if let Some(config_map) = &self.upstream_ca {
+            volumes.push(config_map_volume(
+                UPSTREAM_CA_VOLUME,
+                config_map,
+                UPSTREAM_CA_FILE,
+            ));
         }
         volumes
+    }
+
+    /// The Secret's API key as `api-key`, required (the pod waits for it, as before). With
+    /// an egress proxy, also its `egress-proxy-auth` key, optional: a proxy without
+    /// authentication needs none. One secret volume cannot mix the two (its `optional`
+    /// covers the Secret and every item alike), so that case is a projected volume with
+    /// two sources from the same Secret, the second one optional.
+    fn credentials_volume(&self) -> Volume {
+        let api_key = vec![key_to_path(&self.secret_key, API_KEY_FILE)];
+        if self.egress_proxy.is_none() {
+            return Volume {
+                name: CREDENTIALS_VOLUME.to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(self.secret_name.clone()),
+                    items: Some(api_key),
+                    default_mode: Some(FILE_MODE),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            };
+        }
+        let source = |items, optional| VolumeProjection {
+            secret: Some(SecretProjection {
+                name: self.secret_name.clone(),
+                items: Some(items),
+                optional,
+            }),
+            ..VolumeProjection::default()
+        };
+        Volume {
+            name: CREDENTIALS_VOLUME.to_owned(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![
+                    source(api_key, None),
+                    source(
+                        vec![key_to_path(EGRESS_PROXY_AUTH, EGRESS_PROXY_AUTH)],
+                        Some(true),
+                    ),
+                ]),
+                default_mode: Some(FILE_MODE),
+            }),
+            ..Volume::default()
+        }
     }
 
     /// Env for app containers: the SDK base URLs and the placeholder key. The caller adds
@@ -281,6 +357,33 @@ fn resource_requirements(resources: &Resources) -> Option<ResourceRequirements> 
         limits,
         ..ResourceRequirements::default()
     })
+}
+
+/// A Secret key as a file readable by the sidecar's uid (see [`FILE_MODE`]).
+fn key_to_path(key: &str, path: &str) -> KeyToPath {
+    KeyToPath {
+        key: key.to_owned(),
+        path: path.to_owned(),
+        mode: Some(FILE_MODE),
+    }
+}
+
+/// A ConfigMap's `key` as the one file of a volume, optional (see `volumes`).
+fn config_map_volume(volume: &str, config_map: &str, key: &str) -> Volume {
+    Volume {
+        name: volume.to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map.to_owned(),
+            items: Some(vec![KeyToPath {
+                key: key.to_owned(),
+                path: key.to_owned(),
+                mode: None,
+            }]),
+            default_mode: Some(FILE_MODE),
+            optional: Some(true),
+        }),
+        ..Volume::default()
+    }
 }
 
 fn value_env(name: &str, value: String) -> EnvVar {

@@ -1,8 +1,9 @@
 //! The admission server against hostile and careless clients, over real TLS on loopback:
 //! connections that never send a request or go quiet are closed, a slow body is cut off,
 //! an oversized review is refused before it is read, reviews beyond the server's room get
-//! 429 while `/healthz` answers, the connection cap makes new clients wait, and reviews
-//! that declare every port are answered with little CPU.
+//! 429 while `/healthz` answers, at the connection cap silent connections give way to new
+//! clients while busy ones make new clients wait, and reviews that declare every port are
+//! answered with little CPU.
 //!
 //! Deadlines are shortened through `Limits`. Where a test shows that something does *not*
 //! happen early (a deadline not yet passed, a handshake held back), it checks elapsed
@@ -411,26 +412,42 @@ async fn port_collision_reviews_in_parallel_are_answered_with_little_cpu() {
     server.stop().await;
 }
 
+/// Opens a review whose body never completes and returns once the server handles it (its
+/// handler asked for the body: `100 Continue`), so the connection has a request in flight.
+async fn review_in_flight(
+    server: &tls_support::TestServer,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut tls = server.tls_connect(&[b"http/1.1"]).await;
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nhost: {HOST}\r\ncontent-type: application/json\r\n\
+         expect: 100-continue\r\ncontent-length: 100\r\n\r\n"
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    assert_eq!(read_status(&mut tls).await, 100);
+    tls
+}
+
 #[tokio::test]
-async fn new_clients_wait_while_every_connection_slot_is_taken() {
+async fn new_clients_wait_while_every_connection_slot_has_a_request_in_flight() {
     let _serial = SERIAL.lock().await;
     let server = start_limited(Limits {
         max_connections: 2,
         head_timeout: WAIT * 2,
+        body_timeout: WAIT * 2,
         ..Limits::default()
     })
     .await;
     // wait_ready's client may still hold a slot: wait until only ours are counted.
-    let first = server.tls_connect(&[b"h2"]).await;
-    let second = server.tls_connect(&[b"h2"]).await;
+    let first = review_in_flight(&server).await;
+    let second = review_in_flight(&server).await;
     let metrics = server.state.metrics().clone();
     let deadline = Instant::now() + WAIT;
     while metrics.open_connections() != 2 {
         assert!(Instant::now() < deadline, "slots not released");
         tokio::task::yield_now().await;
     }
-    // A third client is queued in the backlog: its TCP connect succeeds, its handshake
-    // does not progress while both slots are held.
+    // Connections doing work are never shed: a third client is queued in the backlog,
+    // its TCP connect succeeds, its handshake does not progress while both are busy.
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let mut third = Box::pin(server.tls_handshake(tcp, &[b"h2"]));
     assert!(
@@ -440,6 +457,7 @@ async fn new_clients_wait_while_every_connection_slot_is_taken() {
         "a third connection was served beyond the cap"
     );
     assert_eq!(metrics.open_connections(), 2);
+    assert_eq!(metrics.shed_connections(), 0);
     // One slot frees up: the waiting client is served.
     drop(first);
     let third = tokio::time::timeout(WAIT, third)
@@ -447,5 +465,75 @@ async fn new_clients_wait_while_every_connection_slot_is_taken() {
         .expect("the waiting client was never accepted")
         .unwrap();
     drop((second, third));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn silent_connections_at_the_cap_give_way_to_reviews_and_healthz() {
+    let _serial = SERIAL.lock().await;
+    let cap = 8;
+    // Deadlines far beyond the bound below: only shedding can let the clients in.
+    let server = start_limited(Limits {
+        max_connections: cap,
+        handshake_timeout: WAIT * 2,
+        head_timeout: WAIT * 2,
+        ..Limits::default()
+    })
+    .await;
+    let metrics = server.state.metrics().clone();
+    // Every slot: TCP connections that never send a byte, and TLS ones that never send
+    // a request.
+    let mut silent_tcp = Vec::new();
+    for _ in 0..cap / 2 {
+        silent_tcp.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    let mut silent_tls = Vec::new();
+    for _ in 0..cap / 2 {
+        silent_tls.push(server.tls_connect(&[b"h2", b"http/1.1"]).await);
+    }
+    let deadline = Instant::now() + WAIT;
+    while metrics.open_connections() != i64::try_from(cap).unwrap() {
+        assert!(Instant::now() < deadline, "the slots never filled");
+        tokio::task::yield_now().await;
+    }
+
+    // New clients, as kube-apiserver and the kubelet would come: answered well within
+    // the 10 s production deadlines (the bound is loose for a loaded machine).
+    let bound = Duration::from_secs(3);
+    let started = Instant::now();
+    let review = fixture("pod_deployment_opted_in.json");
+    let response = tokio::time::timeout(
+        bound,
+        server
+            .client()
+            .post(server.url("/mutate"))
+            .json(&review)
+            .send(),
+    )
+    .await
+    .expect("the review waited behind silent connections")
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["response"]["allowed"], true, "{body}");
+    let health = tokio::time::timeout(
+        bound,
+        server
+            .client_alpn(&[b"http/1.1"])
+            .get(server.url("/healthz"))
+            .send(),
+    )
+    .await
+    .expect("/healthz waited behind silent connections")
+    .unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(started.elapsed() < bound * 2);
+    assert!(
+        metrics.shed_connections() >= 2,
+        "{}",
+        metrics.shed_connections()
+    );
+    assert!(metrics.open_connections() <= i64::try_from(cap).unwrap());
+    drop((silent_tcp, silent_tls));
     server.stop().await;
 }

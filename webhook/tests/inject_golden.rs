@@ -1,5 +1,6 @@
 //! Golden tests of `holysheep-webhook inject`: `fixtures/inject/<case>.input.yaml` gives
-//! `<case>.golden.yaml`, or `<case>.error.txt` when the run must fail. Regenerate with
+//! `<case>.golden.yaml`, or `<case>.error.txt` when the run must fail; `<case>.flags`, when
+//! present, holds `inject` flags (one per line) giving the webhook defaults. Regenerate with
 //! `UPDATE_GOLDEN=1 cargo test -p holysheep-webhook --test inject_golden` and review the
 //! diff. Also runs inject over every file in `manifests/examples/`.
 
@@ -11,6 +12,8 @@
 
 use std::path::{Path, PathBuf};
 
+use clap::Parser as _;
+use holysheep_webhook::cli::{Cli, Command};
 use holysheep_webhook::inject_cli::{inject_yaml, run_path};
 use holysheep_webhook::settings::Settings;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
@@ -26,11 +29,34 @@ fn fixtures() -> PathBuf {
 }
 
 /// Pinned image so the goldens do not change with the crate version.
+const GOLDEN_IMAGE: &str = "ghcr.io/holysheep/holysheep-sidecar:golden";
+
 fn settings() -> Settings {
     Settings {
-        image: "ghcr.io/holysheep/holysheep-sidecar:golden".to_owned(),
+        image: GOLDEN_IMAGE.to_owned(),
         ..Settings::default()
     }
+}
+
+/// The defaults of case `name`: its `.flags` file parsed by the real `inject` command
+/// line, or [`settings`].
+fn case_settings(name: &str) -> Settings {
+    let Ok(flags) = std::fs::read_to_string(fixtures().join(format!("{name}.flags"))) else {
+        return settings();
+    };
+    let image = format!("--sidecar-image={GOLDEN_IMAGE}");
+    let argv = ["holysheep-webhook", "inject", image.as_str()]
+        .into_iter()
+        .chain(
+            flags
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#')),
+        );
+    let Command::Inject(args) = Cli::try_parse_from(argv).unwrap().command else {
+        panic!("{name}.flags: not inject flags")
+    };
+    args.settings.into_settings().unwrap()
 }
 
 fn documents(yaml: &str) -> Vec<Value> {
@@ -146,7 +172,7 @@ fn check_template(template: &PodTemplateSpec, context: &str) {
             .volume_mounts
             .iter()
             .flatten()
-            .any(|m| m.name == "holysheep-credentials");
+            .any(|m| m.name == "holysheep-credentials" || m.name == "holysheep-upstream-ca");
         assert!(
             !mounts_credentials,
             "{context}: {} mounts the credentials",
@@ -180,7 +206,8 @@ fn golden_files() {
         let golden = fixtures().join(format!("{name}.golden.yaml"));
         let error = fixtures().join(format!("{name}.error.txt"));
         let text = std::fs::read_to_string(&input).unwrap();
-        let (path, got) = match inject_yaml(&text, &settings()) {
+        let settings = case_settings(&name);
+        let (path, got) = match inject_yaml(&text, &settings) {
             Ok(yaml) => {
                 for (i, doc) in documents(&yaml).iter().enumerate() {
                     for template in typed_templates(doc) {
@@ -188,7 +215,7 @@ fn golden_files() {
                     }
                 }
                 assert_eq!(
-                    inject_yaml(&yaml, &settings()).unwrap(),
+                    inject_yaml(&yaml, &settings).unwrap(),
                     yaml,
                     "{name}: not idempotent"
                 );

@@ -31,6 +31,7 @@ fn odd_value() -> impl Strategy<Value = String> {
         Just("10m".to_owned()),
         Just("-1".to_owned()),
         Just("https://gw.example/v1".to_owned()),
+        Just("http://u:p@proxy:3128".to_owned()),
         Just("team-llm".to_owned()),
         Just("Ünïcødé ✓".to_owned()),
         Just("x".repeat(70_000)),
@@ -50,6 +51,11 @@ fn annotation() -> impl Strategy<Value = (&'static str, String)> {
         ("holysheep/image", &["registry.local/hs:dev"]),
         ("holysheep/upstream", &["https://gw.example/v1"]),
         ("holysheep/native-sidecar", &["true", "false"]),
+        (
+            "holysheep/egress-proxy",
+            &["http://proxy.corp.internal:3128", "none"],
+        ),
+        ("holysheep/upstream-ca", &["corp-ca"]),
         ("holysheep/proxy-cpu-request", &["10m", "250m"]),
         ("holysheep/proxy-memory-request", &["16Mi", "64Mi"]),
         ("holysheep/proxy-cpu-limit", &["1", "500m"]),
@@ -198,8 +204,19 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn patches_apply_and_are_idempotent(pod_json in pod(), native in any::<bool>()) {
-        let settings = Settings { native_sidecar: native, ..Settings::default() };
+    fn patches_apply_and_are_idempotent(
+        pod_json in pod(),
+        native in any::<bool>(),
+        corporate in any::<bool>(),
+    ) {
+        // Half the runs with cluster-wide egress proxy and CA defaults.
+        let settings = Settings {
+            native_sidecar: native,
+            egress_proxy: corporate.then(|| "http://proxy.corp.internal:3128".to_owned()),
+            no_proxy: corporate.then(|| ".corp.internal".to_owned()),
+            upstream_ca_config_map: corporate.then(|| "corp-ca".to_owned()),
+            ..Settings::default()
+        };
         let pod: Pod = serde_json::from_value(pod_json.clone()).unwrap();
         let patch = match mutate(&pod, &settings) {
             Ok(Some(patch)) => patch,
@@ -219,7 +236,9 @@ proptest! {
         let all: Vec<_> = spec.init_containers.iter().flatten().chain(&spec.containers).collect();
         prop_assert_eq!(all.iter().filter(|c| c.name == "holysheep-sidecar").count(), 1);
         for app in all.iter().filter(|c| c.name != "holysheep-sidecar") {
-            prop_assert!(!app.volume_mounts.iter().flatten().any(|m| m.name == "holysheep-credentials"));
+            let sidecar_only = ["holysheep-credentials", "holysheep-upstream-ca"];
+            let mut mounts = app.volume_mounts.iter().flatten();
+            prop_assert!(!mounts.any(|m| sidecar_only.contains(&m.name.as_str())));
         }
         // App containers keep their order and every env var they set, value included.
         let before = pod.spec.as_ref().unwrap();

@@ -43,7 +43,11 @@ pub const APP_ENV_NAMES: [&str; 4] = [
 ];
 
 /// Volume names the injection adds; a pod already using one is refused.
-pub const RESERVED_VOLUMES: [&str; 2] = [sidecar::CREDENTIALS_VOLUME, sidecar::CONFIG_VOLUME];
+pub const RESERVED_VOLUMES: [&str; 3] = [
+    sidecar::CREDENTIALS_VOLUME,
+    sidecar::CONFIG_VOLUME,
+    sidecar::UPSTREAM_CA_VOLUME,
+];
 
 /// The parts of a pod the mutation reads.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]

@@ -8,10 +8,10 @@ use serde_json::{Value, json};
 
 use super::*;
 
-const INJECT: (&str, &str) = ("holysheep/inject", "true");
+pub(super) const INJECT: (&str, &str) = ("holysheep/inject", "true");
 
 /// A pod JSON with the given annotations (none when empty) and one app container.
-fn pod_json(annotations: &[(&str, &str)]) -> Value {
+pub(super) fn pod_json(annotations: &[(&str, &str)]) -> Value {
     let mut pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -34,7 +34,7 @@ fn typed(pod: &Value) -> Pod {
 
 /// Runs the mutation both ways, on a typed `Pod` (the `inject` path) and on the facts
 /// decoded from the JSON text (the admission path), and checks they decide alike.
-fn run(pod: &Value, settings: &Settings) -> Result<Option<Patch>, MutationError> {
+pub(super) fn run(pod: &Value, settings: &Settings) -> Result<Option<Patch>, MutationError> {
     let from_typed = mutate(&typed(pod), settings);
     let facts: PodFacts = serde_json::from_str(&pod.to_string()).unwrap();
     assert_eq!(facts, PodFacts::from_pod(&typed(pod)), "facts differ");
@@ -48,7 +48,7 @@ fn run(pod: &Value, settings: &Settings) -> Result<Option<Patch>, MutationError>
 }
 
 /// Injects, returns the patched pod, and checks that a second pass is a no-op.
-fn inject_with(pod: &Value, settings: &Settings) -> Pod {
+pub(super) fn inject_with(pod: &Value, settings: &Settings) -> Pod {
     let patch = run(pod, settings).unwrap().expect("a patch");
     let mut patched = pod.clone();
     json_patch::patch(&mut patched, &patch).unwrap();
@@ -64,7 +64,7 @@ fn inject(pod: &Value) -> Pod {
     inject_with(pod, &Settings::default())
 }
 
-fn sidecar_of(pod: &Pod) -> &Container {
+pub(super) fn sidecar_of(pod: &Pod) -> &Container {
     let spec = pod.spec.as_ref().unwrap();
     spec.init_containers
         .iter()
@@ -74,7 +74,7 @@ fn sidecar_of(pod: &Pod) -> &Container {
         .expect("sidecar present")
 }
 
-fn env_value<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
+pub(super) fn env_value<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
     container
         .env
         .iter()
@@ -277,6 +277,8 @@ fn config_map_is_mounted_and_pointed_at() {
         .find(|v| v.name == "holysheep-config")
         .unwrap();
     assert_eq!(config.config_map.as_ref().unwrap().name, "hs-config");
+    // Optional: without the ConfigMap the sidecar starts on its built-in defaults.
+    assert_eq!(config.config_map.as_ref().unwrap().optional, Some(true));
     assert_eq!(
         env_value(&sidecar, "HOLYSHEEP_CONFIG"),
         Some("/etc/holysheep/config.yaml")

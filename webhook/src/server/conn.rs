@@ -1,7 +1,9 @@
 //! The TLS accept loop and the life of one connection, each phase under a deadline.
 //!
-//! A connection holds one of `max_connections` slots for its whole life; when every slot
-//! is taken the loop stops accepting and new clients wait in the listen backlog. Then: the
+//! A connection holds one of `max_connections` slots for its whole life. When every slot
+//! is taken, a new client still gets in if some connection has no request in flight: that
+//! one is shed to make room (`shed` says which); only when every slot is busy with a
+//! request does the loop stop accepting, and new clients wait in the listen backlog. Then: the
 //! TLS handshake (`handshake_timeout`); the first request within `head_timeout` of the
 //! handshake, whatever protocol was negotiated (a client that never sends one is dropped);
 //! each HTTP/1 request head within `head_timeout` too (hyper's header read timeout, which
@@ -30,12 +32,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use super::limits::{H1_MAX_BUF, H2_MAX_HEADER_LIST, H2_MAX_STREAMS, H2_WINDOW, Limits};
+use super::shed::{Seat, SeatHandle, Seats};
 use super::{AppState, app};
 use crate::error::WebhookError;
 use crate::metrics::Metrics;
@@ -71,18 +74,17 @@ where
         limits: limits.clone(),
     });
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let seats = Arc::new(Seats::default());
     let (closing_tx, closing_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
-        // A slot first, then the accept: with every slot taken, clients wait in the
-        // kernel's backlog instead of costing memory here.
-        let slot = tokio::select! {
+        // Room first, then the accept: a free slot, or a connection that can give its slot
+        // up. With every slot busy with a request, clients wait in the kernel's backlog
+        // instead of costing memory here.
+        tokio::select! {
             () = &mut shutdown => break,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-        };
+            () = room(&slots, &seats) => {}
+        }
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -96,11 +98,20 @@ where
                 }
             },
         };
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = take_slot(&slots, &seats, &shared.metrics) => match slot {
+                Some(slot) => slot,
+                None => break,
+            },
+        };
+        let (seat, shed) = seats.take();
         tokio::spawn(connection(
             shared.clone(),
             stream,
             peer,
-            slot,
+            Held { _slot: slot, seat },
+            shed,
             closing_rx.clone(),
         ));
     }
@@ -119,6 +130,46 @@ where
         tracing::warn!("drain timeout reached, closing remaining connections");
     }
     Ok(())
+}
+
+/// Returns once a new connection can have a slot: one is free, or one can be shed.
+async fn room(slots: &Semaphore, seats: &Seats) {
+    tokio::select! {
+        // The permit goes back at once: only this loop takes slots, so it is still free
+        // when the accepted connection asks for it.
+        _ = slots.acquire() => {}
+        () = seats.until_sheddable() => {}
+    }
+}
+
+/// A slot for a just-accepted connection: a free one, or the one given up by the
+/// connection first in shed order. None once the semaphore is closed.
+async fn take_slot(
+    slots: &Arc<Semaphore>,
+    seats: &Seats,
+    metrics: &Metrics,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(slot) = slots.clone().try_acquire_owned() {
+        return Some(slot);
+    }
+    loop {
+        // The shed connection returns its slot as soon as its task sees the signal. If
+        // none could be shed (all became busy since `room`), wait for a slot or a seat.
+        if seats.shed_one() {
+            metrics.connection_shed();
+            return slots.clone().acquire_owned().await.ok();
+        }
+        tokio::select! {
+            slot = slots.clone().acquire_owned() => return slot.ok(),
+            () = seats.until_sheddable() => {}
+        }
+    }
+}
+
+/// What a connection holds for its life: a slot and a seat.
+struct Held {
+    _slot: OwnedSemaphorePermit,
+    seat: Seat,
 }
 
 /// What every connection task shares.
@@ -152,9 +203,12 @@ async fn connection(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-    _slot: OwnedSemaphorePermit,
+    held: Held,
+    mut shed: oneshot::Receiver<()>,
     mut closing: watch::Receiver<bool>,
 ) {
+    let Held { _slot, seat } = held;
+
     let _open = OpenConnection::count(&shared.metrics);
     // Reviews are small request/response exchanges: Nagle only adds latency.
     if let Err(error) = stream.set_nodelay(true) {
@@ -162,14 +216,21 @@ async fn connection(
     }
     let limits = &shared.limits;
     let handshake = shared.acceptor.accept(stream);
-    let tls = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(error)) => {
-            tracing::debug!(%peer, error = %error, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timed out");
+    let handshake = tokio::time::timeout(limits.handshake_timeout, handshake);
+    let tls = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, error = %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        _ = &mut shed => {
+            tracing::debug!(%peer, "shed during the TLS handshake to make room");
             return;
         }
     };
@@ -177,6 +238,7 @@ async fn connection(
     let service = Tracked {
         router: shared.router.clone(),
         in_flight: Arc::new(in_flight),
+        seat: seat.handle(),
     };
     let conn = shared.http.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
@@ -199,6 +261,10 @@ async fn connection(
                 if let Err(error) = result {
                     tracing::debug!(%peer, error = %error, "connection ended with an error");
                 }
+                return;
+            }
+            _ = &mut shed => {
+                tracing::debug!(%peer, served, "shed while quiet to make room");
                 return;
             }
             changed = requests.changed(), if watching_requests => {
@@ -233,18 +299,21 @@ async fn connection(
     }
 }
 
-/// The router, counting the requests in flight on its connection.
+/// The router, counting the requests in flight on its connection (for its deadlines,
+/// and in its seat so a busy connection is never shed).
 #[derive(Clone)]
 struct Tracked {
     router: Router,
     in_flight: Arc<watch::Sender<usize>>,
+    seat: SeatHandle,
 }
 
 /// One request in flight; uncounted when dropped (answered, or abandoned by the client).
-struct InFlight(Arc<watch::Sender<usize>>);
+struct InFlight(Arc<watch::Sender<usize>>, SeatHandle);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.1.leave();
         self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
@@ -255,8 +324,10 @@ impl hyper::service::Service<http::Request<Incoming>> for Tracked {
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
+        // The seat first: from here on the connection is not shed.
+        self.seat.enter();
         self.in_flight.send_modify(|n| *n += 1);
-        let in_flight = InFlight(self.in_flight.clone());
+        let in_flight = InFlight(self.in_flight.clone(), self.seat.clone());
         let router = self.router.clone();
         Box::pin(async move {
             let _in_flight = in_flight;

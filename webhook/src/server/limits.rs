@@ -25,8 +25,10 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// An HTTP/2 connection with no request for this long is closed (GOAWAY). kube-apiserver
 /// reconnects when it needs to; an idle connection only costs memory here.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Open connections at most; further clients wait in the listen backlog until one closes.
-/// kube-apiserver multiplexes reviews over a few HTTP/2 connections per instance.
+/// Open connections at most. At the cap a new client takes the slot of a connection with no
+/// request in flight (never-served ones first); when every connection is busy, further
+/// clients wait in the listen backlog until one closes. kube-apiserver multiplexes reviews
+/// over a few HTTP/2 connections per instance.
 pub const MAX_CONNECTIONS: usize = 256;
 /// Bytes of review bodies held at once: requests being read or decided and responses not
 /// yet sent. A review that does not fit waits, then gets 429.

@@ -118,6 +118,46 @@ pub fn upstream(text: &str) -> Result<String, String> {
     }
 }
 
+/// An egress proxy URL, checked with the very rules the sidecar applies to
+/// `--egress-proxy` (`http://host:port`, no path, no credentials). Kept as written.
+pub fn egress_proxy(text: &str) -> Result<String, String> {
+    match holysheep_common::HttpUrl::egress_proxy(text) {
+        Ok(_) => Ok(text.to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Value of `holysheep/egress-proxy` that turns the webhook's default proxy off for a pod.
+pub const EGRESS_PROXY_NONE: &str = "none";
+
+/// A pod's egress proxy choice: a proxy URL, or `none` for direct connections.
+pub fn egress_proxy_choice(text: &str) -> Result<Option<String>, String> {
+    if text == EGRESS_PROXY_NONE {
+        return Ok(None);
+    }
+    egress_proxy(text)
+        .map(Some)
+        .map_err(|reason| format!("{reason}; or \"{EGRESS_PROXY_NONE}\" to connect directly"))
+}
+
+/// Longest `--no-proxy` list accepted (an env value; NO_PROXY lists are short).
+const MAX_NO_PROXY: usize = 4096;
+
+/// A `NO_PROXY` list: comma-separated hosts, domains (`.corp.internal`), IPs or CIDRs.
+/// Checked lightly, as the sidecar reads it: no whitespace or control characters, no
+/// empty entry.
+pub fn no_proxy(text: &str) -> Result<String, String> {
+    const FORM: &str = "expected comma-separated hosts, domains, IPs or CIDRs without spaces, \
+                        e.g. .corp.internal,10.0.0.0/8,localhost";
+    let chars_ok = !text.chars().any(|c| c.is_whitespace() || c.is_control());
+    let entries_ok = text.split(',').all(|entry| !entry.is_empty());
+    if text.len() <= MAX_NO_PROXY && chars_ok && entries_ok {
+        Ok(text.to_owned())
+    } else {
+        Err(FORM.to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +232,44 @@ mod tests {
     #[case::newline("a\nb", false)]
     fn images(#[case] text: &str, #[case] ok: bool) {
         assert_eq!(image(text).is_ok(), ok, "{text}");
+    }
+
+    #[rstest]
+    #[case::plain("http://proxy.corp.internal:3128", true)]
+    #[case::trailing_slash("http://proxy.corp.internal:3128/", true)]
+    #[case::ip("http://10.0.0.7:3128", true)]
+    #[case::https("https://proxy.corp.internal:3128", false)]
+    #[case::credentials("http://user:pw@proxy.corp.internal:3128", false)]
+    #[case::path("http://proxy.corp.internal:3128/x", false)]
+    #[case::no_scheme("proxy.corp.internal:3128", false)]
+    #[case::empty("", false)]
+    #[case::none_word("none", false)]
+    fn egress_proxies(#[case] text: &str, #[case] ok: bool) {
+        assert_eq!(egress_proxy(text).is_ok(), ok, "{text}");
+    }
+
+    #[test]
+    fn egress_proxy_choices() {
+        assert_eq!(egress_proxy_choice("none"), Ok(None));
+        assert_eq!(
+            egress_proxy_choice("http://p:3128"),
+            Ok(Some("http://p:3128".to_owned()))
+        );
+        let reason = egress_proxy_choice("").unwrap_err();
+        assert!(reason.contains("\"none\""), "{reason}");
+    }
+
+    #[rstest]
+    #[case::one("localhost", true)]
+    #[case::mixed(".corp.internal,10.0.0.0/8,127.0.0.1,[::1],*", true)]
+    #[case::empty("", false)]
+    #[case::empty_entry("a,,b", false)]
+    #[case::trailing_comma("a,", false)]
+    #[case::space("a, b", false)]
+    #[case::newline("a\nb", false)]
+    #[case::too_long(&"a".repeat(4097), false)]
+    fn no_proxy_lists(#[case] text: &str, #[case] ok: bool) {
+        assert_eq!(no_proxy(text).is_ok(), ok, "{text:?}");
     }
 
     #[test]
