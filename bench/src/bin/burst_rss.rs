@@ -114,7 +114,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 during = now;
             }
         }
-        println!("burst {burst}, {} streams open: {}", args.streams, mib(during));
+        println!(
+            "burst {burst}, {} streams open: {}",
+            args.streams,
+            mib(during)
+        );
         let completed = streams.finish().await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         println!(
