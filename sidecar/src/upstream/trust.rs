@@ -214,6 +214,11 @@ impl Trust {
         (self.ca_file.as_ref(), status)
     }
 
+    /// How many CA file versions have been applied so far.
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
     /// Resolves once more than `seen` CA file versions have been applied; returns the count.
     pub async fn wait_applied(&self, seen: u64) -> u64 {
         let mut rx = self.applied.subscribe();
