@@ -12,8 +12,9 @@
 //! The CONNECT itself is hyper-util's `Tunnel`. It reports any non-200, non-407 answer as
 //! "unsuccessful"; the status line is read back from a small record of the bytes the proxy
 //! sent first ([`Recorder`]), so the error can name it. An http:// upstream behind a proxy
-//! is tunnelled too: one path, and the proxy never sees the request or the key in clear
-//! headers it could log.
+//! is tunnelled too: one path for both schemes, and the proxy relays bytes instead of
+//! parsing requests (so it has no request headers to log). The cost: a proxy that allows
+//! CONNECT only to port 443 must be told about the upstream's port.
 //!
 //! What it does not do: pool, or choose HTTP/1.1 versus HTTP/2 (the caller reads
 //! [`Io::is_h2`]).

@@ -96,6 +96,7 @@ pub fn platform_roots() -> (RootCertStore, RootsSource) {
     let (added, _ignored) = roots.add_parsable_certificates(loaded.certs);
     if added == 0 {
         tracing::warn!(
+            looked_in = %platform_source(),
             "the platform has no CA certificates; trusting the bundled webpki roots \
              (mount a bundle and set SSL_CERT_FILE, or use --upstream-ca-file, to change that)"
         );
