@@ -223,7 +223,7 @@ pub struct ProxyAuth {
     state: Mutex<AuthState>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct AuthState {
     /// The problem last logged, so a file that stays bad is logged once.
     logged: Option<String>,
@@ -234,6 +234,11 @@ struct AuthState {
 impl ProxyAuth {
     /// Reads `file` once now; `url_auth` is used while the file holds no credentials.
     pub fn new(file: PathBuf, url_auth: Option<HeaderValue>) -> Self {
+        // Sensitive whatever the caller did: Debug and HTTP/2 indexing then skip it.
+        let url_auth = url_auth.map(|mut v| {
+            v.set_sensitive(true);
+            v
+        });
         let auth = Self {
             file,
             url_auth,
@@ -319,6 +324,16 @@ impl ProxyAuth {
             }
         }
         state.baseline = Some(content);
+    }
+}
+
+impl fmt::Debug for AuthState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The baseline is the credentials file's content: never shown.
+        f.debug_struct("AuthState")
+            .field("logged", &self.logged)
+            .field("baseline", &self.baseline.as_ref().map(|_| "[REDACTED]"))
+            .finish()
     }
 }
 

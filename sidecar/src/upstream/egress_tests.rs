@@ -169,3 +169,16 @@ fn refusals_never_echo_the_content() {
         assert!(!problem.contains("hunter2"), "{problem}");
     }
 }
+
+#[test]
+fn debug_never_shows_the_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(AUTH_FILE_NAME);
+    std::fs::write(&file, "bob:hunter2").unwrap();
+    let auth = ProxyAuth::new(file, Some(HeaderValue::from_static("Basic dXJsOnVybA==")));
+    let shown = format!("{auth:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    // base64("bob:hunter2") and the URL's value
+    assert!(!shown.contains("Ym9iOmh1bnRlcjI="), "{shown}");
+    assert!(!shown.contains("dXJsOnVybA=="), "{shown}");
+}
