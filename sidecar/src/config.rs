@@ -1,7 +1,7 @@
 //! Command-line flags and the optional `--config` YAML file, turned into one validated
 //! [`Config`].
 //!
-//! What it does: parses the five flags (each with its `HOLYSHEEP_*` env twin), validates
+//! What it does: parses the flags (each with its `HOLYSHEEP_*` env twin), validates
 //! the upstream URL with the rules the webhook applies to `holysheep/upstream`
 //! (`holysheep-common`), so a bad one stops the sidecar at start, reads the YAML file (every section optional,
 //! unknown keys refused, humantime durations) and merges it over the built-in defaults.
@@ -52,7 +52,7 @@ pub struct Args {
         long,
         env = "HOLYSHEEP_UPSTREAM",
         default_value = DEFAULT_UPSTREAM,
-        value_parser = UpstreamParser
+        value_parser = UPSTREAM_PARSER
     )]
     pub upstream: UpstreamBase,
     /// File holding the API key (re-read when it changes); `HOLYSHEEP_API_KEY` is used
@@ -62,6 +62,15 @@ pub struct Args {
     /// Optional YAML file: aliases, fallbacks, retry, rate limits, prices, limits.
     #[arg(long, env = "HOLYSHEEP_CONFIG")]
     pub config: Option<PathBuf>,
+    /// PEM bundle of CA certificates the upstream's TLS trusts in addition to the system
+    /// roots (and `SSL_CERT_FILE`/`SSL_CERT_DIR`); re-read when it changes.
+    #[arg(long, env = "HOLYSHEEP_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Egress proxy `http://host:port` for the upstream (CONNECT tunnel); wins over
+    /// `HTTPS_PROXY`/`HTTP_PROXY`. `NO_PROXY` still applies. Credentials go in the file
+    /// `egress-proxy-auth` beside the API key file, never here.
+    #[arg(long, env = "HOLYSHEEP_EGRESS_PROXY", value_parser = EGRESS_PROXY_PARSER)]
+    pub egress_proxy: Option<HttpUrl>,
 }
 
 /// The validated upstream base URL (`https://api.holysheep.ai/v1` -> prefix `/v1`), as
@@ -111,32 +120,52 @@ impl std::str::FromStr for UpstreamBase {
     }
 }
 
-/// The clap parser of `--upstream`. Its message names the flag and echoes the value with
-/// any credentials redacted (clap's own message would print them as given).
-#[derive(Clone, Copy, Debug)]
-struct UpstreamParser;
+/// The clap parser of `--upstream`.
+const UPSTREAM_PARSER: UrlParser<UpstreamBase> = UrlParser {
+    flag: UPSTREAM_FLAG,
+    example: DEFAULT_UPSTREAM,
+    parse: UpstreamBase::parse,
+};
 
-impl clap::builder::TypedValueParser for UpstreamParser {
-    type Value = UpstreamBase;
+/// The clap parser of `--egress-proxy`.
+const EGRESS_PROXY_PARSER: UrlParser<HttpUrl> = UrlParser {
+    flag: "--egress-proxy",
+    example: "http://proxy.corp.internal:3128",
+    parse: HttpUrl::egress_proxy,
+};
+
+/// A clap parser of a URL flag. Its message names the flag and echoes the value with any
+/// credentials redacted (clap's own message would print them as given).
+#[derive(Clone, Copy, Debug)]
+struct UrlParser<T> {
+    flag: &'static str,
+    example: &'static str,
+    parse: fn(&str) -> Result<T, UrlError>,
+}
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for UrlParser<T> {
+    type Value = T;
 
     fn parse_ref(
         &self,
         cmd: &clap::Command,
         _arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
-    ) -> Result<UpstreamBase, clap::Error> {
+    ) -> Result<T, clap::Error> {
         let refuse = |message: String| {
             cmd.clone()
                 .error(clap::error::ErrorKind::ValueValidation, message)
         };
         let Some(text) = value.to_str() else {
             return Err(refuse(format!(
-                "{UPSTREAM_FLAG}: the value is not UTF-8; use e.g. {DEFAULT_UPSTREAM}"
+                "{}: the value is not UTF-8; use e.g. {}",
+                self.flag, self.example
             )));
         };
-        UpstreamBase::parse(text).map_err(|e| {
+        (self.parse)(text).map_err(|e| {
             refuse(format!(
-                "{UPSTREAM_FLAG}: `{}` {e}",
+                "{}: `{}` {e}",
+                self.flag,
                 holysheep_common::redact_userinfo(text)
             ))
         })

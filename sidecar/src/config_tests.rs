@@ -21,6 +21,39 @@ fn flags_have_design_defaults() {
     assert!(a.upstream.is_https());
     assert_eq!(a.api_key_file, PathBuf::from(DEFAULT_API_KEY_FILE));
     assert!(a.config.is_none());
+    assert!(a.upstream_ca_file.is_none());
+    assert!(a.egress_proxy.is_none());
+}
+
+#[test]
+fn ca_file_and_egress_proxy_flags_parse() {
+    let a = Args::try_parse_from([
+        "holysheep-sidecar",
+        "--upstream-ca-file",
+        "/etc/holysheep/ca/ca.crt",
+        "--egress-proxy",
+        "http://proxy.corp.internal:3128/",
+    ])
+    .unwrap();
+    assert_eq!(
+        a.upstream_ca_file,
+        Some(PathBuf::from("/etc/holysheep/ca/ca.crt"))
+    );
+    let proxy = a.egress_proxy.unwrap();
+    assert_eq!(proxy.host(), "proxy.corp.internal");
+    assert_eq!(proxy.port(), 3128);
+}
+
+#[rstest]
+#[case::https("https://proxy:443")]
+#[case::credentials("http://user:pw@proxy:3128")]
+#[case::path("http://proxy:3128/some/path")]
+#[case::scheme("socks5://proxy:1080")]
+fn egress_proxy_flag_refusals_name_the_flag_and_hide_credentials(#[case] value: &str) {
+    let e = Args::try_parse_from(["holysheep-sidecar", "--egress-proxy", value]).unwrap_err();
+    let message = e.to_string();
+    assert!(message.contains("--egress-proxy: `"), "{value}: {message}");
+    assert!(!message.contains("pw@"), "credentials echoed: {message}");
 }
 
 #[test]

@@ -33,7 +33,8 @@ use crate::config::{self, Args, Config, ConfigError, UpstreamBase};
 use crate::keys::{KeySource, KeyStore, RECHECK_INTERVAL};
 use crate::metrics::Metrics;
 use crate::proxy::{self, AppState};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::egress::{self, EgressError};
+use crate::upstream::{Upstream, UpstreamError, UpstreamOptions};
 
 mod conn;
 
@@ -65,14 +66,25 @@ pub struct Settings {
     /// Bounds of the proxy listener's connections (the admin listener uses the same
     /// timeouts and [`ADMIN_MAX_CONNECTIONS`]).
     pub conn_limits: ConnLimits,
+    /// Extra trust roots and the route (direct or egress proxy) to the upstream.
+    pub upstream_options: UpstreamOptions,
 }
 
 impl Settings {
-    /// From parsed flags: loads the `--config` file (if any) and reads `HOLYSHEEP_API_KEY`.
+    /// From parsed flags: loads the `--config` file (if any), reads `HOLYSHEEP_API_KEY`
+    /// and resolves the egress proxy from `--egress-proxy` and the proxy variables.
     pub fn from_args(args: &Args) -> Result<Self, RunError> {
         let config = match &args.config {
             Some(path) => config::load_file(path)?,
             None => Config::default(),
+        };
+        let route = egress::resolve(args.egress_proxy.as_ref(), &args.upstream, |name| {
+            std::env::var(name).ok()
+        })?;
+        let upstream_options = UpstreamOptions {
+            ca_file: args.upstream_ca_file.clone(),
+            route,
+            proxy_auth_file: egress::auth_file_beside(&args.api_key_file),
         };
         Ok(Self {
             upstream: args.upstream.clone(),
@@ -82,6 +94,7 @@ impl Settings {
             shutdown_grace: SHUTDOWN_GRACE,
             key_recheck: RECHECK_INTERVAL,
             conn_limits: ConnLimits::default(),
+            upstream_options,
         })
     }
 }
@@ -95,6 +108,9 @@ pub enum RunError {
     /// The upstream client could not be built.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// The egress proxy settings are unusable.
+    #[error(transparent)]
+    Egress(#[from] EgressError),
     /// A listener could not be bound.
     #[error("failed to bind {what} listener {addr}: {source}")]
     Bind {
@@ -126,7 +142,11 @@ pub struct App {
 
 /// Builds the app: first key load, upstream client, registry with the sidecar metrics.
 pub fn build(settings: Settings) -> Result<App, RunError> {
-    let upstream = Upstream::new(settings.upstream, &settings.config.limits)?;
+    let upstream = Upstream::with_options(
+        settings.upstream,
+        &settings.config.limits,
+        settings.upstream_options,
+    )?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let keys = KeyStore::load(settings.key_source);
@@ -227,6 +247,12 @@ pub async fn serve(
         upstream = %app.state.upstream.base(),
         "holysheep-sidecar listening"
     );
+    app.state.upstream.log_startup();
+    // The CA file and the proxy credentials are re-read when they change.
+    let _upstream_watchers = app
+        .state
+        .upstream
+        .spawn_watchers(crate::reload::ReloadOptions::default());
     let admin_stop = stop.clone();
     let admin_limits = ConnLimits {
         max_connections: ADMIN_MAX_CONNECTIONS,

@@ -1,18 +1,22 @@
-//! The upstream HTTP client and one attempt against it.
+//! The upstream client and one attempt against it.
 //!
-//! What it does: builds the pooled hyper-util client (keep-alive, rustls with the `ring`
-//! provider and webpki roots, HTTP/2 via ALPN when offered, plain http too, connect
-//! timeout from `limits.connect_timeout`), maps a relative `/v1/<rest>` target onto the
-//! upstream base URL, and sends ONE attempt ([`send_once`]) bounded by the attempt
-//! timeout, turning client failures into [`ProxyError`]s. Protocol upgrades
-//! ([`send_upgrade`]) use a second, HTTP/1.1-only client: an upgrade cannot ride HTTP/2.
-//!
-//! Buffered requests to a plain `http://` upstream go through the leaner own HTTP/1.1
-//! pool of `h1pool.rs` instead of the hyper-util client.
+//! What it does: owns the one [`Connector`] (TCP or a CONNECT tunnel through the egress
+//! proxy, then rustls with the live trust roots and ALPN) that every request kind uses:
+//! buffered requests go through the own pool (`pool.rs`: HTTP/1.1 connections, or one
+//! multiplexed HTTP/2 connection when the upstream picks h2), streamed request bodies
+//! through hyper-util's client on the same connector (HTTP/2 when offered), and protocol
+//! upgrades ([`send_upgrade`]) through a second hyper-util client whose connector offers
+//! only HTTP/1.1 (an upgrade cannot ride HTTP/2). It maps a relative `/v1/<rest>` target
+//! onto the upstream base URL and sends ONE attempt ([`send_once`]) bounded by the attempt
+//! timeout, turning client failures into [`ProxyError`]s whose messages carry the cause
+//! (see `connect.rs`).
 //!
 //! What it does not do: retries, fallbacks or backoff (`retry` wraps `send_once`), or
-//! touch bodies. The connect timeout is read when the client is built (at start).
+//! touch bodies. The connect timeout and the route (direct or proxy) are fixed when the
+//! client is built (at start); the trust roots and the proxy credentials are re-read on
+//! change by the watchers of [`Upstream::spawn_watchers`].
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,19 +25,26 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use http_body_util::{Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::task::JoinHandle;
 
 use crate::config::{Limits, UpstreamBase};
 use crate::error::{BoxError, ProxyError};
+use crate::reload::ReloadOptions;
 
 mod client_body;
-mod h1pool;
+mod connect;
+pub mod egress;
+mod pool;
+pub mod trust;
 
 pub use client_body::{ClientBody, ReadFailure, describe_read_error};
-use h1pool::H1Pool;
+pub use connect::ConnectError;
+use connect::{Alpn, Connector, ProxyRoute};
+use egress::{DirectReason, ProxyAuth, Route};
+use pool::Pool;
+use trust::{CaStatus, Trust};
 
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -51,50 +62,123 @@ pub enum UpstreamError {
     Tls(#[from] rustls::Error),
 }
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+/// Beyond the base URL: extra trust and the route, as resolved from flags and env.
+#[derive(Debug, Clone)]
+pub struct UpstreamOptions {
+    /// `--upstream-ca-file`: a PEM bundle trusted in addition, re-read on change.
+    pub ca_file: Option<PathBuf>,
+    /// Direct or through an egress proxy ([`egress::resolve`]).
+    pub route: Route,
+    /// The proxy's `egress-proxy-auth` file (beside the API key file).
+    pub proxy_auth_file: PathBuf,
+}
 
-/// The upstream: its base URL and the pooled clients.
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        Self {
+            ca_file: None,
+            route: Route::Direct {
+                why: DirectReason::NotConfigured,
+            },
+            proxy_auth_file: PathBuf::from(egress::AUTH_FILE_NAME),
+        }
+    }
+}
+
+type HttpClient = Client<Connector, UpstreamBody>;
+
+/// The upstream: its base URL, the shared connector's pool and clients.
 #[derive(Clone, Debug)]
 pub struct Upstream {
     base: Arc<UpstreamBase>,
-    /// HTTP/2 when the upstream offers it, else HTTP/1.1.
+    trust: Arc<Trust>,
+    route: Route,
+    proxy_auth: Option<Arc<ProxyAuth>>,
+    /// Buffered requests: HTTP/1.1 queue or one HTTP/2 connection. `None` only if the
+    /// base URL could not make a Host header (it always can once validated): then the
+    /// client below takes them.
+    pool: Option<Arc<Pool>>,
+    /// Streamed request bodies: HTTP/2 when the upstream offers it, else HTTP/1.1.
     client: HttpClient,
     /// HTTP/1.1 only: protocol upgrades (WebSocket) need an HTTP/1.1 connection of their own.
     upgrade_client: HttpClient,
-    /// Plain-http upstreams only: buffered requests over the own HTTP/1.1 pool.
-    h1: Option<Arc<H1Pool>>,
+}
+
+/// The running watchers of the CA file and the proxy auth file; dropping stops them.
+#[derive(Debug, Default)]
+pub struct Watchers(Vec<JoinHandle<()>>);
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 impl Upstream {
-    /// Builds the client for `base` with the connect timeout of `limits`, trusting the
-    /// Mozilla (webpki) roots.
+    /// Direct to `base`, trusting the platform's roots (or the bundled ones).
     pub fn new(base: UpstreamBase, limits: &Limits) -> Result<Self, UpstreamError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_webpki_roots()
-            .with_no_client_auth();
-        Ok(Self::with_tls(base, limits, tls))
+        Self::with_options(base, limits, UpstreamOptions::default())
     }
 
-    /// Builds the client with a caller-made TLS config (e.g. a private CA). ALPN is set
-    /// here to `h2, http/1.1`, so HTTP/2 is used whenever the upstream offers it.
+    /// The production client: platform roots plus `options.ca_file`, over `options.route`.
+    pub fn with_options(
+        base: UpstreamBase,
+        limits: &Limits,
+        options: UpstreamOptions,
+    ) -> Result<Self, UpstreamError> {
+        let (roots, source) = trust::platform_roots();
+        let trust = Trust::new(roots, source, options.ca_file)?;
+        Ok(Self::build(
+            base,
+            limits,
+            Arc::new(trust),
+            options.route,
+            options.proxy_auth_file,
+        ))
+    }
+
+    /// Direct, with a caller-made TLS config (e.g. a private CA). ALPN is set here to
+    /// `h2, http/1.1`, so HTTP/2 is used whenever the upstream offers it.
     pub fn with_tls(base: UpstreamBase, limits: &Limits, tls: rustls::ClientConfig) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(limits.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls.clone())
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http.clone());
-        let https_h1 = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let options = UpstreamOptions::default();
+        Self::build(
+            base,
+            limits,
+            Arc::new(Trust::fixed(tls)),
+            options.route,
+            options.proxy_auth_file,
+        )
+    }
+
+    /// Everything from its parts.
+    pub fn build(
+        base: UpstreamBase,
+        limits: &Limits,
+        trust: Arc<Trust>,
+        route: Route,
+        proxy_auth_file: PathBuf,
+    ) -> Self {
+        let (proxy, proxy_auth) = match &route {
+            Route::Proxy(proxy) => {
+                let auth = Arc::new(ProxyAuth::new(proxy_auth_file, proxy.url_auth.clone()));
+                let route = ProxyRoute {
+                    proxy: proxy.clone(),
+                    auth: Arc::clone(&auth),
+                };
+                (Some(route), Some(auth))
+            }
+            Route::Direct { .. } => (None, None),
+        };
+        let connector = |alpn| {
+            Connector::new(
+                Arc::clone(&trust),
+                proxy.clone(),
+                limits.connect_timeout,
+                alpn,
+            )
+        };
         // The pool timer makes the idle timeout effective; the h2 keep-alive pings find
         // dead multiplexed connections before a request is sent on them.
         let client = Client::builder(TokioExecutor::new())
@@ -102,21 +186,96 @@ impl Upstream {
             .timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .http2_keep_alive_interval(H2_KEEP_ALIVE)
-            .build(https);
+            .build(connector(Alpn::H2OrH1));
         // Upgraded connections leave the pool, so this client keeps nothing idle.
         let upgrade_client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
-            .build(https_h1);
-        let h1 = (!base.is_https())
-            .then(|| H1Pool::new(&base.authority, limits.connect_timeout, POOL_IDLE_TIMEOUT))
-            .flatten()
-            .map(Arc::new);
+            .build(connector(Alpn::H1Only));
+        let pool = Pool::new(
+            connector(Alpn::H2OrH1),
+            &base.scheme,
+            &base.authority,
+            POOL_IDLE_TIMEOUT,
+            H2_KEEP_ALIVE,
+        );
         Self {
+            pool: pool.map(Arc::new),
             base: Arc::new(base),
+            trust,
+            route,
+            proxy_auth,
             client,
             upgrade_client,
-            h1,
         }
+    }
+
+    /// Starts the watchers of the CA file and of the proxy auth file (only those in use).
+    /// Must be called inside a tokio runtime.
+    pub fn spawn_watchers(&self, options: ReloadOptions) -> Watchers {
+        let mut tasks = Vec::new();
+        tasks.extend(self.trust.spawn_watcher(options));
+        if let Some(auth) = &self.proxy_auth {
+            tasks.push(auth.spawn_watcher(options));
+        }
+        Watchers(tasks)
+    }
+
+    /// The live trust roots (tests wait on CA file reloads through it).
+    pub fn trust(&self) -> &Arc<Trust> {
+        &self.trust
+    }
+
+    /// Logs how the upstream is reached and what its TLS trusts; never a credential.
+    pub fn log_startup(&self) {
+        let upstream = self.base.to_string();
+        match &self.route {
+            Route::Direct {
+                why: DirectReason::NotConfigured,
+            } => tracing::info!(
+                %upstream,
+                proxy = "none",
+                why = "neither --egress-proxy nor a proxy variable for the upstream's scheme is set",
+                "upstream route"
+            ),
+            Route::Direct {
+                why:
+                    DirectReason::Bypassed {
+                        proxy,
+                        origin,
+                        no_proxy,
+                    },
+            } => tracing::info!(
+                %upstream,
+                proxy = "none",
+                why = %format!("{proxy} from {origin} is bypassed: {no_proxy} names the upstream's host"),
+                "upstream route"
+            ),
+            Route::Proxy(proxy) => tracing::info!(
+                %upstream,
+                proxy = %proxy.display(),
+                why = %format!("from {}", proxy.origin),
+                tunnel = "CONNECT",
+                auth = %self.proxy_auth.as_ref().map_or_else(|| "none".to_owned(), |a| a.describe()),
+                "upstream route"
+            ),
+        }
+        if !self.base.is_https() {
+            return;
+        }
+        let (source, count) = self.trust.source();
+        let (ca_file, status) = self.trust.ca_status();
+        let ca_certs = match status {
+            CaStatus::Unset => "none".to_owned(),
+            CaStatus::Missing => "missing, trusted once it appears".to_owned(),
+            CaStatus::Loaded(n) => n.to_string(),
+        };
+        tracing::info!(
+            roots = %source,
+            roots_certs = count,
+            ca_file = %ca_file.map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
+            ca_certs = %ca_certs,
+            "upstream trust"
+        );
     }
 
     /// The base URL.
@@ -157,7 +316,7 @@ pub async fn send_once(
     attempt_timeout: Duration,
     body_limit: u64,
 ) -> Result<Response<Incoming>, ProxyError> {
-    if let (Some(pool), Either::Left(_)) = (&upstream.h1, req.body()) {
+    if let (Some(pool), Either::Left(_)) = (&upstream.pool, req.body()) {
         return match tokio::time::timeout(attempt_timeout, pool.send(req)).await {
             Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
                 after: attempt_timeout,

@@ -108,6 +108,7 @@ pub fn settings(upstream: &str) -> Settings {
         shutdown_grace: Duration::from_secs(5),
         key_recheck: Duration::from_secs(3600),
         conn_limits: ConnLimits::default(),
+        upstream_options: Default::default(),
     }
 }
 

@@ -1,19 +1,24 @@
-//! A small pool of plain-http HTTP/1.1 upstream connections on hyper's low-level client
-//! (`hyper::client::conn::http1`), for buffered (JSON) requests to an `http://` upstream,
-//! e.g. an in-cluster gateway.
+//! The own upstream pool for buffered (JSON) requests, over hyper's low-level clients
+//! (`hyper::client::conn`), for every upstream: plain http and TLS alike.
 //!
 //! Why: hyper-util's legacy client spends a pool lookup keyed by scheme and host plus one
 //! spawned task per request (to hand the connection back when the response ends) on top
-//! of the connection's own task. Here a connection goes back into a FIFO queue as soon as
-//! its response headers arrive; a checkout takes the first one hyper reports ready (its
-//! previous exchange finished), drops closed ones, and connects when none is ready.
+//! of the connection's own task. Here an HTTP/1.1 connection goes back into a FIFO queue as
+//! soon as its response headers arrive; a checkout takes the first one hyper reports ready
+//! (its previous exchange finished), drops closed ones, and connects when none is ready.
 //! Measured on loopback: less proxy CPU and lower added latency per request (see
 //! BENCHMARKS.md).
 //!
-//! What it does not do: TLS, HTTP/2, protocol upgrades or streamed request bodies: those
-//! keep the hyper-util client (`upstream.rs` decides). A request that hyper hands back
-//! unsent (the connection closed while idle) is tried again on the next connection, as
-//! the legacy client does; nothing that may have reached the upstream is re-sent.
+//! HTTP/2: connections come from the shared [`Connector`], which offers `h2, http/1.1` by
+//! ALPN. When the upstream picks h2, the connection is kept as the pool's one multiplexed
+//! HTTP/2 sender and every later request rides it, concurrently, until it closes; then the
+//! next request connects again. The FIFO queue then stays empty.
+//!
+//! What it does not do: protocol upgrades or streamed request bodies: those take
+//! hyper-util's client over the same connector (`upstream.rs` decides). A request that
+//! hyper hands back unsent (the connection closed while idle) is tried again on the next
+//! connection, as the legacy client does; nothing that may have reached the upstream is
+//! re-sent.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
@@ -22,68 +27,89 @@ use std::time::{Duration, Instant};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, Uri, header};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::UpstreamBody;
-use crate::error::{BoxError, ProxyError};
+use super::connect::Connector;
+use crate::error::ProxyError;
 
-/// Most connections kept in the queue; one past that is closed after its response.
+/// Most HTTP/1.1 connections kept in the queue; one past that is closed after its response.
 const MAX_POOLED: usize = 256;
 
 /// See the module docs.
 #[derive(Debug)]
-pub(super) struct H1Pool {
-    host: String,
-    port: u16,
+pub(super) struct Pool {
+    connector: Connector,
+    /// `scheme://authority/` of the upstream: what the connector connects to.
+    origin: Uri,
     host_header: HeaderValue,
-    connect_timeout: Duration,
     idle_timeout: Duration,
+    h2_keep_alive: Duration,
     conns: Mutex<VecDeque<Pooled>>,
+    /// The multiplexed connection, once the upstream chose HTTP/2.
+    h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
 }
 
 /// What a look into the queue found.
 enum Checkout {
-    /// An idle connection, taken out of the queue.
-    Ready(SendRequest<UpstreamBody>),
+    /// The HTTP/2 connection (shared).
+    H2(http2::SendRequest<UpstreamBody>),
+    /// An idle HTTP/1.1 connection, taken out of the queue.
+    Ready(http1::SendRequest<UpstreamBody>),
     /// Only connections still busy with a response.
     Busy,
     /// No connection at all.
     Empty,
 }
 
+/// A new connection, by the protocol ALPN chose.
+enum Fresh {
+    H1(http1::SendRequest<UpstreamBody>),
+    H2(http2::SendRequest<UpstreamBody>),
+}
+
 #[derive(Debug)]
 struct Pooled {
-    tx: SendRequest<UpstreamBody>,
+    tx: http1::SendRequest<UpstreamBody>,
     /// When it last went back into the queue.
     since: Instant,
 }
 
-impl H1Pool {
-    /// A pool for `authority` (plain http, default port 80).
+impl Pool {
+    /// A pool for the upstream at `scheme` and `authority`, connecting with `connector`.
     pub(super) fn new(
+        connector: Connector,
+        scheme: &http::uri::Scheme,
         authority: &Authority,
-        connect_timeout: Duration,
         idle_timeout: Duration,
+        h2_keep_alive: Duration,
     ) -> Option<Self> {
-        // `host()` keeps the brackets of an IPv6 literal; the socket API wants none.
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        // The Host header as hyper-util's client writes it: the port only when not 80.
+        let origin = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .ok()?;
+        // The Host header as hyper-util's client writes it: the port only when not the
+        // scheme's default.
+        let default_port = if *scheme == http::uri::Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
         let host_header = match authority.port_u16() {
-            Some(port) if port != 80 => format!("{}:{port}", authority.host()),
+            Some(port) if port != default_port => format!("{}:{port}", authority.host()),
             _ => authority.host().to_owned(),
         };
         Some(Self {
-            host: host.to_owned(),
-            port: authority.port_u16().unwrap_or(80),
+            connector,
+            origin,
             host_header: HeaderValue::from_str(&host_header).ok()?,
-            connect_timeout,
             idle_timeout,
+            h2_keep_alive,
             conns: Mutex::new(VecDeque::new()),
+            h2: Mutex::new(None),
         })
     }
 
@@ -92,19 +118,21 @@ impl H1Pool {
         &self,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        // What the legacy client does for HTTP/1: origin-form target, Host from the URI.
-        let pq = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(pq);
-        req.headers_mut()
-            .entry(header::HOST)
-            .or_insert_with(|| self.host_header.clone());
         let mut yielded = false;
         loop {
             let mut tx = match self.checkout() {
+                Checkout::H2(mut tx) => match send_h2(&mut tx, req).await {
+                    Ok(resp) => return Ok(resp),
+                    Err(mut e) => match e.take_message() {
+                        // Never sent: the connection is going away; forget it.
+                        Some(unsent) => {
+                            self.forget_h2();
+                            req = unsent;
+                            continue;
+                        }
+                        None => return Err(failed(e.into_error())),
+                    },
+                },
                 Checkout::Ready(tx) => tx,
                 Checkout::Busy if !yielded => {
                     // A connection whose response just ended becomes ready once its task
@@ -115,6 +143,7 @@ impl H1Pool {
                 }
                 Checkout::Busy | Checkout::Empty => break,
             };
+            origin_form(&mut req, &self.host_header);
             match tx.try_send_request(req).await {
                 Ok(resp) => {
                     self.checkin(tx);
@@ -127,19 +156,35 @@ impl H1Pool {
                 },
             }
         }
-        let mut tx = self.connect().await?;
-        match tx.try_send_request(req).await {
-            Ok(resp) => {
-                self.checkin(tx);
-                Ok(resp)
+        match self.connect().await? {
+            Fresh::H2(mut tx) => send_h2(&mut tx, req)
+                .await
+                .map_err(|e| failed(e.into_error())),
+            Fresh::H1(mut tx) => {
+                origin_form(&mut req, &self.host_header);
+                match tx.try_send_request(req).await {
+                    Ok(resp) => {
+                        self.checkin(tx);
+                        Ok(resp)
+                    }
+                    Err(e) => Err(failed(e.into_error())),
+                }
             }
-            Err(e) => Err(failed(e.into_error())),
         }
     }
 
-    /// The first queued connection that is idle; closed and expired ones are dropped,
-    /// busy ones (response still streaming) stay queued.
+    /// The HTTP/2 connection if open, else the first queued HTTP/1.1 connection that is
+    /// idle; closed and expired ones are dropped, busy ones (response still streaming)
+    /// stay queued.
     fn checkout(&self) -> Checkout {
+        {
+            let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+            match h2.as_ref() {
+                Some(tx) if !tx.is_closed() => return Checkout::H2(tx.clone()),
+                Some(_) => *h2 = None,
+                None => {}
+            }
+        }
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         for _ in 0..conns.len() {
             let Some(conn) = conns.pop_front() else {
@@ -163,7 +208,7 @@ impl H1Pool {
         }
     }
 
-    fn checkin(&self, tx: SendRequest<UpstreamBody>) {
+    fn checkin(&self, tx: http1::SendRequest<UpstreamBody>) {
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         // Past the cap the sender is dropped: hyper closes the connection once its
         // response is done.
@@ -175,23 +220,36 @@ impl H1Pool {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, ProxyError> {
-        let unreachable = |source: BoxError| ProxyError::UpstreamUnreachable { source };
-        let connect = TcpStream::connect((self.host.as_str(), self.port));
-        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(unreachable(Box::new(e))),
-            Err(_elapsed) => {
-                return Err(unreachable(
-                    format!("connect timed out after {:?}", self.connect_timeout).into(),
-                ));
-            }
-        };
-        // Small request writes: don't wait for Nagle.
-        stream
-            .set_nodelay(true)
+    fn forget_h2(&self) {
+        *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    async fn connect(&self) -> Result<Fresh, ProxyError> {
+        let unreachable =
+            |source: crate::error::BoxError| ProxyError::UpstreamUnreachable { source };
+        let io = self
+            .connector
+            .connect(&self.origin)
+            .await
             .map_err(|e| unreachable(Box::new(e)))?;
-        let (tx, conn) = http1::handshake(TokioIo::new(stream))
+        if io.is_h2() {
+            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(self.h2_keep_alive)
+                .handshake(io)
+                .await
+                .map_err(|e| unreachable(Box::new(e)))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                }
+            });
+            // Concurrent first requests may each have connected: the last one stays
+            // shared, the others close once their request is done.
+            *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx.clone());
+            return Ok(Fresh::H2(tx));
+        }
+        let (tx, conn) = http1::handshake(io)
             .await
             .map_err(|e| unreachable(Box::new(e)))?;
         tokio::spawn(async move {
@@ -199,8 +257,34 @@ impl H1Pool {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
         });
-        Ok(tx)
+        Ok(Fresh::H1(tx))
     }
+}
+
+/// Sends on the HTTP/2 connection once it can take another stream. The URI stays
+/// absolute: it becomes `:scheme` and `:authority`.
+async fn send_h2(
+    tx: &mut http2::SendRequest<UpstreamBody>,
+    req: Request<UpstreamBody>,
+) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<UpstreamBody>>> {
+    if tx.ready().await.is_err() {
+        // Closed while idle: hand the request back unsent, like `try_send_request` does.
+        return tx.try_send_request(req).await;
+    }
+    tx.try_send_request(req).await
+}
+
+/// What the legacy client does for HTTP/1: origin-form target, Host from the URI.
+fn origin_form(req: &mut Request<UpstreamBody>, host: &HeaderValue) {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(pq);
+    req.headers_mut()
+        .entry(header::HOST)
+        .or_insert_with(|| host.clone());
 }
 
 fn failed(e: hyper::Error) -> ProxyError {
@@ -220,6 +304,8 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use crate::upstream::connect::Alpn;
+    use hyper_util::rt::TokioIo;
 
     /// An HTTP/1.1 upstream on an ephemeral port that counts the connections it accepted
     /// and answers every request with its path and Host; with `close`, it asks for each
@@ -254,7 +340,7 @@ mod tests {
         (authority, accepted)
     }
 
-    async fn get(pool: &H1Pool, authority: &Authority, path: &str) -> String {
+    async fn get(pool: &Pool, authority: &Authority, path: &str) -> String {
         let uri = format!("http://{authority}{path}");
         let req = Request::post(uri)
             .body(Either::Left(Full::new(Bytes::from_static(b"{}"))))
@@ -264,8 +350,30 @@ mod tests {
         String::from_utf8(body.to_vec()).unwrap()
     }
 
-    fn pool(authority: &Authority) -> H1Pool {
-        H1Pool::new(authority, Duration::from_secs(5), Duration::from_secs(90)).unwrap()
+    fn pool(authority: &Authority) -> Pool {
+        pool_for("http", authority)
+    }
+
+    fn pool_for(scheme: &str, authority: &Authority) -> Pool {
+        let trust = Arc::new(crate::upstream::trust::Trust::fixed(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        ));
+        let connector = Connector::new(trust, None, Duration::from_secs(5), Alpn::H2OrH1);
+        let scheme = scheme.parse().unwrap();
+        Pool::new(
+            connector,
+            &scheme,
+            authority,
+            Duration::from_secs(90),
+            Duration::from_secs(30),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -314,16 +422,13 @@ mod tests {
 
     #[test]
     fn host_header_leaves_out_the_default_port_like_hyper_util() {
-        let host = |a: &str| {
-            let pool = H1Pool::new(&a.parse().unwrap(), Duration::ZERO, Duration::ZERO).unwrap();
-            (pool.host_header, pool.host, pool.port)
-        };
-        assert_eq!(host("gw:80"), ("gw".parse().unwrap(), "gw".to_owned(), 80));
-        assert_eq!(host("gw"), ("gw".parse().unwrap(), "gw".to_owned(), 80));
-        assert_eq!(
-            host("[::1]:8080"),
-            ("[::1]:8080".parse().unwrap(), "::1".to_owned(), 8080)
-        );
+        let host = |scheme: &str, a: &str| pool_for(scheme, &a.parse().unwrap()).host_header;
+        assert_eq!(host("http", "gw:80"), "gw");
+        assert_eq!(host("http", "gw"), "gw");
+        assert_eq!(host("http", "gw:443"), "gw:443");
+        assert_eq!(host("https", "gw:443"), "gw");
+        assert_eq!(host("https", "gw:80"), "gw:80");
+        assert_eq!(host("http", "[::1]:8080"), "[::1]:8080");
     }
 
     #[tokio::test]
