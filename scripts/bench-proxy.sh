@@ -357,7 +357,9 @@ EOF
   TINYPROXY_PID=$!
   PIDS+=("$TINYPROXY_PID")
   TINYPROXY_URL=http://127.0.0.1:$port
-  wait_until 10 grep -q "Accepting connections" "$dir/tinyproxy.log" \
+  # Any HTTP answer (tinyproxy's own error page) means it listens; at LogLevel Connect it
+  # does not log its readiness.
+  wait_until 10 curl -sS -o /dev/null "$TINYPROXY_URL/" \
     || die "tinyproxy did not start: $(tail -5 "$dir/tinyproxy.log")"
   log "tinyproxy on 127.0.0.1:$port (pid $TINYPROXY_PID)"
 }
