@@ -13,6 +13,15 @@
 #   hyper    mini-proxy in its default pooled mode ("bare hyper": the sidecar's HTTP stack
 #            with none of its own work, to tell the stack's cost from the sidecar's);
 #   sidecar  holysheep-sidecar.
+# and the HTTPS production path, against the fake upstream's TLS listener (a private CA
+# from holysheep-certs written to the run's out dir, ALPN h2 and http/1.1):
+#   direct-tls     calls to the TLS listener itself (oha trusting the CA; no TTFB probe:
+#                  ttfb-probe speaks plain HTTP only);
+#   nginx-tls      nginx with proxy_pass https:// to a keep-alive upstream block, session
+#                  reuse, verification against the CA, SNI, HTTP/1.1 upstream;
+#   sidecar-tls    holysheep-sidecar --upstream https://localhost:PORT/v1 --upstream-ca-file;
+#   sidecar-proxy  the same sidecar tunnelling through tinyproxy (--egress-proxy, CONNECT);
+#                  its proxy CPU is the sidecar's alone, tinyproxy's is not counted.
 # relay and lean are the floors of the sidecar's prescribed stack (tokio, hyper) on the
 # machine at hand. It measures
 # req/s and p50/p99 at 16 and 64 connections, p50/p99 at a fixed 50 req/s, proxy CPU time
@@ -21,14 +30,15 @@
 # times, the targets interleaved within each repetition so drift hits them all alike; the
 # report shows medians.
 #
-# Installs what it lacks (apt-get: nginx-light, curl, jq; cargo: oha), builds in release mode,
+# Installs what it lacks (apt-get: nginx-light, curl, jq, tinyproxy; cargo: oha), builds in release mode,
 # binds only 127.0.0.1, and stops everything it started on exit. Results and the report go
 # to bench/out/<run id>/ (git-ignored). It is not part of the test suite.
 #
 # Knobs (environment): BENCH_DURATION (s per load run, 5), BENCH_RATE_DURATION (s at
 # 50 req/s, 8), BENCH_REPS (3), BENCH_TTFB_REQUESTS (200), BENCH_TARGETS
-# ("direct relay nginx lean hyper sidecar"; any subset, the report shows "–" for the
-# others), BENCH_PIN (1: load generators on CPU 0, servers on CPU 1; 0: no pinning), BENCH_SIDECAR_LOG (RUST_LOG for the sidecar, "warn": nginx runs with
+# ("direct relay nginx lean hyper sidecar direct-tls nginx-tls sidecar-tls sidecar-proxy";
+# any subset, the report shows "–" for the others), BENCH_TLS_HTTP1 (1: the TLS listener
+# offers only http/1.1 by ALPN; 0, the default: h2 and http/1.1), BENCH_PIN (1: load generators on CPU 0, servers on CPU 1; 0: no pinning), BENCH_SIDECAR_LOG (RUST_LOG for the sidecar, "warn": nginx runs with
 # access_log off, so per-request logging is off on both sides).
 set -euo pipefail
 
@@ -39,16 +49,22 @@ DURATION=${BENCH_DURATION:-5}
 RATE_DURATION=${BENCH_RATE_DURATION:-8}
 REPS=${BENCH_REPS:-3}
 TTFB_REQUESTS=${BENCH_TTFB_REQUESTS:-200}
-TARGETS=${BENCH_TARGETS:-direct relay nginx lean hyper sidecar}
+TARGETS=${BENCH_TARGETS:-direct relay nginx lean hyper sidecar direct-tls nginx-tls sidecar-tls sidecar-proxy}
+TLS_HTTP1=${BENCH_TLS_HTTP1:-0}
 PIN=${BENCH_PIN:-1}
 SIDECAR_LOG=${BENCH_SIDECAR_LOG:-warn}
 WARMUP=2
+# Release binaries: cargo's target dir (CARGO_TARGET_DIR when set, as cargo itself does).
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 RUN_ID=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=$ROOT/bench/out/$RUN_ID
 BODY='{"model":"gpt-4.1","messages":[{"role":"user","content":"Say hello."}]}'
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# wants TARGET: true when TARGET is among BENCH_TARGETS.
+wants() { [[ " $TARGETS " == *" $1 "* ]]; }
+wants_tls() { wants direct-tls || wants nginx-tls || wants sidecar-tls || wants sidecar-proxy; }
 
 # ---------------------------------------------------------------- tools
 ensure_tools() {
@@ -57,6 +73,9 @@ ensure_tools() {
   command -v curl >/dev/null || missing+=(curl)
   command -v jq >/dev/null || missing+=(jq)
   command -v taskset >/dev/null || missing+=(util-linux)
+  if wants sidecar-proxy; then
+    command -v tinyproxy >/dev/null || [[ -x /usr/bin/tinyproxy ]] || missing+=(tinyproxy)
+  fi
   if ((${#missing[@]})); then
     log "installing ${missing[*]} with apt-get"
     apt-get update -qq
@@ -154,23 +173,42 @@ cleanup() {
 trap cleanup EXIT
 
 # ---------------------------------------------------------------- servers
+# One fake upstream process serves both listeners, so its CPU is counted alike for the
+# plain and the TLS targets. The TLS listener's certificate names localhost; its CA is
+# $OUT/tls/ca.crt.
 start_upstream() {
-  rm -f "$OUT/upstream.addr"
-  "${SERVER[@]}" "$ROOT/target/release/fake-upstream" --addr-file "$OUT/upstream.addr" \
-    --chunk-delay 1ms --stream-words 4 --max-runtime 30m >"$OUT/upstream.log" 2>&1 &
+  local -a tls=()
+  rm -f "$OUT/upstream.addr" "$OUT/upstream-tls.addr"
+  if wants_tls; then
+    tls=(--tls-dir "$OUT/tls" --tls-addr-file "$OUT/upstream-tls.addr")
+    [[ $TLS_HTTP1 == 1 ]] && tls+=(--tls-http1-only)
+  fi
+  "${SERVER[@]}" "$BIN/fake-upstream" --addr-file "$OUT/upstream.addr" \
+    --chunk-delay 1ms --stream-words 4 --max-runtime 30m "${tls[@]}" >"$OUT/upstream.log" 2>&1 &
   UPSTREAM_PID=$!
   PIDS+=("$UPSTREAM_PID")
   wait_until 10 test -s "$OUT/upstream.addr" || die "fake-upstream did not start: $(cat "$OUT/upstream.log")"
   UPSTREAM=$(<"$OUT/upstream.addr")
   log "fake upstream on $UPSTREAM (pid $UPSTREAM_PID)"
+  if wants_tls; then
+    wait_until 10 test -s "$OUT/upstream-tls.addr" || die "fake-upstream has no TLS listener: $(cat "$OUT/upstream.log")"
+    UPSTREAM_TLS_PORT=$(<"$OUT/upstream-tls.addr")
+    UPSTREAM_TLS_PORT=${UPSTREAM_TLS_PORT##*:}
+    UPSTREAM_TLS_URL=https://localhost:$UPSTREAM_TLS_PORT/v1
+    CA_FILE=$OUT/tls/ca.crt
+    log "fake upstream TLS listener at $UPSTREAM_TLS_URL (CA $CA_FILE)"
+  fi
 }
 
-start_nginx() {
-  local dir=$OUT/nginx port
+# start_nginx_instance NAME SERVERS LOCATION: one nginx under $OUT/NAME whose upstream
+# block `fake` holds SERVERS with keep-alive, LOCATION being the proxy_pass line and its
+# options; sets INSTANCE_PID, INSTANCE_WORKER, INSTANCE_URL.
+start_nginx_instance() {
+  local name=$1 servers=$2 location=$3 dir=$OUT/$1 port
   port=$(free_port)
   mkdir -p "$dir/tmp"
   cat >"$dir/nginx.conf" <<EOF
-# Plain keep-alive reverse proxy: the practical floor for one HTTP hop.
+# Keep-alive reverse proxy: the practical floor for one HTTP hop.
 worker_processes 1;
 daemon off;
 pid $dir/nginx.pid;
@@ -184,7 +222,7 @@ http {
   uwsgi_temp_path $dir/tmp/uwsgi;
   scgi_temp_path $dir/tmp/scgi;
   upstream fake {
-    server $UPSTREAM;
+    $servers
     keepalive 128;
     keepalive_requests 1000000;
   }
@@ -192,7 +230,7 @@ http {
     listen 127.0.0.1:$port;
     keepalive_requests 1000000;
     location /v1/ {
-      proxy_pass http://fake;
+      $location
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       # Same header work as the sidecar: replace the client's key with ours.
@@ -203,13 +241,30 @@ http {
 }
 EOF
   "${SERVER[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/stdout.log" 2>&1 &
-  NGINX_PID=$!
-  PIDS+=("$NGINX_PID")
-  NGINX_URL=http://127.0.0.1:$port/v1/chat/completions
-  wait_until 10 curl -fsS "http://127.0.0.1:$port/v1/models" || die "nginx did not start: $(cat "$dir/error.log")"
-  NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -1)
-  [[ -n $NGINX_WORKER ]] || die "nginx has no worker process"
-  log "nginx on 127.0.0.1:$port (master $NGINX_PID, worker $NGINX_WORKER)"
+  INSTANCE_PID=$!
+  PIDS+=("$INSTANCE_PID")
+  INSTANCE_URL=http://127.0.0.1:$port/v1/chat/completions
+  wait_until 10 curl -fsS "http://127.0.0.1:$port/v1/models" || die "$name did not start: $(cat "$dir/error.log")"
+  INSTANCE_WORKER=$(pgrep -P "$INSTANCE_PID" | head -1)
+  [[ -n $INSTANCE_WORKER ]] || die "$name has no worker process"
+  log "$name on 127.0.0.1:$port (master $INSTANCE_PID, worker $INSTANCE_WORKER)"
+}
+
+start_nginx() {
+  start_nginx_instance nginx "server $UPSTREAM;" "proxy_pass http://fake;"
+  NGINX_PID=$INSTANCE_PID NGINX_WORKER=$INSTANCE_WORKER NGINX_URL=$INSTANCE_URL
+}
+
+# The upstream is dialled by address (a `localhost` server line would also try ::1, where
+# nothing listens); SNI and verification use the certificate's name.
+start_nginx_tls() {
+  start_nginx_instance nginx-tls "server 127.0.0.1:$UPSTREAM_TLS_PORT;" "proxy_pass https://fake;
+      proxy_ssl_server_name on;
+      proxy_ssl_name localhost;
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate $CA_FILE;
+      proxy_ssl_session_reuse on;"
+  NGINX_TLS_PID=$INSTANCE_PID NGINX_TLS_WORKER=$INSTANCE_WORKER NGINX_TLS_URL=$INSTANCE_URL
 }
 
 # start_mini NAME LABEL mini-proxy-args...: starts one mini-proxy and sets MINI_PID and
@@ -219,7 +274,7 @@ start_mini() {
   local name=$1 label=$2 port
   shift 2
   port=$(free_port)
-  "${SERVER[@]}" "$ROOT/target/release/mini-proxy" --listen "127.0.0.1:$port" \
+  "${SERVER[@]}" "$BIN/mini-proxy" --listen "127.0.0.1:$port" \
     --upstream "$UPSTREAM" "$@" >"$OUT/mini-proxy-$name.log" 2>&1 &
   MINI_PID=$!
   PIDS+=("$MINI_PID")
@@ -244,23 +299,79 @@ start_lean() {
   LEAN_PID=$MINI_PID LEAN_URL=$MINI_URL
 }
 
-start_sidecar() {
-  local port admin
+# start_sidecar_instance NAME sidecar-args...: one holysheep-sidecar logging to
+# $OUT/NAME.log; sets INSTANCE_PID, INSTANCE_URL, INSTANCE_ADMIN. Its idle memory is taken
+# once it is ready, before the one request that proves the upstream path works.
+start_sidecar_instance() {
+  local name=$1 port admin
+  shift
   port=$(free_port)
   admin=$(free_port)
   [[ $port != "$admin" ]] || admin=$(free_port)
   # The key comes from the environment: the key file named here does not exist.
   HOLYSHEEP_API_KEY=bench-key RUST_LOG=$SIDECAR_LOG "${SERVER[@]}" \
-    "$ROOT/target/release/holysheep-sidecar" \
+    "$BIN/holysheep-sidecar" \
     --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-    --upstream "http://$UPSTREAM/v1" --api-key-file "$OUT/no-such-key-file" \
-    >"$OUT/sidecar.log" 2>&1 &
-  SIDECAR_PID=$!
-  PIDS+=("$SIDECAR_PID")
-  SIDECAR_URL=http://127.0.0.1:$port/v1/chat/completions
-  SIDECAR_ADMIN=http://127.0.0.1:$admin
-  wait_until 10 curl -fsS "$SIDECAR_ADMIN/readyz" || die "sidecar not ready: $(tail -5 "$OUT/sidecar.log")"
-  log "sidecar on 127.0.0.1:$port, admin $admin (pid $SIDECAR_PID)"
+    --api-key-file "$OUT/no-such-key-file" "$@" \
+    >"$OUT/$name.log" 2>&1 &
+  INSTANCE_PID=$!
+  PIDS+=("$INSTANCE_PID")
+  INSTANCE_URL=http://127.0.0.1:$port/v1/chat/completions
+  INSTANCE_ADMIN=http://127.0.0.1:$admin
+  wait_until 10 curl -fsS "$INSTANCE_ADMIN/readyz" || die "$name not ready: $(tail -5 "$OUT/$name.log")"
+  echo "$name idle 1 $(mem_kib "$INSTANCE_PID")" >>"$OUT/rss.tsv"
+  # Ready means the key is loaded, not that the upstream path works: one request proves it.
+  curl -fsS -o /dev/null -H 'Content-Type: application/json' -d "$BODY" "$INSTANCE_URL" \
+    || die "$name does not reach the upstream: $(tail -5 "$OUT/$name.log")"
+  log "$name on 127.0.0.1:$port, admin $admin (pid $INSTANCE_PID)"
+}
+
+start_sidecar() {
+  start_sidecar_instance sidecar --upstream "http://$UPSTREAM/v1"
+  SIDECAR_PID=$INSTANCE_PID SIDECAR_URL=$INSTANCE_URL SIDECAR_ADMIN=$INSTANCE_ADMIN
+}
+
+start_sidecar_tls() {
+  start_sidecar_instance sidecar-tls --upstream "$UPSTREAM_TLS_URL" --upstream-ca-file "$CA_FILE"
+  SIDECAR_TLS_PID=$INSTANCE_PID SIDECAR_TLS_URL=$INSTANCE_URL
+}
+
+# tinyproxy in the foreground on loopback, logging to stdout (so it needs no writable log
+# path after dropping to nobody when run as root), one line per CONNECT.
+start_tinyproxy() {
+  local dir=$OUT/tinyproxy port
+  port=$(free_port)
+  mkdir -p "$dir"
+  cat >"$dir/tinyproxy.conf" <<EOF
+User nobody
+Group nogroup
+Port $port
+Listen 127.0.0.1
+Timeout 600
+PidFile "$dir/tinyproxy.pid"
+LogLevel Connect
+MaxClients 1024
+Allow 127.0.0.1
+EOF
+  "${SERVER[@]}" tinyproxy -d -c "$dir/tinyproxy.conf" >"$dir/tinyproxy.log" 2>&1 &
+  TINYPROXY_PID=$!
+  PIDS+=("$TINYPROXY_PID")
+  TINYPROXY_URL=http://127.0.0.1:$port
+  # Any HTTP answer (tinyproxy's own error page) means it listens; at LogLevel Connect it
+  # does not log its readiness.
+  wait_until 10 curl -sS -o /dev/null "$TINYPROXY_URL/" \
+    || die "tinyproxy did not start: $(tail -5 "$dir/tinyproxy.log")"
+  log "tinyproxy on 127.0.0.1:$port (pid $TINYPROXY_PID)"
+}
+
+# The check after the start proves the tunnel: tinyproxy logged the sidecar's CONNECT.
+start_sidecar_proxy() {
+  start_tinyproxy
+  start_sidecar_instance sidecar-proxy --upstream "$UPSTREAM_TLS_URL" --upstream-ca-file "$CA_FILE" \
+    --egress-proxy "$TINYPROXY_URL"
+  SIDECAR_PROXY_PID=$INSTANCE_PID SIDECAR_PROXY_URL=$INSTANCE_URL
+  grep -q "CONNECT localhost:$UPSTREAM_TLS_PORT" "$OUT/tinyproxy/tinyproxy.log" \
+    || die "sidecar-proxy answered, but not through tinyproxy: $(tail -5 "$OUT/tinyproxy/tinyproxy.log")"
 }
 
 # ---------------------------------------------------------------- measurements
@@ -272,6 +383,10 @@ url_of() {
     lean) echo "$LEAN_URL" ;;
     hyper) echo "$HYPER_URL" ;;
     sidecar) echo "$SIDECAR_URL" ;;
+    direct-tls) echo "$UPSTREAM_TLS_URL/chat/completions" ;;
+    nginx-tls) echo "$NGINX_TLS_URL" ;;
+    sidecar-tls) echo "$SIDECAR_TLS_URL" ;;
+    sidecar-proxy) echo "$SIDECAR_PROXY_URL" ;;
   esac
 }
 
@@ -283,14 +398,21 @@ proxy_pids() {
     lean) echo "$LEAN_PID" ;;
     hyper) echo "$HYPER_PID" ;;
     sidecar) echo "$SIDECAR_PID" ;;
+    direct-tls) ;;
+    nginx-tls) echo "$NGINX_TLS_PID $NGINX_TLS_WORKER" ;;
+    sidecar-tls) echo "$SIDECAR_TLS_PID" ;;
+    sidecar-proxy) echo "$SIDECAR_PROXY_PID" ;;
   esac
 }
 
 oha_run() { # oha_run URL OUTFILE oha-args...
   local url=$1 out=$2
+  local -a tls=()
   shift 2
+  # Only direct-tls is an https URL: oha must trust the private CA for it.
+  [[ $url == https://* ]] && tls=(--cacert "$CA_FILE")
   "${CLIENT[@]}" oha --no-tui --output-format json -m POST -T application/json \
-    -H "Authorization: Bearer client-placeholder" -d "$BODY" "$@" "$url" >"$out"
+    -H "Authorization: Bearer client-placeholder" -d "$BODY" "${tls[@]}" "$@" "$url" >"$out"
 }
 
 measure_target() { # measure_target TARGET REP
@@ -316,7 +438,12 @@ measure_target() { # measure_target TARGET REP
   after=$(cpu_ns "${pids[@]}")
   up_after=$(cpu_ns "$UPSTREAM_PID")
   echo "$target q50 $rep $((after - before)) $((up_after - up_before))" >>"$OUT/cpu_ns.tsv"
-  "${CLIENT[@]}" "$ROOT/target/release/ttfb-probe" --url "$url" \
+  if [[ $url == https://* ]]; then
+    # ttfb-probe speaks plain HTTP only: no TTFB for a direct https call.
+    log "$target rep $rep: $(jq -r '.summary.requestsPerSec|floor' "$OUT/oha/$target-c16-r$rep.json") req/s at 16 conn., TTFB not probed (https)"
+    return
+  fi
+  "${CLIENT[@]}" "$BIN/ttfb-probe" --url "$url" \
     --requests "$TTFB_REQUESTS" --warmup 20 >"$OUT/ttfb/$target-r$rep.json"
   log "$target rep $rep: $(jq -r '.summary.requestsPerSec|floor' "$OUT/oha/$target-c16-r$rep.json") req/s at 16 conn., TTFB p50 $(jq -r '.ttfb_p50_us|floor' "$OUT/ttfb/$target-r$rep.json") µs"
 }
@@ -329,7 +456,7 @@ main() {
   : >"$OUT/cpu_ns.tsv"
   : >"$OUT/rss.tsv"
   local packages=(-p holysheep-bench)
-  [[ " $TARGETS " == *" sidecar "* ]] && packages+=(-p holysheep-sidecar)
+  [[ " $TARGETS " == *" sidecar"* ]] && packages+=(-p holysheep-sidecar)
   log "building ${packages[*]} (release)"
   cargo build --release --quiet "${packages[@]}"
 
@@ -339,13 +466,17 @@ main() {
   [[ " $TARGETS " == *" lean "* ]] && start_lean
   [[ " $TARGETS " == *" hyper "* ]] && start_hyper
   [[ " $TARGETS " == *" sidecar "* ]] && start_sidecar
+  wants nginx-tls && start_nginx_tls
+  wants sidecar-tls && start_sidecar_tls
+  wants sidecar-proxy && start_sidecar_proxy
 
-  # Idle memory: right after start-up and readiness, before any proxied request.
+  # Idle memory: right after start-up and readiness, before any proxied request (the
+  # sidecars' is taken in start_sidecar_instance).
   [[ -n ${RELAY_PID:-} ]] && echo "relay idle 1 $(mem_kib "$RELAY_PID")" >>"$OUT/rss.tsv"
   [[ -n ${NGINX_PID:-} ]] && echo "nginx idle 1 $(mem_kib "$NGINX_PID" "$NGINX_WORKER")" >>"$OUT/rss.tsv"
   [[ -n ${LEAN_PID:-} ]] && echo "lean idle 1 $(mem_kib "$LEAN_PID")" >>"$OUT/rss.tsv"
   [[ -n ${HYPER_PID:-} ]] && echo "hyper idle 1 $(mem_kib "$HYPER_PID")" >>"$OUT/rss.tsv"
-  [[ -n ${SIDECAR_PID:-} ]] && echo "sidecar idle 1 $(mem_kib "$SIDECAR_PID")" >>"$OUT/rss.tsv"
+  [[ -n ${NGINX_TLS_PID:-} ]] && echo "nginx-tls idle 1 $(mem_kib "$NGINX_TLS_PID" "$NGINX_TLS_WORKER")" >>"$OUT/rss.tsv"
 
   cat >"$OUT/meta.env" <<EOF
 run_id=$RUN_ID
@@ -365,6 +496,8 @@ rate_duration_s=$RATE_DURATION
 reps=$REPS
 pinning=$PINNING
 sidecar_log=$SIDECAR_LOG
+tls_upstream_alpn=$(if [[ $TLS_HTTP1 == 1 ]]; then echo http/1.1; else echo h2,http/1.1; fi)
+tinyproxy=$(if wants sidecar-proxy; then tinyproxy -v 2>&1 | head -1; else echo unused; fi)
 EOF
 
   for rep in $(seq 1 "$REPS"); do
@@ -382,7 +515,7 @@ EOF
   echo "sidecar_metrics=$metrics" >>"$OUT/meta.env"
   echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/meta.env"
 
-  "$ROOT/target/release/bench-report" --dir "$OUT" | tee "$OUT/report.md"
+  "$BIN/bench-report" --dir "$OUT" | tee "$OUT/report.md"
   log "raw results and report.md in $OUT"
 }
 

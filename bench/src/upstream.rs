@@ -2,6 +2,9 @@
 //! `POST /v1/chat/completions` with a fixed body, or with Server-Sent Events paced by a
 //! fixed inter-chunk delay when the request says `"stream": true`.
 //!
+//! Over TLS ([`Upstream::serve_tls`]) it speaks HTTP/2 or HTTP/1.1, whichever ALPN picked,
+//! as a production upstream does; the plain listener stays HTTP/1.1 only.
+//!
 //! It is built to be cheap per request (constant bodies, no router, no logging) so that in
 //! the benchmark the proxy in front of it is what costs. It checks no key and keeps no
 //! state beyond a request counter; it is not a mock for functional tests.
@@ -18,9 +21,10 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::payloads;
 
@@ -108,6 +112,39 @@ impl Upstream {
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
+            });
+        }
+    }
+
+    /// Like [`Upstream::serve`], over TLS: HTTP/2 when the client picked `h2` by ALPN,
+    /// HTTP/1.1 otherwise. Failed handshakes are dropped, not fatal.
+    pub async fn serve_tls(self: Arc<Self>, listener: TcpListener, acceptor: TlsAcceptor) {
+        loop {
+            let Ok((stream, _peer)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let (upstream, acceptor) = (Arc::clone(&self), acceptor.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                let service = service_fn(move |req| {
+                    let upstream = Arc::clone(&upstream);
+                    async move { Ok::<_, Infallible>(upstream.answer(req).await) }
+                });
+                let io = TokioIo::new(tls);
+                let _ = if h2 {
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, service)
+                        .await
+                } else {
+                    hyper::server::conn::http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(io, service)
+                        .await
+                };
             });
         }
     }
@@ -204,4 +241,16 @@ pub async fn spawn(
     let upstream = Upstream::new(config);
     tokio::spawn(Arc::clone(&upstream).serve(listener));
     Ok((local, upstream))
+}
+
+/// Like [`spawn`], over TLS with `acceptor`.
+pub async fn spawn_tls(
+    addr: SocketAddr,
+    upstream: Arc<Upstream>,
+    acceptor: TlsAcceptor,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(upstream.serve_tls(listener, acceptor));
+    Ok(local)
 }

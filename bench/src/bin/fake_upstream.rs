@@ -1,14 +1,20 @@
 //! `fake-upstream`: the benchmark's fake OpenAI server (see `holysheep_bench::upstream`).
 //! Binds, writes the bound address to `--addr-file` for the script, serves until
-//! `--max-runtime` passes or it is signalled.
+//! `--max-runtime` passes or it is signalled. With `--tls-dir` it also serves HTTPS for
+//! `localhost` on a second listener, with a fresh private CA from holysheep-certs whose
+//! `ca.crt` (and the serving `tls.crt`, `tls.key`) it writes to that directory.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use holysheep_bench::upstream::{self, UpstreamConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
 
 /// Fast fake OpenAI upstream for the proxy benchmark.
 #[derive(Debug, Parser)]
@@ -26,6 +32,19 @@ struct Args {
     /// Content events per streamed answer.
     #[arg(long, default_value_t = 6)]
     stream_words: usize,
+    /// Also serve HTTPS, with a new CA and a certificate for `localhost` written here
+    /// (`ca.crt`, `tls.crt`, `tls.key`).
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    /// Address of the HTTPS listener (with --tls-dir); port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    tls_listen: SocketAddr,
+    /// File to write the HTTPS listener's bound `host:port` to, once listening.
+    #[arg(long)]
+    tls_addr_file: Option<PathBuf>,
+    /// Offer only `http/1.1` by ALPN on the HTTPS listener (default: `h2` and `http/1.1`).
+    #[arg(long)]
+    tls_http1_only: bool,
     /// Exit after this long even if nobody stops us (a forgotten fake must not linger).
     #[arg(long, default_value = "20m", value_parser = humantime::parse_duration)]
     max_runtime: Duration,
@@ -50,13 +69,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (addr, state) = upstream::spawn(args.listen, config)
         .await
         .with_context(|| format!("failed to bind --listen {}", args.listen))?;
+    if let Some(dir) = &args.tls_dir {
+        let acceptor = tls_acceptor(dir, !args.tls_http1_only)?;
+        let tls_addr = upstream::spawn_tls(args.tls_listen, Arc::clone(&state), acceptor)
+            .await
+            .with_context(|| format!("failed to bind --tls-listen {}", args.tls_listen))?;
+        if let Some(path) = &args.tls_addr_file {
+            write_addr(path, tls_addr, "--tls-addr-file")?;
+        }
+        println!("fake-upstream listening on {tls_addr} (https, localhost)");
+    }
     if let Some(path) = &args.addr_file {
-        // Write then rename, so a reader polling the file never sees half an address.
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, addr.to_string())
-            .with_context(|| format!("failed to write --addr-file {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("failed to write --addr-file {}", path.display()))?;
+        write_addr(path, addr, "--addr-file")?;
     }
     println!("fake-upstream listening on {addr}");
     tokio::select! {
@@ -69,4 +93,47 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("fake-upstream served {} requests", state.requests());
     Ok(())
+}
+
+/// Writes `addr` to `path`, then renames, so a reader polling the file never sees half an
+/// address.
+fn write_addr(path: &Path, addr: SocketAddr, flag: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, addr.to_string())
+        .with_context(|| format!("failed to write {flag} {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("failed to write {flag} {}", path.display()))
+}
+
+/// A new CA and a serving certificate for `localhost` (the certs crate names a Service
+/// `S` in `N`; its SANs include the bare `S`), written to `dir`, as a TLS acceptor
+/// offering `h2` (when `h2`) and `http/1.1`.
+fn tls_acceptor(dir: &Path, h2: bool) -> anyhow::Result<TlsAcceptor> {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+    let ca = holysheep_certs::generate_ca("holysheep-bench-upstream-ca", YEAR)
+        .context("failed to generate the --tls-dir CA")?;
+    let serving = ca
+        .issue_serving("localhost", "bench", YEAR)
+        .context("failed to issue the --tls-dir serving certificate")?;
+    holysheep_certs::write_to_dir(dir, ca.cert_pem(), &serving)
+        .with_context(|| format!("failed to write --tls-dir {}", dir.display()))?;
+    let certs = CertificateDer::pem_slice_iter(serving.cert_pem().as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("failed to read back the serving certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(serving.key_pem().as_bytes())
+        .context("failed to read back the serving key")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("failed to set the TLS protocol versions")?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .context("failed to build the TLS server config")?;
+    config.alpn_protocols = if h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -54,9 +54,50 @@ const _: () = assert!(
         && same(TARGETS[SIDECAR], "sidecar")
 );
 
-/// A figure per target, `None` where the run has no data (or the figure has no meaning,
-/// like the proxy CPU of a direct call).
-pub type Row = [Option<f64>; TARGETS.len()];
+/// The targets of the HTTPS production path, in the order they are shown: the TLS
+/// upstream called directly, nginx with `proxy_pass https://`, the sidecar to the https
+/// upstream, and the sidecar tunnelling through tinyproxy with CONNECT.
+pub const TLS_TARGETS: [&str; 4] = ["direct-tls", "nginx-tls", "sidecar-tls", "sidecar-proxy"];
+
+/// One table of the report: its targets in column order, the direct call that pairwise
+/// figures are taken against, and the columns the ratios compare.
+#[derive(Debug)]
+pub struct Columns {
+    /// Target names, one column each.
+    pub targets: &'static [&'static str],
+    /// The target called without a proxy (no proxy CPU; the base of "added" figures).
+    pub direct: &'static str,
+    /// Index of the nginx column.
+    pub nginx: usize,
+    /// Index of the sidecar column.
+    pub sidecar: usize,
+}
+
+/// The plain-HTTP table: [`TARGETS`].
+pub const PLAIN: Columns = Columns {
+    targets: &TARGETS,
+    direct: "direct",
+    nginx: NGINX,
+    sidecar: SIDECAR,
+};
+
+/// The HTTPS table: [`TLS_TARGETS`]; its ratios compare `sidecar-tls` with `nginx-tls`.
+pub const TLS: Columns = Columns {
+    targets: &TLS_TARGETS,
+    direct: "direct-tls",
+    nginx: 1,
+    sidecar: 2,
+};
+
+const _: () = assert!(
+    same(TLS_TARGETS[0], TLS.direct)
+        && same(TLS_TARGETS[TLS.nginx], "nginx-tls")
+        && same(TLS_TARGETS[TLS.sidecar], "sidecar-tls")
+);
+
+/// A figure per target of a [`Columns`], `None` where the run has no data (or the figure
+/// has no meaning, like the proxy CPU of a direct call).
+pub type Row = Vec<Option<f64>>;
 
 impl RunData {
     pub(super) fn reps(&self) -> Vec<u32> {
@@ -74,16 +115,25 @@ impl RunData {
             .unwrap_or(100.0)
     }
 
-    /// Median over repetitions of `f(target, rep)`.
-    fn per_target(&self, f: impl Fn(&str, u32) -> Option<f64>) -> Row {
-        TARGETS.map(|t| {
-            let values: Vec<f64> = self.reps().into_iter().filter_map(|r| f(t, r)).collect();
-            median(&values)
-        })
+    /// Median over repetitions of `f(target, rep)`, for each target of `cols`.
+    fn per_target(&self, cols: &Columns, f: impl Fn(&str, u32) -> Option<f64>) -> Row {
+        let reps = self.reps();
+        cols.targets
+            .iter()
+            .map(|t| {
+                let values: Vec<f64> = reps.iter().filter_map(|r| f(t, *r)).collect();
+                median(&values)
+            })
+            .collect()
     }
 
-    pub(super) fn load_figure(&self, scenario: &str, f: impl Fn(&LoadRun) -> f64) -> Row {
-        self.per_target(|t, r| {
+    pub(super) fn load_figure(
+        &self,
+        cols: &Columns,
+        scenario: &str,
+        f: impl Fn(&LoadRun) -> f64,
+    ) -> Row {
+        self.per_target(cols, |t, r| {
             self.load
                 .get(&(t.to_owned(), scenario.to_owned(), r))
                 .map(&f)
@@ -91,10 +141,10 @@ impl RunData {
     }
 
     /// Proxy (or upstream) CPU microseconds per successful request.
-    pub(super) fn cpu_per_request(&self, scenario: &str, upstream: bool) -> Row {
+    pub(super) fn cpu_per_request(&self, cols: &Columns, scenario: &str, upstream: bool) -> Row {
         let tck = self.clk_tck();
-        self.per_target(|t, r| {
-            if t == "direct" && !upstream {
+        self.per_target(cols, |t, r| {
+            if t == cols.direct && !upstream {
                 return None;
             }
             let key = (t.to_owned(), scenario.to_owned(), r);
@@ -107,9 +157,9 @@ impl RunData {
 
     /// Proxy CPU microseconds per successful request from schedstat nanoseconds (fine
     /// enough for the light fixed-rate run, where clock ticks are too coarse).
-    pub(super) fn cpu_ns_per_request(&self, scenario: &str) -> Row {
-        self.per_target(|t, r| {
-            if t == "direct" {
+    pub(super) fn cpu_ns_per_request(&self, cols: &Columns, scenario: &str) -> Row {
+        self.per_target(cols, |t, r| {
+            if t == cols.direct {
                 return None;
             }
             let key = (t.to_owned(), scenario.to_owned(), r);
@@ -120,57 +170,60 @@ impl RunData {
     }
 
     /// p50 at the fixed rate minus direct's p50 of the same repetition, µs.
-    pub(super) fn added_p50_fixed_rate(&self) -> Row {
-        self.per_target(|t, r| {
+    pub(super) fn added_p50_fixed_rate(&self, cols: &Columns) -> Row {
+        self.per_target(cols, |t, r| {
             let p50 = |t: &str| {
                 self.load
                     .get(&(t.to_owned(), "q50".to_owned(), r))
                     .map(|l| l.p50)
             };
-            if t == "direct" {
+            if t == cols.direct {
                 return None;
             }
-            Some((p50(t)? - p50("direct")?) * 1e6)
+            Some((p50(t)? - p50(cols.direct)?) * 1e6)
         })
     }
 
-    pub(super) fn ttfb(&self, p99: bool) -> Row {
-        self.per_target(|t, r| {
+    pub(super) fn ttfb(&self, cols: &Columns, p99: bool) -> Row {
+        self.per_target(cols, |t, r| {
             self.ttfb
                 .get(&(t.to_owned(), "stream".to_owned(), r))
                 .map(|(p50, p99v)| if p99 { *p99v } else { *p50 })
         })
     }
 
-    pub(super) fn ttfb_added(&self) -> Row {
-        self.per_target(|t, r| {
+    pub(super) fn ttfb_added(&self, cols: &Columns) -> Row {
+        self.per_target(cols, |t, r| {
             let p50 = |t: &str| {
                 self.ttfb
                     .get(&(t.to_owned(), "stream".to_owned(), r))
                     .map(|v| v.0)
             };
-            if t == "direct" {
+            if t == cols.direct {
                 return None;
             }
-            Some(p50(t)? - p50("direct")?)
+            Some(p50(t)? - p50(cols.direct)?)
         })
     }
 
     /// KiB figure from rss.tsv: `hwm` picks VmHWM, else VmRSS; `max` over reps else median.
-    pub(super) fn rss(&self, phase: &str, hwm: bool, max: bool) -> Row {
-        TARGETS.map(|t| {
-            let values: Vec<f64> = self
-                .rss
-                .iter()
-                .filter(|((target, p, _), _)| target == t && p == phase)
-                .map(|(_, (rss, peak))| (if hwm { *peak } else { *rss }) as f64 / 1024.0)
-                .collect();
-            if max {
-                values.into_iter().reduce(f64::max)
-            } else {
-                median(&values)
-            }
-        })
+    pub(super) fn rss(&self, cols: &Columns, phase: &str, hwm: bool, max: bool) -> Row {
+        cols.targets
+            .iter()
+            .map(|t| {
+                let values: Vec<f64> = self
+                    .rss
+                    .iter()
+                    .filter(|((target, p, _), _)| target == *t && p == phase)
+                    .map(|(_, (rss, peak))| (if hwm { *peak } else { *rss }) as f64 / 1024.0)
+                    .collect();
+                if max {
+                    values.into_iter().reduce(f64::max)
+                } else {
+                    median(&values)
+                }
+            })
+            .collect()
     }
 
     pub(super) fn failures(&self) -> u64 {

@@ -152,7 +152,8 @@ fn parse_name(stem: &str, default_scenario: Option<&str>) -> Option<Key> {
     match default_scenario {
         Some(scenario) => Some((head.to_owned(), scenario.to_owned(), rep)),
         None => {
-            let (target, scenario) = head.split_once('-')?;
+            // Target names may hold a `-` (`sidecar-tls`); scenario names do not.
+            let (target, scenario) = head.rsplit_once('-')?;
             Some((target.to_owned(), scenario.to_owned(), rep))
         }
     }
@@ -296,6 +297,14 @@ mod tests {
         assert_eq!(
             parse_name("nginx-r3", Some("stream")),
             Some(("nginx".into(), "stream".into(), 3))
+        );
+        assert_eq!(
+            parse_name("sidecar-tls-c16-r2", None),
+            Some(("sidecar-tls".into(), "c16".into(), 2))
+        );
+        assert_eq!(
+            parse_name("direct-tls-r1", Some("stream")),
+            Some(("direct-tls".into(), "stream".into(), 1))
         );
         assert_eq!(parse_name("garbage", None), None);
     }

@@ -9,7 +9,7 @@ pub mod load;
 
 use std::fmt::Write as _;
 
-use figures::{DIRECT, NGINX, Row, SIDECAR};
+use figures::{Columns, NGINX, PLAIN, Row, SIDECAR, TLS};
 pub use load::{RunData, load};
 
 fn cell(value: Option<f64>, decimals: usize) -> String {
@@ -23,18 +23,117 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-/// One table line: a cell per target in [`figures::TARGETS`] order, then the two ratios.
-fn row(out: &mut String, name: &str, values: Row, decimals: usize) {
-    let (direct, nginx, sidecar) = (values[DIRECT], values[NGINX], values[SIDECAR]);
+/// One table line: a cell per target of `cols`, then the two ratios (sidecar ÷ nginx,
+/// sidecar ÷ direct).
+fn row(out: &mut String, cols: &Columns, name: &str, values: Row, decimals: usize) {
+    let at = |i: Option<usize>| i.and_then(|i| values.get(i).copied().flatten());
+    let direct = at(cols.targets.iter().position(|t| *t == cols.direct));
+    let (nginx, sidecar) = (at(Some(cols.nginx)), at(Some(cols.sidecar)));
     let _ = write!(out, "| {name} |");
-    for value in values {
-        let _ = write!(out, " {} |", cell(value, decimals));
+    for value in &values {
+        let _ = write!(out, " {} |", cell(*value, decimals));
     }
     let _ = writeln!(
         out,
         " {} | {} |",
         ratio(sidecar, nginx),
         ratio(sidecar, direct)
+    );
+}
+
+/// The figure lines of one table (its header is the caller's).
+fn figure_rows(out: &mut String, data: &RunData, cols: &Columns) {
+    for (scenario, conns) in [("c16", 16), ("c64", 64)] {
+        row(
+            out,
+            cols,
+            &format!("req/s, {conns} connections"),
+            data.load_figure(cols, scenario, |l| l.rps),
+            0,
+        );
+        row(
+            out,
+            cols,
+            &format!("p50 ms, {conns} connections"),
+            data.load_figure(cols, scenario, |l| l.p50 * 1e3),
+            3,
+        );
+        row(
+            out,
+            cols,
+            &format!("p99 ms, {conns} connections"),
+            data.load_figure(cols, scenario, |l| l.p99 * 1e3),
+            3,
+        );
+    }
+    row(
+        out,
+        cols,
+        "p50 ms at 50 req/s",
+        data.load_figure(cols, "q50", |l| l.p50 * 1e3),
+        3,
+    );
+    row(
+        out,
+        cols,
+        "p99 ms at 50 req/s",
+        data.load_figure(cols, "q50", |l| l.p99 * 1e3),
+        3,
+    );
+    let added = data.added_p50_fixed_rate(cols);
+    row(out, cols, "added p50 µs at 50 req/s (vs direct)", added, 0);
+    for (scenario, conns) in [("c16", 16), ("c64", 64)] {
+        row(
+            out,
+            cols,
+            &format!("proxy CPU µs/request, {conns} conn."),
+            data.cpu_per_request(cols, scenario, false),
+            1,
+        );
+    }
+    row(
+        out,
+        cols,
+        "proxy CPU µs/request at 50 req/s",
+        data.cpu_ns_per_request(cols, "q50"),
+        0,
+    );
+    row(
+        out,
+        cols,
+        "upstream CPU µs/request, 16 conn.",
+        data.cpu_per_request(cols, "c16", true),
+        1,
+    );
+    row(out, cols, "streamed TTFB p50 µs", data.ttfb(cols, false), 0);
+    row(out, cols, "streamed TTFB p99 µs", data.ttfb(cols, true), 0);
+    row(
+        out,
+        cols,
+        "added TTFB p50 µs (vs direct)",
+        data.ttfb_added(cols),
+        0,
+    );
+    row(
+        out,
+        cols,
+        "RSS idle MiB",
+        data.rss(cols, "idle", false, false),
+        1,
+    );
+    row(
+        out,
+        cols,
+        "RSS after load MiB (VmRSS)",
+        data.rss(cols, "load", false, false),
+        1,
+    );
+    row(
+        out,
+        cols,
+        "peak RSS MiB (VmHWM)",
+        data.rss(cols, "load", true, true),
+        1,
     );
 }
 
@@ -77,79 +176,7 @@ pub fn render(data: &RunData) -> String {
         out,
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
-    for (scenario, conns) in [("c16", 16), ("c64", 64)] {
-        row(
-            &mut out,
-            &format!("req/s, {conns} connections"),
-            data.load_figure(scenario, |l| l.rps),
-            0,
-        );
-        row(
-            &mut out,
-            &format!("p50 ms, {conns} connections"),
-            data.load_figure(scenario, |l| l.p50 * 1e3),
-            3,
-        );
-        row(
-            &mut out,
-            &format!("p99 ms, {conns} connections"),
-            data.load_figure(scenario, |l| l.p99 * 1e3),
-            3,
-        );
-    }
-    row(
-        &mut out,
-        "p50 ms at 50 req/s",
-        data.load_figure("q50", |l| l.p50 * 1e3),
-        3,
-    );
-    row(
-        &mut out,
-        "p99 ms at 50 req/s",
-        data.load_figure("q50", |l| l.p99 * 1e3),
-        3,
-    );
-    let added = data.added_p50_fixed_rate();
-    row(&mut out, "added p50 µs at 50 req/s (vs direct)", added, 0);
-    for (scenario, conns) in [("c16", 16), ("c64", 64)] {
-        row(
-            &mut out,
-            &format!("proxy CPU µs/request, {conns} conn."),
-            data.cpu_per_request(scenario, false),
-            1,
-        );
-    }
-    row(
-        &mut out,
-        "proxy CPU µs/request at 50 req/s",
-        data.cpu_ns_per_request("q50"),
-        0,
-    );
-    row(
-        &mut out,
-        "upstream CPU µs/request, 16 conn.",
-        data.cpu_per_request("c16", true),
-        1,
-    );
-    row(&mut out, "streamed TTFB p50 µs", data.ttfb(false), 0);
-    row(&mut out, "streamed TTFB p99 µs", data.ttfb(true), 0);
-    let ttfb_added = data.ttfb_added();
-    row(&mut out, "added TTFB p50 µs (vs direct)", ttfb_added, 0);
-    let idle = data.rss("idle", false, false);
-    row(&mut out, "RSS idle MiB", idle, 1);
-    row(
-        &mut out,
-        "RSS after load MiB (VmRSS)",
-        data.rss("load", false, false),
-        1,
-    );
-    row(
-        &mut out,
-        "peak RSS MiB (VmHWM)",
-        data.rss("load", true, true),
-        1,
-    );
-
+    figure_rows(&mut out, data, &PLAIN);
     let _ = writeln!(
         out,
         "\n\"tokio relay\" and \"lean hyper\" are the floors of the sidecar's stack, both \
@@ -161,8 +188,28 @@ pub fn render(data: &RunData) -> String {
          multi-thread runtime). \"–\": not measured in this run."
     );
 
-    let cpu16 = data.cpu_per_request("c16", false);
-    let cpu64 = data.cpu_per_request("c64", false);
+    let _ = writeln!(
+        out,
+        "\nThe HTTPS production path, same run: the fake upstream's TLS listener (a private \
+         CA, ALPN h2 and http/1.1) called directly, through nginx (`proxy_pass https://`, \
+         keep-alive, session reuse, verification on), through the sidecar \
+         (`--upstream-ca-file`), and through the sidecar tunnelling via tinyproxy \
+         (`--egress-proxy`, CONNECT). TTFB is probed over plain HTTP only, so direct (https) \
+         has none.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| figure | direct (https) | nginx (https) | sidecar (https) | sidecar via tinyproxy \
+         | sidecar ÷ nginx | sidecar ÷ direct |"
+    );
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    figure_rows(&mut out, data, &TLS);
+
+    let added = data.added_p50_fixed_rate(&PLAIN);
+    let ttfb_added = data.ttfb_added(&PLAIN);
+    let idle = data.rss(&PLAIN, "idle", false, false);
+    let cpu16 = data.cpu_per_request(&PLAIN, "c16", false);
+    let cpu64 = data.cpu_per_request(&PLAIN, "c64", false);
     let (nginx_cpu16, sidecar_cpu16) = (cpu16[NGINX], cpu16[SIDECAR]);
     let (nginx_cpu64, sidecar_cpu64) = (cpu64[NGINX], cpu64[SIDECAR]);
     let cpu_ok = match (sidecar_cpu16, nginx_cpu16, sidecar_cpu64, nginx_cpu64) {
@@ -222,7 +269,7 @@ pub fn render(data: &RunData) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::figures::{HYPER, LEAN, RELAY, TARGETS};
+    use super::figures::{DIRECT, HYPER, LEAN, RELAY, TARGETS};
     use super::load::LoadRun;
     use super::*;
 
@@ -281,19 +328,19 @@ mod tests {
     #[test]
     fn figures_are_medians_and_pairwise_differences() {
         let data = sample();
-        let cpu = data.cpu_per_request("c16", false);
+        let cpu = data.cpu_per_request(&PLAIN, "c16", false);
         assert_eq!(cpu[DIRECT], None);
         assert!((cpu[NGINX].unwrap() - 30.0).abs() < 1e-9);
         assert!((cpu[SIDECAR].unwrap() - 20.0).abs() < 1e-9);
         assert_eq!(cpu[HYPER], None);
         assert_eq!(cpu[RELAY], None);
         assert_eq!(cpu[LEAN], None);
-        let added = data.added_p50_fixed_rate();
+        let added = data.added_p50_fixed_rate(&PLAIN);
         assert_eq!(added[0], None);
         assert!((added[NGINX].unwrap() - 130.0).abs() < 1e-6);
         assert!((added[SIDECAR].unwrap() - 80.0).abs() < 1e-6);
-        assert_eq!(data.ttfb_added()[SIDECAR], Some(620.0));
-        let fixed = data.cpu_ns_per_request("q50");
+        assert_eq!(data.ttfb_added(&PLAIN)[SIDECAR], Some(620.0));
+        let fixed = data.cpu_ns_per_request(&PLAIN, "q50");
         assert_eq!(fixed[DIRECT], None);
         assert_eq!(fixed[HYPER], None);
         assert!((fixed[NGINX].unwrap() - 200.0).abs() < 1e-9);
@@ -364,7 +411,7 @@ mod tests {
             data.rss
                 .insert((t.into(), "idle".into(), 1), (idle_kib, idle_kib));
         }
-        let cpu = data.cpu_per_request("c16", false);
+        let cpu = data.cpu_per_request(&PLAIN, "c16", false);
         // 50 000 requests: 40 ticks = 0.4 s = 8 µs each, 60 ticks = 12 µs each.
         assert!((cpu[RELAY].unwrap() - 8.0).abs() < 1e-9);
         assert!((cpu[LEAN].unwrap() - 12.0).abs() < 1e-9);
@@ -387,6 +434,39 @@ mod tests {
         );
         assert!(
             text.contains("\"tokio relay\" and \"lean hyper\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn tls_targets_fill_their_own_table_with_ratios_against_nginx_tls() {
+        let mut data = sample();
+        for (t, rps, ticks) in [
+            ("direct-tls", 9_000.0, 0),
+            ("nginx-tls", 6_000.0, 180),
+            ("sidecar-tls", 7_000.0, 120),
+            ("sidecar-proxy", 5_000.0, 140),
+        ] {
+            for rep in 1..=3u32 {
+                data.load
+                    .insert((t.into(), "c16".into(), rep), run(rps, 1e-3, 50_000));
+                data.cpu.insert((t.into(), "c16".into(), rep), (ticks, 200));
+            }
+        }
+        let text = render(&data);
+        for expected in [
+            "| figure | direct (https) | nginx (https) | sidecar (https) | sidecar via tinyproxy | sidecar ÷ nginx | sidecar ÷ direct |",
+            "| req/s, 16 connections | 9000 | 6000 | 7000 | 5000 | 1.17× | 0.78× |",
+            "| proxy CPU µs/request, 16 conn. | – | 36.0 | 24.0 | 28.0 | 0.67× | – |",
+            "| streamed TTFB p50 µs | – | – | – | – | – | – |",
+        ] {
+            assert!(text.contains(expected), "missing {expected}\n{text}");
+        }
+        // The plain table is untouched by the TLS targets.
+        assert!(
+            text.contains(
+                "| req/s, 16 connections | 10000 | – | 10000 | – | – | 10000 | 1.00× | 1.00× |"
+            ),
             "{text}"
         );
     }

@@ -1,4 +1,6 @@
-//! Shared test support: the scripted fake upstream and an in-process sidecar.
+//! Shared test support: the scripted fake upstream and an in-process sidecar; for the
+//! HTTPS and egress-proxy cases, a TLS upstream on a private CA (`tls`), a real tinyproxy
+//! (`tinyproxy`) and the sidecar binary as a child process (`process`).
 //!
 //! Every listener is bound on 127.0.0.1:0 and passed in; nothing sleeps to wait: readiness
 //! and reloads are polled with a bounded timeout (`eventually`).
@@ -12,7 +14,10 @@
     reason = "test support: a failed setup should panic with its message"
 )]
 
+pub mod process;
 pub mod tcp;
+pub mod tinyproxy;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
