@@ -140,7 +140,8 @@ pub struct SelfSignedArgs {
 /// `inject`: like `linkerd inject`, YAML in, YAML out.
 #[derive(Debug, Args)]
 pub struct InjectArgs {
-    /// Manifest file to read, or `-` for stdin.
+    /// Manifest file (YAML or JSON; JSON comes out as JSON), a directory (its .yaml, .yml
+    /// and .json files in name order), or `-` for stdin.
     #[arg(short = 'f', long = "filename", default_value = "-")]
     pub filename: String,
 
@@ -160,7 +161,8 @@ pub struct CertsArgs {
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: String,
 
-    /// Directory to write ca.crt, tls.crt and tls.key (mode 0600) into; created if absent.
+    /// Directory to write ca.crt and tls.crt (mode 0644) and tls.key (mode 0600) into;
+    /// created if absent.
     #[arg(long)]
     pub out: PathBuf,
 }
