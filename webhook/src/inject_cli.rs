@@ -5,11 +5,10 @@
 //! through unchanged.
 //!
 //! Input is a file, stdin, or a directory (every `.yaml`, `.yml` and `.json` file in it,
-//! not recursive, in name order, like `linkerd inject DIR`). JSON comes out as JSON,
-//! YAML as YAML. Comments and formatting are not kept (the documents are
-//! re-serialized), but key order is. It does not add the opt-in annotation: only
-//! templates that carry `holysheep/inject: "true"` are injected, exactly as in the
-//! cluster.
+//! not recursive, in name order). JSON comes out as JSON, YAML as YAML. Comments and
+//! formatting are not kept (the documents are re-serialized), but key order is. It does
+//! not add the opt-in annotation: only templates that carry `holysheep/inject: "true"`
+//! are injected, exactly as in the cluster.
 
 use std::fmt;
 use std::io::{Read, Write};
