@@ -67,13 +67,26 @@ else
 fi
 
 # 4. `holysheep-webhook inject` over the examples.
-bin="target/debug/holysheep-webhook"
+# The binary is where cargo puts it: CARGO_TARGET_DIR (absolute or relative to the
+# repository), a target-dir from cargo's config, or target/. cargo itself says which.
+bin="${CARGO_TARGET_DIR:-target}/debug/holysheep-webhook"
 if [ -d manifests/examples ]; then
     # Always through cargo when present (a no-op when up to date), so a stale binary is
     # never what gets validated.
     if command -v cargo >/dev/null 2>&1; then
         echo "build cargo build -p holysheep-webhook --bin holysheep-webhook"
-        cargo build --quiet -p holysheep-webhook --bin holysheep-webhook
+        bin="$(cargo build --quiet -p holysheep-webhook --bin holysheep-webhook \
+            --message-format=json-render-diagnostics |
+            "$VENV/bin/python" -c '
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
+        print(msg["executable"])')"
+        if [ ! -x "$bin" ]; then
+            echo "validate-manifests: cargo built no holysheep-webhook executable" >&2
+            exit 1
+        fi
     elif [ ! -x "$bin" ]; then
         echo "validate-manifests: neither cargo nor $bin found" >&2
         exit 1

@@ -334,6 +334,18 @@ pub enum ConfigError {
         /// What was wrong.
         message: String,
     },
+    /// The file is a Kubernetes object (`apiVersion` and `kind`), e.g. the ConfigMap that
+    /// holds the config rather than the config itself.
+    #[error(
+        "invalid config{}: this is a Kubernetes {kind} manifest, not a sidecar config; {MANIFEST_HINT}",
+        in_file(.path.as_deref())
+    )]
+    Manifest {
+        /// The file, when loaded from one.
+        path: Option<PathBuf>,
+        /// Its `kind`.
+        kind: String,
+    },
     /// A value parsed but is out of range or inconsistent.
     #[error("invalid config{}: {field}: {message}", in_file(.path.as_deref()))]
     Invalid {
@@ -346,9 +358,29 @@ pub enum ConfigError {
     },
 }
 
+/// The hint for a Kubernetes object passed where the sidecar's own file is expected.
+const MANIFEST_HINT: &str = "pass the config.yaml inside it to --config, e.g. \
+`yq '.data[\"config.yaml\"]' manifests/examples/sidecar-config.yaml > config.yaml`";
+
 fn in_file(path: Option<&Path>) -> String {
     path.map(|p| format!(" file {}", p.display()))
         .unwrap_or_default()
+}
+
+/// The first load at startup: as [`load_file`], except that a file that does not exist
+/// (an optional ConfigMap that is absent) gives the built-in defaults and one warning;
+/// the reload watcher applies the file once it appears.
+pub fn load_startup(path: &Path) -> Result<Config, ConfigError> {
+    match load_file(path) {
+        Err(ConfigError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(
+                path = %path.display(),
+                "config file not found; running on the built-in defaults until it appears"
+            );
+            Ok(Config::default())
+        }
+        other => other,
+    }
 }
 
 /// Reads, parses and validates a `--config` file, merged over the defaults.
@@ -373,6 +405,10 @@ impl ConfigError {
                 field,
                 message,
             },
+            Self::Manifest { kind, .. } => Self::Manifest {
+                path: Some(file.to_owned()),
+                kind,
+            },
             read @ Self::Read { .. } => read,
         }
     }
@@ -393,14 +429,27 @@ impl Config {
             FileConfig::default()
         } else {
             let de = serde_yaml_ng::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
-                path: None,
-                field: e.path().to_string(),
-                message: e.into_inner().to_string(),
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                manifest_kind(text).map_or_else(
+                    || ConfigError::Parse {
+                        path: None,
+                        field: e.path().to_string(),
+                        message: e.into_inner().to_string(),
+                    },
+                    |kind| ConfigError::Manifest { path: None, kind },
+                )
             })?
         };
         file.merge_over(Self::default())
     }
+}
+
+/// The `kind` of a YAML document that has the two fields of every Kubernetes object.
+/// Asked only once the text failed as a config, so it costs nothing on the good path.
+fn manifest_kind(text: &str) -> Option<String> {
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).ok()?;
+    doc.get("apiVersion")?.as_str()?;
+    Some(doc.get("kind")?.as_str()?.to_owned())
 }
 
 mod file;

@@ -346,3 +346,41 @@ fn load_file_names_the_file() {
         "{msg}"
     );
 }
+
+#[test]
+fn the_example_configmap_manifest_is_refused_with_the_way_to_its_file() {
+    let manifest = include_str!("../../manifests/examples/sidecar-config.yaml");
+    let err = load_err_with_path(manifest);
+    assert!(
+        err.contains("this is a Kubernetes ConfigMap manifest"),
+        "{err}"
+    );
+    assert!(err.contains("config.yaml inside it"), "{err}");
+    assert!(err.contains("file /cm.yaml"), "{err}");
+    // Any other Kubernetes object is named by its kind.
+    let err = err_of("apiVersion: v1\nkind: Secret\nstringData: {a: b}\n");
+    assert!(err.contains("Kubernetes Secret manifest"), "{err}");
+    // A config with a typo keeps its field-path message.
+    assert!(err_of("retry: {max_attemps: 2}\n").contains("unknown field"));
+}
+
+fn load_err_with_path(yaml: &str) -> String {
+    match Config::from_yaml_str(yaml) {
+        Ok(cfg) => panic!("expected an error, got {cfg:?}"),
+        Err(e) => e.with_path(Path::new("/cm.yaml")).to_string(),
+    }
+}
+
+#[test]
+fn a_missing_config_file_starts_on_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("config.yaml");
+    assert_eq!(load_startup(&missing).unwrap(), Config::default());
+    // Anything else that is wrong with the file still stops the start.
+    std::fs::write(&missing, "retry: {max_attempts: 0}\n").unwrap();
+    assert!(load_startup(&missing).is_err());
+    assert!(
+        load_startup(dir.path()).is_err(),
+        "a directory is not a config file"
+    );
+}

@@ -211,7 +211,17 @@ impl KeyStore {
         }
         self.current.store(Some(Arc::new(key)));
         self.changes.send_modify(|n| *n += 1);
-        tracing::info!(?origin, file = %self.source.file.display(), "API key loaded");
+        // Name where the key came from, and only that: the key file when it was read,
+        // the variable otherwise (the file path would read as if the key came from it).
+        match origin {
+            Origin::File => {
+                tracing::info!(from = %self.source.file.display(), "API key loaded from the key file");
+            }
+            Origin::Env => tracing::info!(
+                from = "HOLYSHEEP_API_KEY",
+                "API key loaded from the environment (no key file)"
+            ),
+        }
         true
     }
 

@@ -27,7 +27,7 @@ use hyper::body::Incoming;
 use crate::config::Config;
 use crate::error::{BoxError, ProxyError, ResponseBody};
 use crate::keys::{ApiKey, KeyStore};
-use crate::metrics::{Metrics, RateLimitKind, RequestMeter};
+use crate::metrics::{Metrics, RateLimitKind, RequestMeter, Route};
 use crate::models::{self, ModelField};
 use crate::resilience::{Answer, IdleTimeout, Resilience, SseErrorTail, is_event_stream};
 use crate::upstream::{ClientBody, ReadFailure, Upstream, UpstreamBody};
@@ -95,8 +95,9 @@ async fn forward(
         let timeout = config.retry.attempt_timeout;
         return upgrade::tunnel(&state.upstream, parts, body, uri, &key, timeout).await;
     }
+    let buffer = buffers_body(&parts.method, &parts.headers, meter.route());
     let (body, read_failure) =
-        bound_body(&parts.headers, body, config.limits.max_body_bytes).await?;
+        bound_body(buffer, &parts.headers, body, config.limits.max_body_bytes).await?;
     let (body, model, requested) = remap_model(body, config);
     meter.set_models(
         requested.as_deref(),
@@ -207,10 +208,43 @@ fn route(upstream: &Upstream, uri: &Uri) -> Result<Uri, ProxyError> {
     }
 }
 
-/// Step: refuse an over-limit body up front (Content-Length), buffer JSON up to the
-/// limit, stream anything else through a limit that trips mid-stream. A streamed body
-/// comes with the handle that tells whether reading it failed (see [`ClientBody`]).
+/// Whether the body is read whole (JSON: remapped, counted, replayable) or streamed.
+///
+/// A JSON media type always is. On the OpenAI JSON routes a POST body is too, whatever
+/// its `Content-Type` says: `curl -d` sends `application/x-www-form-urlencoded` and some
+/// clients send none, yet the body is the JSON object the route takes, and its model
+/// must still be remapped and its tokens counted and priced. A body there that is not a
+/// JSON object passes unchanged (the model lookup finds nothing in it).
+fn buffers_body(method: &Method, headers: &HeaderMap, route: Route) -> bool {
+    let json_route = matches!(
+        route,
+        Route::ChatCompletions
+            | Route::Completions
+            | Route::Embeddings
+            | Route::Responses
+            | Route::Moderations
+    );
+    is_json(headers) || (json_route && method == Method::POST && !is_multipart(headers))
+}
+
+/// `multipart/*`: an upload, never a JSON object, so it keeps streaming.
+fn is_multipart(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .get(..10)
+                .is_some_and(|p| p.eq_ignore_ascii_case("multipart/"))
+        })
+}
+
+/// Step: refuse an over-limit body up front (Content-Length), buffer it up to the limit
+/// when `buffer` (see [`buffers_body`]), else stream it through a limit that trips
+/// mid-stream. A streamed body comes with the handle that tells whether reading it
+/// failed (see [`ClientBody`]).
 async fn bound_body(
+    buffer: bool,
     headers: &HeaderMap,
     body: Incoming,
     limit: u64,
@@ -223,7 +257,7 @@ async fn bound_body(
         return Err(ProxyError::BodyTooLarge { limit });
     }
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    if !is_json(headers) {
+    if !buffer {
         let body = ClientBody::new(body);
         let failure = body.failure();
         return Ok((
@@ -403,6 +437,38 @@ fn stream_back(resp: Response<Incoming>) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn openai_json_routes_buffer_posts_whatever_the_content_type() {
+        let ct = |v: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(v) = v {
+                h.insert(header::CONTENT_TYPE, v.parse().unwrap());
+            }
+            h
+        };
+        let form = Some("application/x-www-form-urlencoded");
+        let cases = [
+            (Method::POST, None, Route::ChatCompletions, true),
+            (Method::POST, form, Route::ChatCompletions, true),
+            (Method::POST, Some("text/plain"), Route::Embeddings, true),
+            (Method::POST, None, Route::Responses, true),
+            (
+                Method::POST,
+                Some("Multipart/form-data; b=x"),
+                Route::Completions,
+                false,
+            ),
+            (Method::GET, None, Route::Responses, false),
+            (Method::POST, None, Route::Audio, false),
+            (Method::POST, form, Route::Other, false),
+            (Method::POST, Some("application/json"), Route::Other, true),
+        ];
+        for (method, content_type, route, want) in cases {
+            let got = buffers_body(&method, &ct(content_type), route);
+            assert_eq!(got, want, "{method} {content_type:?} {route:?}");
+        }
+    }
 
     #[test]
     fn json_media_types() {

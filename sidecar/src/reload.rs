@@ -194,6 +194,15 @@ fn watch_dir(
     });
     match watcher {
         Ok(w) => Some(w),
+        // Normal outside a pod (no Secret or ConfigMap volume there): not worth a warning.
+        Err(_) if !dir.is_dir() => {
+            tracing::debug!(
+                watching = what,
+                dir = %dir.display(),
+                "directory absent; checking for it periodically"
+            );
+            None
+        }
         Err(error) => {
             tracing::warn!(
                 watching = what,

@@ -416,3 +416,27 @@ fn a_bad_config_is_logged_once_per_version() {
     assert_eq!(f.metrics.config_reloads(ReloadResult::Failure), 3);
     assert_eq!(attempts(&f.live), 2);
 }
+
+/// An optional ConfigMap that is absent: the sidecar starts on the defaults, and the
+/// file is applied when it appears (its directory exists, as the kubelet makes it).
+#[tokio::test]
+async fn a_file_absent_at_start_is_applied_when_it_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    let live = Arc::new(ArcSwap::from_pointee(config::load_startup(&path).unwrap()));
+    let metrics = Metrics::register(&mut Registry::default());
+    let _reloader = ConfigReloader::spawn(
+        path.clone(),
+        live.clone(),
+        count_reloads(metrics.clone()),
+        OPTIONS,
+    );
+    assert_eq!(*live.load_full(), Config::default());
+    write_atomic(&path, "retry:\n  max_attempts: 4\n");
+    eventually("the new file applied", || {
+        metrics.config_reloads(ReloadResult::Success) == 1
+    })
+    .await;
+    assert_eq!(attempts(&live), 4);
+    assert_eq!(metrics.config_reloads(ReloadResult::Failure), 0);
+}

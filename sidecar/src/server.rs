@@ -75,7 +75,7 @@ impl Settings {
     /// and resolves the egress proxy from `--egress-proxy` and the proxy variables.
     pub fn from_args(args: &Args) -> Result<Self, RunError> {
         let config = match &args.config {
-            Some(path) => config::load_file(path)?,
+            Some(path) => config::load_startup(path)?,
             None => Config::default(),
         };
         let route = egress::resolve(args.egress_proxy.as_ref(), &args.upstream, |name| {
@@ -241,8 +241,8 @@ pub async fn serve(
         }
     }
     tracing::info!(
-        proxy = ?proxy.local_addr().ok(),
-        admin = ?admin.local_addr().ok(),
+        proxy = %display_addr(&proxy),
+        admin = %display_addr(&admin),
         // In full: scheme, host, the port really connected to, and path.
         upstream = %app.state.upstream.base(),
         "holysheep-sidecar listening"
@@ -345,4 +345,11 @@ async fn metrics(State(s): State<AdminState>) -> axum::response::Response {
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+/// A listener's address for the log (`127.0.0.1:8080`, not `Some(...)`).
+fn display_addr(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|e| format!("<unknown: {e}>"), |a| a.to_string())
 }

@@ -221,9 +221,8 @@ fn admin_addr(line: &str) -> Option<SocketAddr> {
     if v["fields"]["message"] != "holysheep-sidecar listening" {
         return None;
     }
-    // Logged as the Debug form of `Option<SocketAddr>`: `Some(127.0.0.1:PORT)`.
-    let admin = v["fields"]["admin"].as_str()?;
-    admin.strip_prefix("Some(")?.strip_suffix(')')?.parse().ok()
+    // Logged as a plain `127.0.0.1:PORT`.
+    v["fields"]["admin"].as_str()?.parse().ok()
 }
 
 /// The value of `series` in a Prometheus text exposition.

@@ -13,7 +13,7 @@ use async_openai::types::embeddings::CreateEmbeddingRequestArgs;
 use futures_util::StreamExt;
 use observe::{
     STREAM_COMPLETION_TOKENS, STREAM_PROMPT_TOKENS, capture_logs, openai_like, request_lines,
-    scrape, value, wait_for_requests,
+    scrape, sum, value, wait_for_requests,
 };
 use support::upstream::FakeUpstream;
 use support::{Sidecar, TEST_KEY};
@@ -295,4 +295,45 @@ async fn local_rate_limit_refusals_are_counted() {
         1,
         "the refused call never went upstream"
     );
+}
+
+/// `curl -d` sends a JSON body as `application/x-www-form-urlencoded`, and some clients
+/// send no content type at all: on the JSON routes the body is still remapped, and its
+/// tokens are counted and priced under the model sent, not as `none`.
+#[tokio::test]
+async fn json_body_without_a_json_content_type_is_remapped_and_priced() {
+    let up = FakeUpstream::start(observe::openai_like).await;
+    let sidecar = Sidecar::start(&up.url()).await;
+    let body = r#"{"model":"gpt-4","messages":[{"role":"user","content":"Say hi"}]}"#;
+
+    for content_type in [None, Some("application/x-www-form-urlencoded")] {
+        let mut req = support::http_client()
+            .post(sidecar.url("/v1/chat/completions"))
+            .body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{content_type:?}");
+        assert_eq!(resp.headers()["x-holysheep-model"], "gpt-4.1");
+    }
+
+    for seen in up.wait_for_requests(2).await {
+        assert_eq!(
+            seen.json()["model"],
+            "gpt-4.1",
+            "alias not applied upstream"
+        );
+    }
+    let (_, s) = wait_for_requests(&sidecar, 2.0).await;
+    let input = [("model", "gpt-4.1"), ("type", "input")];
+    assert_eq!(
+        value(&s, "holysheep_tokens_total", &input),
+        Some(2.0 * PLAIN_PROMPT as f64)
+    );
+    assert_eq!(sum(&s, "holysheep_tokens_total", &[("model", "none")]), 0.0);
+    assert_eq!(sum(&s, "holysheep_unpriced_tokens_total", &[]), 0.0);
+    let cost = value(&s, "holysheep_cost_usd_total", &[("model", "gpt-4.1")]).unwrap();
+    let want = 2.0 * (PLAIN_PROMPT + PLAIN_COMPLETION) as f64 * GPT41_PRICE / 1e6;
+    assert!((cost - want).abs() < 1e-12, "cost {cost} != {want}");
 }

@@ -188,3 +188,121 @@ fn every_example_injects_into_a_sidecar_that_starts() {
         "only {injected_total} examples injected"
     );
 }
+
+/// The rules of the "restricted" Pod Security Standard that a pod spec can break, as the
+/// namespace label `pod-security.kubernetes.io/enforce: restricted` checks them; one
+/// message per broken rule, naming the container.
+fn restricted_violations(spec: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let pod_sc = &spec["securityContext"];
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        if spec[host] == true {
+            out.push(format!("{host}: true"));
+        }
+    }
+    const VOLUMES: [&str; 8] = [
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    ];
+    for volume in spec["volumes"].as_array().into_iter().flatten() {
+        let obj = volume.as_object().unwrap();
+        if !obj
+            .keys()
+            .filter(|k| *k != "name")
+            .all(|k| VOLUMES.contains(&k.as_str()))
+        {
+            out.push(format!("volume {}: type not allowed", volume["name"]));
+        }
+    }
+    let seccomp_ok = |sc: &Value| {
+        matches!(
+            sc["seccompProfile"]["type"].as_str(),
+            Some("RuntimeDefault" | "Localhost")
+        )
+    };
+    let containers = ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|k| spec[k].as_array().into_iter().flatten());
+    for c in containers {
+        let (name, sc) = (&c["name"], &c["securityContext"]);
+        if sc["privileged"] == true {
+            out.push(format!("{name}: privileged"));
+        }
+        if sc["allowPrivilegeEscalation"] != false {
+            out.push(format!("{name}: allowPrivilegeEscalation is not false"));
+        }
+        let non_root = sc["runAsNonRoot"] == true
+            || (sc["runAsNonRoot"].is_null() && pod_sc["runAsNonRoot"] == true);
+        if !non_root || sc["runAsUser"] == 0 {
+            out.push(format!("{name}: may run as root"));
+        }
+        let seccomp = seccomp_ok(sc) || (sc["seccompProfile"].is_null() && seccomp_ok(pod_sc));
+        if !seccomp {
+            out.push(format!(
+                "{name}: no RuntimeDefault/Localhost seccomp profile"
+            ));
+        }
+        let caps = &sc["capabilities"];
+        if !caps["drop"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|c| c == "ALL"))
+        {
+            out.push(format!("{name}: capabilities do not drop ALL"));
+        }
+        if caps["add"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c != "NET_BIND_SERVICE")
+        {
+            out.push(format!("{name}: adds capabilities"));
+        }
+    }
+    if pod_sc["runAsUser"] == 0 {
+        out.push("pod runAsUser: 0".to_owned());
+    }
+    out
+}
+
+/// The example namespace enforces the restricted profile: every example workload, once
+/// injected, must pass it (or the README's steps fail with a PodSecurity refusal), and
+/// the probe pod of the README's dry run must be injected at all.
+#[test]
+fn injected_examples_and_the_probe_pod_satisfy_the_restricted_profile() {
+    let mut checked = Vec::new();
+    for file in [
+        "probe-pod.yaml",
+        "deployment.yaml",
+        "job.yaml",
+        "cronjob.yaml",
+    ] {
+        let path = workspace_path(&format!("manifests/examples/{file}"));
+        let yaml = std::fs::read_to_string(&path).unwrap();
+        let out = inject_cli::inject_yaml(&yaml, &Settings::default()).unwrap();
+        for doc in documents(&out) {
+            let Some(template) = template(&doc) else {
+                continue;
+            };
+            assert_eq!(
+                template["metadata"]["annotations"]["holysheep/status"],
+                "injected",
+                "{file}: {} not injected",
+                kind(&doc)
+            );
+            let violations = restricted_violations(&template["spec"]);
+            assert!(violations.is_empty(), "{file}: {violations:#?}");
+            checked.push(file);
+        }
+    }
+    assert_eq!(checked.len(), 4, "{checked:?}");
+
+    // The checker itself: the pod `kubectl run --image=busybox` makes fails it.
+    let busybox = serde_json::json!({"containers": [{"name": "probe", "image": "busybox"}]});
+    assert_eq!(restricted_violations(&busybox).len(), 4);
+}

@@ -28,6 +28,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the admission webhook over HTTPS (POST /mutate, /healthz, /readyz, /metrics).
+    // The usage line is what a missing-flag error prints: it names both ways to get TLS.
+    #[command(
+        override_usage = "holysheep-webhook serve --tls-cert FILE --tls-key FILE [OPTIONS]\n       holysheep-webhook serve --self-signed --namespace NS [OPTIONS]"
+    )]
     Serve(Box<ServeArgs>),
     /// Inject the sidecar into annotated pod templates of YAML manifests, offline.
     Inject(Box<InjectArgs>),
@@ -140,7 +144,8 @@ pub struct SelfSignedArgs {
 /// `inject`: like `linkerd inject`, YAML in, YAML out.
 #[derive(Debug, Args)]
 pub struct InjectArgs {
-    /// Manifest file to read, or `-` for stdin.
+    /// Manifest file (YAML or JSON; JSON comes out as JSON), a directory (its .yaml, .yml
+    /// and .json files in name order), or `-` for stdin.
     #[arg(short = 'f', long = "filename", default_value = "-")]
     pub filename: String,
 
@@ -160,7 +165,8 @@ pub struct CertsArgs {
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: String,
 
-    /// Directory to write ca.crt, tls.crt and tls.key (mode 0600) into; created if absent.
+    /// Directory to write ca.crt and tls.crt (mode 0644) and tls.key (mode 0600) into;
+    /// created if absent.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -259,5 +265,21 @@ mod tests {
             matches!(cli.command, Command::Certs(CertsArgs { ref service, .. }) if service == "s")
         );
         assert!(parse(&["certs", "--service", "s"]).is_err());
+    }
+
+    #[test]
+    fn serve_without_tls_names_both_ways_and_certs_help_tells_the_modes() {
+        let err = parse(&["serve"]).unwrap_err().to_string();
+        assert!(err.contains("--tls-cert FILE --tls-key FILE"), "{err}");
+        assert!(err.contains("--self-signed"), "{err}");
+        let help = Cli::command()
+            .find_subcommand_mut("certs")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(
+            help.contains("tls.crt (mode 0644) and tls.key (mode 0600)"),
+            "{help}"
+        );
     }
 }

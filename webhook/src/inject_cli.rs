@@ -4,9 +4,11 @@
 //! `kind: List`) gets the very patch the webhook would apply; every other document passes
 //! through unchanged.
 //!
-//! Comments and YAML formatting are not kept (the documents are re-serialized), but key
-//! order is. It does not add the opt-in annotation: only templates that carry
-//! `holysheep/inject: "true"` are injected, exactly as in the cluster.
+//! Input is a file, stdin, or a directory (every `.yaml`, `.yml` and `.json` file in it,
+//! not recursive, in name order). JSON comes out as JSON, YAML as YAML. Comments and
+//! formatting are not kept (the documents are re-serialized), but key order is. It does
+//! not add the opt-in annotation: only templates that carry `holysheep/inject: "true"`
+//! are injected, exactly as in the cluster.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -70,6 +72,31 @@ pub enum InjectError {
     /// Writing the output failed.
     #[error("failed to write the injected YAML")]
     Write(#[source] std::io::Error),
+    /// A directory given to `-f` holds no manifest file.
+    #[error(
+        "no .yaml, .yml or .json file in directory {dir}; pass a directory of manifests, a file, or - for stdin"
+    )]
+    EmptyDir {
+        /// The directory.
+        dir: String,
+    },
+    /// A failure in one file of a directory; names the file.
+    #[error("{file}: {inner}")]
+    InFile {
+        /// The file's path.
+        file: String,
+        /// What failed in it (shown in this message, so not also a `source`).
+        inner: Box<InjectError>,
+    },
+    /// A JSON input (it starts with `{` or `[`) that does not parse.
+    #[error("document {index} is not valid JSON")]
+    Json {
+        /// 1-based document index.
+        index: usize,
+        /// The parser's error, with line and column.
+        #[source]
+        source: serde_json::Error,
+    },
     /// A document that is not valid YAML.
     #[error("document {index} is not valid YAML")]
     Yaml {
@@ -126,7 +153,8 @@ pub fn run(
     run_named("-", &mut input, &mut output, settings)
 }
 
-/// Like [`run`], reading the file at `path`, or stdin when `path` is `-`.
+/// Like [`run`], reading the file at `path`, stdin when `path` is `-`, or every manifest
+/// file of a directory (see [`manifest_files`]), their outputs joined by `---`.
 pub fn run_path(
     path: &str,
     mut output: impl Write,
@@ -135,11 +163,66 @@ pub fn run_path(
     if path == "-" {
         return run(std::io::stdin().lock(), output, settings);
     }
-    let mut file = std::fs::File::open(path).map_err(|source| InjectError::Read {
-        source_name: path.to_owned(),
+    if !std::path::Path::new(path).is_dir() {
+        let mut file = std::fs::File::open(path).map_err(|source| InjectError::Read {
+            source_name: path.to_owned(),
+            source,
+        })?;
+        return run_named(path, &mut file, &mut output, settings);
+    }
+    let mut report = InjectReport::default();
+    let mut out = String::new();
+    for file in manifest_files(path)? {
+        let name = file.display().to_string();
+        let in_file = |inner| InjectError::InFile {
+            file: name.clone(),
+            inner: Box::new(inner),
+        };
+        let text = std::fs::read_to_string(&file).map_err(|source| InjectError::Read {
+            source_name: name.clone(),
+            source,
+        })?;
+        let (text, one) = inject_documents(&text, settings).map_err(in_file)?;
+        report.documents += one.documents;
+        report.injected.extend(one.injected);
+        if text.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str("---\n");
+        }
+        out.push_str(&text);
+    }
+    output
+        .write_all(out.as_bytes())
+        .map_err(InjectError::Write)?;
+    Ok(report)
+}
+
+/// The `.yaml`, `.yml` and `.json` files directly in `dir`, in name order.
+fn manifest_files(dir: &str) -> Result<Vec<std::path::PathBuf>, InjectError> {
+    let read_err = |source| InjectError::Read {
+        source_name: dir.to_owned(),
         source,
-    })?;
-    run_named(path, &mut file, &mut output, settings)
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_err)? {
+        let path = entry.map_err(read_err)?.path();
+        let manifest = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| ["yaml", "yml", "json"].contains(&e.to_ascii_lowercase().as_str()));
+        if manifest && path.is_file() {
+            files.push(path);
+        }
+    }
+    if files.is_empty() {
+        return Err(InjectError::EmptyDir {
+            dir: dir.to_owned(),
+        });
+    }
+    files.sort();
+    Ok(files)
 }
 
 fn run_named(
@@ -166,6 +249,9 @@ fn inject_documents(
     input: &str,
     settings: &Settings,
 ) -> Result<(String, InjectReport), InjectError> {
+    if input.trim_start().starts_with(['{', '[']) {
+        return inject_json(input, settings);
+    }
     let mut report = InjectReport::default();
     let mut out = String::new();
     for (i, document) in serde_yaml_ng::Deserializer::from_str(input).enumerate() {
@@ -195,6 +281,29 @@ fn inject_documents(
             out.push_str("---\n");
         }
         out.push_str(&text);
+    }
+    Ok((out, report))
+}
+
+/// JSON in, JSON out: one or more JSON values (a `kubectl get -o json` output, or
+/// several objects one after the other), each written back pretty-printed.
+fn inject_json(input: &str, settings: &Settings) -> Result<(String, InjectReport), InjectError> {
+    let mut report = InjectReport::default();
+    let mut out = String::new();
+    let documents = serde_json::Deserializer::from_str(input).into_iter::<Value>();
+    for (i, document) in documents.enumerate() {
+        let index = i + 1;
+        let mut json = document.map_err(|source| InjectError::Json { index, source })?;
+        report.documents += 1;
+        let location = format!("document {index}");
+        inject_object(&mut json, &location, settings, &mut report)?;
+        let text = serde_json::to_string_pretty(&json).map_err(|error| InjectError::Internal {
+            location: location.clone(),
+            object: describe(&json),
+            message: format!("failed to write JSON: {error}"),
+        })?;
+        out.push_str(&text);
+        out.push('\n');
     }
     Ok((out, report))
 }

@@ -6,7 +6,7 @@
 //! - image `ghcr.io/holysheep/holysheep-sidecar:<this crate's version>`, pulled
 //!   `IfNotPresent`: the webhook and the sidecar are released together, and a pinned tag
 //!   needs no re-pull on every pod start.
-//! - proxy port 8080 and admin port 9090, as in DESIGN.md.
+//! - proxy port 8080 and admin port 9090, the ports the README and the examples use.
 //! - native sidecar on: the proxy is up before the app starts and Jobs still complete.
 //! - requests 10m CPU / 32Mi memory, a 128Mi memory limit and no CPU limit. Like Linkerd's
 //!   defaults: a CPU limit on a proxy in every request's path turns CFS throttling into tail

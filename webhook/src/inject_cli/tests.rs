@@ -228,3 +228,86 @@ fn report_summary() {
         "3 document(s), 1 injected: deployment/web"
     );
 }
+
+/// The annotated Deployment as JSON (what `kubectl get -o json` or a JSON file gives).
+fn deployment_json() -> String {
+    let yaml: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&workload("apps/v1", "Deployment", &["spec", "template"])).unwrap();
+    serde_json::to_string_pretty(&yaml).unwrap()
+}
+
+#[test]
+fn json_in_comes_out_as_json() {
+    let mut out = Vec::new();
+    let report = run(deployment_json().as_bytes(), &mut out, &Settings::default()).unwrap();
+    assert_eq!(report.injected, ["deployment/web"]);
+    let out = String::from_utf8(out).unwrap();
+    let json: Value = serde_json::from_str(&out).expect("the output is JSON");
+    let init = &json["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(init["name"], "holysheep-sidecar");
+    // Key order is kept in JSON too.
+    assert!(
+        out.starts_with("{\n  \"apiVersion\": \"apps/v1\",\n  \"kind\""),
+        "{out}"
+    );
+    // Bad JSON names the document.
+    let err = run(
+        "{\"kind\": ".as_bytes(),
+        &mut Vec::new(),
+        &Settings::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), "document 1 is not valid JSON");
+}
+
+#[test]
+fn a_directory_is_injected_file_by_file_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n";
+    std::fs::write(
+        dir.path().join("b-web.yaml"),
+        workload("apps/v1", "Deployment", &["spec", "template"]),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("a-svc.yml"), service).unwrap();
+    std::fs::write(dir.path().join("c-web.json"), deployment_json()).unwrap();
+    std::fs::write(dir.path().join("README.md"), "not a manifest").unwrap();
+    std::fs::create_dir(dir.path().join("nested.yaml")).unwrap();
+
+    let mut out = Vec::new();
+    let path = dir.path().to_str().unwrap();
+    let report = run_path(path, &mut out, &Settings::default()).unwrap();
+    assert_eq!(report.documents, 3);
+    assert_eq!(report.injected, ["deployment/web", "deployment/web"]);
+    let out = String::from_utf8(out).unwrap();
+    let parts: Vec<&str> = out.split("---\n").collect();
+    assert_eq!(parts.len(), 3, "{out}");
+    assert_eq!(parts[0], service);
+    assert!(parts[1].contains("name: holysheep-sidecar"), "{}", parts[1]);
+    let json: Value = serde_json::from_str(parts[2]).expect("the JSON file stays JSON");
+    assert_eq!(json["metadata"]["name"], "web");
+
+    // An error names the file; nothing is written.
+    let bad = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations: {holysheep/inject: \"true\", holysheep/port: \"0\"}\nspec:\n  containers: [{name: a, image: a}]\n";
+    std::fs::write(dir.path().join("d-bad.yaml"), bad).unwrap();
+    let mut out = Vec::new();
+    let err = run_path(path, &mut out, &Settings::default()).unwrap_err();
+    let want = format!(
+        "{}: document 1 (pod/p): ",
+        dir.path().join("d-bad.yaml").display()
+    );
+    assert!(err.to_string().starts_with(&want), "{err}");
+    assert!(out.is_empty());
+
+    let empty = tempfile::tempdir().unwrap();
+    let err = run_path(
+        empty.path().to_str().unwrap(),
+        &mut Vec::new(),
+        &Settings::default(),
+    );
+    assert!(
+        err.unwrap_err()
+            .to_string()
+            .starts_with("no .yaml, .yml or .json file in directory")
+    );
+}
