@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
+use async_openai::types::chat::ChatCompletionStreamOptions;
 use base64::Engine as _;
 use http::Version;
 use rstest::rstest;
@@ -144,8 +145,14 @@ async fn upstream_ca_file_is_trusted_by_the_sdk_plain_and_streamed() {
             Some("Hello from the fake upstream.")
         );
 
+        // Streamed, asking for the usage chunk as cost-aware SDK users do (a client that
+        // does not ask never sees it: the sidecar removes the one it requested itself).
         let mut request = chat_request("gpt-4.1", "Say hello.");
         request.stream = Some(true);
+        request.stream_options = Some(ChatCompletionStreamOptions {
+            include_usage: Some(true),
+            include_obfuscation: None,
+        });
         let mut stream = client.chat().create_stream(request).await.unwrap();
         let mut text = String::new();
         let usage = support::read_chat_stream(&mut stream, &mut text).await;

@@ -66,10 +66,9 @@ impl Drop for SidecarProcess {
     }
 }
 
-/// `Some(127.0.0.1:PORT)` (the Debug form of `Option<SocketAddr>` the log line uses).
+/// An address of the startup line, logged as a plain `127.0.0.1:PORT`.
 fn logged_addr(value: &serde_json::Value) -> Option<SocketAddr> {
-    let text = value.as_str()?;
-    text.strip_prefix("Some(")?.strip_suffix(')')?.parse().ok()
+    value.as_str()?.parse().ok()
 }
 
 /// The proxy and admin addresses of the startup line, if `line` is it.
