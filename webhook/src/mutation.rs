@@ -10,6 +10,9 @@
 //! It works on [`PodFacts`], the few parts of a pod it reads, so an admission review is
 //! never decoded whole (`facts`), and every step is linear in the size of the pod (`ports`).
 //!
+//! [`plan`] also collects the warnings for the user (`warnings`): unknown `holysheep/*`
+//! keys, app containers with their own OpenAI settings, a plain sidecar in a Job's pod.
+//!
 //! No I/O here; `admission` and `inject_cli` are the shells around it.
 
 use std::collections::BTreeMap;
@@ -23,12 +26,14 @@ use serde_json::Value;
 use crate::annotations::{self, AnnotationError, Injection, Overrides};
 use crate::settings::{Settings, resource_flag_word};
 use crate::sidecar::{self, SidecarSpec};
+use crate::stamps;
+use crate::warnings::{self, Warnings};
 
 mod facts;
 mod ports;
 pub use facts::{
-    APP_ENV_NAMES, ContainerFacts, Containers, FactsError, MAX_ANNOTATION_BYTES, MAX_CONTAINERS,
-    PodFacts, RESERVED_VOLUMES, SpecFacts, Volumes,
+    APP_ENV_NAMES, BASE_URL_NAMES, ContainerFacts, Containers, FactsError, MAX_ANNOTATION_BYTES,
+    MAX_CONTAINERS, OwnerRef, PodFacts, RESERVED_VOLUMES, SpecFacts, Volumes,
 };
 use ports::{PortSet, free_port};
 
@@ -126,9 +131,40 @@ pub fn mutate(pod: &Pod, settings: &Settings) -> Result<Option<Patch>, MutationE
     mutate_facts(&PodFacts::from_pod(pod), settings)
 }
 
-/// [`mutate`] on the facts of a pod: what the admission server calls with the facts it
-/// decoded from the review.
+/// [`mutate`] on the facts of a pod, without the warnings.
 pub fn mutate_facts(pod: &PodFacts, settings: &Settings) -> Result<Option<Patch>, MutationError> {
+    decide(pod, settings, &mut Warnings::default())
+}
+
+/// What the mutation decided for one pod, and the warnings to show whatever it decided.
+#[derive(Debug)]
+pub struct Plan {
+    /// The patch, `None` when the pod is left alone, or why it is refused.
+    pub outcome: Result<Option<Patch>, MutationError>,
+    /// Short lines for the user (at most a handful), empty when all is well.
+    pub warnings: Vec<String>,
+}
+
+/// [`mutate_facts`] with the warnings: what the admission server and `inject` call.
+/// Unknown `holysheep/*` keys are reported on every pod (a misspelt `holysheep/inject`
+/// is precisely a pod that is not opted in); the rest only on pods being injected.
+pub fn plan(pod: &PodFacts, settings: &Settings) -> Plan {
+    let mut warnings = Warnings::default();
+    if let Some(annotations) = &pod.annotations {
+        warnings::unknown_annotations(annotations, &mut warnings);
+    }
+    let outcome = decide(pod, settings, &mut warnings);
+    Plan {
+        outcome,
+        warnings: warnings.into_lines(),
+    }
+}
+
+fn decide(
+    pod: &PodFacts,
+    settings: &Settings,
+    warnings: &mut Warnings,
+) -> Result<Option<Patch>, MutationError> {
     let no_annotations = BTreeMap::new();
     let pod_annotations = pod.annotations.as_ref().unwrap_or(&no_annotations);
     if annotations::injection(pod_annotations)? == Injection::NotRequested {
@@ -155,18 +191,25 @@ pub fn mutate_facts(pod: &PodFacts, settings: &Settings) -> Result<Option<Patch>
     }
     let sidecar = SidecarSpec::resolve(settings, Overrides::parse(pod_annotations)?);
     check(spec, &sidecar)?;
+    if !sidecar.native && pod.owner.as_ref().is_some_and(OwnerRef::is_job) {
+        warnings::plain_sidecar_in_job(warnings);
+    }
 
     let mut ops = Vec::new();
     annotate(&mut ops, pod.annotations.as_ref(), spec, &sidecar);
+    label(&mut ops, pod.has_labels);
     add_to_list(
         &mut ops,
         &["spec", "volumes"],
         spec.volumes.is_some(),
         &sidecar.volumes(),
     )?;
-    let app_env = sidecar.app_env();
+    let app_env = AppEnv {
+        vars: sidecar.app_env(),
+        base_url: sidecar.base_url(),
+    };
     for (index, container) in spec.containers.iter().enumerate() {
-        add_env(&mut ops, "containers", index, container, &app_env)?;
+        add_env(&mut ops, "containers", index, container, &app_env, warnings)?;
     }
     // Init containers see the proxy only when it is a native sidecar started before them;
     // in plain mode the proxy starts after every init container has finished, so pointing
@@ -178,7 +221,14 @@ pub fn mutate_facts(pod: &PodFacts, settings: &Settings) -> Result<Option<Patch>
             .flat_map(|c| c.iter())
             .enumerate()
         {
-            add_env(&mut ops, "initContainers", index, container, &app_env)?;
+            add_env(
+                &mut ops,
+                "initContainers",
+                index,
+                container,
+                &app_env,
+                warnings,
+            )?;
         }
     }
     // Last, so the env operations above still use the original init container indices.
@@ -250,8 +300,8 @@ fn check_ports(spec: &SpecFacts, sidecar: &SidecarSpec) -> Result<(), MutationEr
     Ok(())
 }
 
-/// The marker, Prometheus scrape hints and default container, each only when absent
-/// (the marker is always written).
+/// The marker, stamps, Prometheus scrape hints and default container, each only when
+/// absent (the marker and the stamps are always written).
 fn annotate(
     ops: &mut Vec<PatchOperation>,
     existing: Option<&BTreeMap<String, String>>,
@@ -260,6 +310,11 @@ fn annotate(
 ) {
     let mut wanted = vec![
         (annotations::STATUS, annotations::STATUS_INJECTED.to_owned()),
+        (
+            annotations::SIDECAR_VERSION,
+            stamps::sidecar_version(&sidecar.image),
+        ),
+        (annotations::INJECTED_CONFIG, stamps::config_hash(sidecar)),
         (annotations::PROMETHEUS_SCRAPE, "true".to_owned()),
         (annotations::PROMETHEUS_PORT, sidecar.admin_port.to_string()),
         (annotations::PROMETHEUS_PATH, "/metrics".to_owned()),
@@ -277,12 +332,31 @@ fn annotate(
         }
         Some(existing) => {
             for (key, value) in wanted {
-                let is_marker = key == annotations::STATUS;
-                if is_marker || !existing.contains_key(key) {
+                let always = matches!(
+                    key,
+                    annotations::STATUS
+                        | annotations::SIDECAR_VERSION
+                        | annotations::INJECTED_CONFIG
+                );
+                if always || !existing.contains_key(key) {
                     ops.push(add(&["metadata", "annotations", key], Value::String(value)));
                 }
             }
         }
+    }
+}
+
+/// The label monitors select injected pods by: the whole map when the pod has none.
+fn label(ops: &mut Vec<PatchOperation>, has_labels: bool) {
+    let value = Value::String("true".to_owned());
+    if has_labels {
+        ops.push(add(
+            &["metadata", "labels", annotations::INJECTED_LABEL],
+            value,
+        ));
+    } else {
+        let map = serde_json::Map::from_iter([(annotations::INJECTED_LABEL.to_owned(), value)]);
+        ops.push(add(&["metadata", "labels"], Value::Object(map)));
     }
 }
 
@@ -313,19 +387,44 @@ fn add_to_list<T: Serialize>(
     Ok(())
 }
 
+/// The env given to app containers, and the base URL in it.
+struct AppEnv {
+    vars: Vec<EnvVar>,
+    base_url: String,
+}
+
 /// Adds the app env vars a container does not set itself in `env`. A value that comes
 /// only through `envFrom` cannot be seen here, and Kubernetes lets `env` win over
 /// `envFrom`: an app that must keep its own `OPENAI_BASE_URL` sets it in `env`.
+///
+/// The rule for what an app already sets: it always keeps it. An app whose own base URL
+/// (`OPENAI_BASE_URL` or `OPENAI_API_BASE`, other than the sidecar's) bypasses the sidecar,
+/// so it does not get the placeholder key either: the placeholder must never reach a
+/// real provider. An app with its own key and the sidecar's base URL keeps the key, which
+/// the sidecar replaces. Both get a warning.
 fn add_env(
     ops: &mut Vec<PatchOperation>,
     list: &str,
     index: usize,
     container: &ContainerFacts,
-    app_env: &[EnvVar],
+    app_env: &AppEnv,
+    warnings: &mut Warnings,
 ) -> Result<(), MutationError> {
-    let missing: Vec<_> = app_env
+    let sets = |name: &str| container.env.iter().flatten().any(|set| set == name);
+    let own_base_url = container
+        .base_urls
         .iter()
-        .filter(|var| !container.env.iter().flatten().any(|set| *set == var.name))
+        .any(|value| value.as_deref() != Some(app_env.base_url.as_str()));
+    if own_base_url {
+        warnings::own_base_url(&container.name, warnings);
+    } else if sets(sidecar::API_KEY_ENV) {
+        warnings::own_api_key(&container.name, warnings);
+    }
+    let missing: Vec<_> = app_env
+        .vars
+        .iter()
+        .filter(|var| !sets(&var.name))
+        .filter(|var| !(own_base_url && var.name == sidecar::API_KEY_ENV))
         .cloned()
         .collect();
     let index = index.to_string();

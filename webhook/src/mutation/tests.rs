@@ -659,6 +659,8 @@ fn facts_keep_only_what_the_mutation_reads() {
     let expected = PodFacts {
         namespace: Some("shop".into()),
         annotations: Some([("k".to_owned(), "v".to_owned())].into()),
+        has_labels: true,
+        owner: None,
         spec: Some(SpecFacts {
             host_network: false,
             containers: Containers {
@@ -666,6 +668,7 @@ fn facts_keep_only_what_the_mutation_reads() {
                     name: "app".into(),
                     env: Some(vec!["OPENAI_API_KEY".into()]),
                     ports: vec![80, 0],
+                    base_urls: vec![],
                 }],
                 len: 1,
             },
