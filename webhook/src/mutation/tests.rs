@@ -638,7 +638,12 @@ fn facts_keep_only_what_the_mutation_reads() {
     let pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"namespace": "shop", "labels": {"a": "b"}, "annotations": {"k": "v"}},
+        "metadata": {"namespace": "shop", "labels": {"a": "b"}, "annotations": {"k": "v"},
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Node", "name": "n", "uid": "n-1"},
+                {"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": "j-1",
+                 "controller": true, "blockOwnerDeletion": true}
+            ]},
         "spec": {
             "hostNetwork": false,
             "containers": [{
@@ -646,7 +651,9 @@ fn facts_keep_only_what_the_mutation_reads() {
                 "image": "a",
                 "env": [
                     {"name": "LOG", "value": "1"},
-                    {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+                    {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                    {"name": "OPENAI_BASE_URL", "value": format!("https://{}/v1", "a".repeat(100))},
+                    {"name": "OPENAI_API_BASE", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}
                 ],
                 "ports": [{"containerPort": 80}, {"containerPort": 70000}, {"name": "x"}],
                 "resources": {"limits": {"cpu": "1"}}
@@ -660,15 +667,25 @@ fn facts_keep_only_what_the_mutation_reads() {
         namespace: Some("shop".into()),
         annotations: Some([("k".to_owned(), "v".to_owned())].into()),
         has_labels: true,
-        owner: None,
+        owner: Some(OwnerRef {
+            api_version: "batch/v1".into(),
+            kind: "Job".into(),
+            name: "j".into(),
+            uid: "j-1".into(),
+        }),
         spec: Some(SpecFacts {
             host_network: false,
             containers: Containers {
                 kept: vec![ContainerFacts {
                     name: "app".into(),
-                    env: Some(vec!["OPENAI_API_KEY".into()]),
+                    env: Some(vec![
+                        "OPENAI_API_KEY".into(),
+                        "OPENAI_BASE_URL".into(),
+                        "OPENAI_API_BASE".into(),
+                    ]),
                     ports: vec![80, 0],
-                    base_urls: vec![],
+                    // Cut to 64 bytes: longer than any sidecar URL, so still not one.
+                    base_urls: vec![Some(format!("https://{}", "a".repeat(56))), None],
                 }],
                 len: 1,
             },
