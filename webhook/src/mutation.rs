@@ -19,22 +19,25 @@ use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
-use k8s_openapi::api::core::v1::{EnvVar, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::annotations::{self, AnnotationError, Injection, Overrides};
 use crate::settings::{Settings, resource_flag_word};
 use crate::sidecar::{self, SidecarSpec};
-use crate::stamps;
 use crate::warnings::{self, Warnings};
 
+mod app_env;
 mod facts;
+mod metadata;
 mod ports;
+use app_env::{AppEnv, add_env};
 pub use facts::{
     APP_ENV_NAMES, BASE_URL_NAMES, ContainerFacts, Containers, FactsError, MAX_ANNOTATION_BYTES,
     MAX_CONTAINERS, OwnerRef, PodFacts, RESERVED_VOLUMES, SpecFacts, Volumes,
 };
+use metadata::{annotate, label};
 use ports::{PortSet, free_port};
 
 /// Why a pod cannot be injected. Its `Display` is the admission message shown to the user:
@@ -300,66 +303,6 @@ fn check_ports(spec: &SpecFacts, sidecar: &SidecarSpec) -> Result<(), MutationEr
     Ok(())
 }
 
-/// The marker, stamps, Prometheus scrape hints and default container, each only when
-/// absent (the marker and the stamps are always written).
-fn annotate(
-    ops: &mut Vec<PatchOperation>,
-    existing: Option<&BTreeMap<String, String>>,
-    spec: &SpecFacts,
-    sidecar: &SidecarSpec,
-) {
-    let mut wanted = vec![
-        (annotations::STATUS, annotations::STATUS_INJECTED.to_owned()),
-        (
-            annotations::SIDECAR_VERSION,
-            stamps::sidecar_version(&sidecar.image),
-        ),
-        (annotations::INJECTED_CONFIG, stamps::config_hash(sidecar)),
-        (annotations::PROMETHEUS_SCRAPE, "true".to_owned()),
-        (annotations::PROMETHEUS_PORT, sidecar.admin_port.to_string()),
-        (annotations::PROMETHEUS_PATH, "/metrics".to_owned()),
-    ];
-    if let Some(first_app) = spec.containers.kept.first() {
-        wanted.push((annotations::DEFAULT_CONTAINER, first_app.name.clone()));
-    }
-    match existing {
-        None => {
-            let map: serde_json::Map<String, Value> = wanted
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), Value::String(v)))
-                .collect();
-            ops.push(add(&["metadata", "annotations"], Value::Object(map)));
-        }
-        Some(existing) => {
-            for (key, value) in wanted {
-                let always = matches!(
-                    key,
-                    annotations::STATUS
-                        | annotations::SIDECAR_VERSION
-                        | annotations::INJECTED_CONFIG
-                );
-                if always || !existing.contains_key(key) {
-                    ops.push(add(&["metadata", "annotations", key], Value::String(value)));
-                }
-            }
-        }
-    }
-}
-
-/// The label monitors select injected pods by: the whole map when the pod has none.
-fn label(ops: &mut Vec<PatchOperation>, has_labels: bool) {
-    let value = Value::String("true".to_owned());
-    if has_labels {
-        ops.push(add(
-            &["metadata", "labels", annotations::INJECTED_LABEL],
-            value,
-        ));
-    } else {
-        let map = serde_json::Map::from_iter([(annotations::INJECTED_LABEL.to_owned(), value)]);
-        ops.push(add(&["metadata", "labels"], Value::Object(map)));
-    }
-}
-
 /// Adds `items` to the list at `path`: the whole list when it is missing, else one
 /// append (`/-`) per item. Each item is written name-first.
 fn add_to_list<T: Serialize>(
@@ -385,55 +328,6 @@ fn add_to_list<T: Serialize>(
         ops.push(add(&append, value));
     }
     Ok(())
-}
-
-/// The env given to app containers, and the base URL in it.
-struct AppEnv {
-    vars: Vec<EnvVar>,
-    base_url: String,
-}
-
-/// Adds the app env vars a container does not set itself in `env`. A value that comes
-/// only through `envFrom` cannot be seen here, and Kubernetes lets `env` win over
-/// `envFrom`: an app that must keep its own `OPENAI_BASE_URL` sets it in `env`.
-///
-/// The rule for what an app already sets: it always keeps it. An app whose own base URL
-/// (`OPENAI_BASE_URL` or `OPENAI_API_BASE`, other than the sidecar's) bypasses the sidecar,
-/// so it does not get the placeholder key either: the placeholder must never reach a
-/// real provider. An app with its own key and the sidecar's base URL keeps the key, which
-/// the sidecar replaces. Both get a warning.
-fn add_env(
-    ops: &mut Vec<PatchOperation>,
-    list: &str,
-    index: usize,
-    container: &ContainerFacts,
-    app_env: &AppEnv,
-    warnings: &mut Warnings,
-) -> Result<(), MutationError> {
-    let sets = |name: &str| container.env.iter().flatten().any(|set| set == name);
-    let own_base_url = container
-        .base_urls
-        .iter()
-        .any(|value| value.as_deref() != Some(app_env.base_url.as_str()));
-    if own_base_url {
-        warnings::own_base_url(&container.name, warnings);
-    } else if sets(sidecar::API_KEY_ENV) {
-        warnings::own_api_key(&container.name, warnings);
-    }
-    let missing: Vec<_> = app_env
-        .vars
-        .iter()
-        .filter(|var| !sets(&var.name))
-        .filter(|var| !(own_base_url && var.name == sidecar::API_KEY_ENV))
-        .cloned()
-        .collect();
-    let index = index.to_string();
-    add_to_list(
-        ops,
-        &["spec", list, &index, "env"],
-        container.env.is_some(),
-        &missing,
-    )
 }
 
 /// Native: first init container (so it starts before every other one). Plain: appended
