@@ -3,13 +3,17 @@
 //! and repeats post nothing; an apiserver that never answers delays no admission answer
 //! and a full queue drops Events and counts them.
 
-#![expect(
+#![allow(
     clippy::unwrap_used,
-    reason = "test helpers outside #[test] fns may unwrap"
+    clippy::expect_used,
+    reason = "test helpers outside #[test] fns fail loudly"
 )]
 
 #[path = "bootstrap_mock/fake_apiserver.rs"]
-#[allow(dead_code, reason = "shared with the bootstrap tests, which use all of it")]
+#[allow(
+    dead_code,
+    reason = "shared with the bootstrap tests, which use all of it"
+)]
 mod fake_apiserver;
 
 use std::time::Duration;
@@ -114,8 +118,7 @@ async fn a_refused_pod_gets_one_warning_event_on_its_owner_and_nothing_else_is_w
         .map(|s| format!("{} {} {}", s.method, s.path, s.status))
         .collect();
     assert_eq!(
-        requests,
-        ["POST /apis/events.k8s.io/v1/namespaces/shop/events 201"; 2],
+        requests, ["POST /apis/events.k8s.io/v1/namespaces/shop/events 201"; 2],
         "{requests:?}"
     );
     assert_eq!(inner.queries.len(), 2, "{:?}", inner.queries);
