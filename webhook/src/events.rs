@@ -55,8 +55,15 @@ pub struct RefusalEvent {
 /// The Event object for `refusal`, reported by `instance` (the webhook's pod) at `now`.
 pub fn to_event(refusal: &RefusalEvent, instance: &str, now: MicroTime) -> Event {
     let owner = &refusal.regarding;
-    // The apiserver completes the name; the owner's name keeps it readable.
+    // The apiserver completes the name; the owner's name keeps it readable. Cut, it must
+    // still end in a letter or digit to stay a valid name.
     let prefix: String = owner.name.chars().take(200).collect();
+    let prefix = prefix.trim_end_matches(['-', '.']);
+    let prefix = if prefix.is_empty() {
+        "holysheep"
+    } else {
+        prefix
+    };
     Event {
         metadata: ObjectMeta {
             generate_name: Some(format!("{prefix}.")),
@@ -228,7 +235,16 @@ mod tests {
             serde_json::json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
                 "name": "web-5d4f", "namespace": "shop", "uid": "u-1"})
         );
-        assert_eq!(event.event_time, Some(now));
+        assert_eq!(event.event_time, Some(now.clone()));
+        let cut_name = RefusalEvent {
+            regarding: OwnerRef {
+                name: format!("{}-x", "a".repeat(199)),
+                ..refusal("").regarding
+            },
+            ..refusal("")
+        };
+        let name = to_event(&cut_name, "w", now.clone()).metadata.generate_name;
+        assert_eq!(name, Some(format!("{}.", "a".repeat(199))));
         let long = to_event(
             &refusal(&"é".repeat(2000)),
             "w",
