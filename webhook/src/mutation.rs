@@ -192,10 +192,12 @@ fn decide(
             max: MAX_CONTAINERS,
         });
     }
-    let sidecar = SidecarSpec::resolve(settings, Overrides::parse(pod_annotations)?);
+    let overrides = Overrides::parse(pod_annotations)?;
+    let native_from_annotation = overrides.native_sidecar.is_some();
+    let sidecar = SidecarSpec::resolve(settings, overrides);
     check(spec, &sidecar)?;
     if !sidecar.native && pod.owner.as_ref().is_some_and(OwnerRef::is_job) {
-        warnings::plain_sidecar_in_job(warnings);
+        warnings::plain_sidecar_in_job(native_from_annotation, warnings);
     }
 
     let mut ops = Vec::new();

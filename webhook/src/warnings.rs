@@ -81,12 +81,20 @@ pub fn own_api_key(container: &str, warnings: &mut Warnings) {
     ));
 }
 
-/// A plain (non-native) sidecar in a Job's pod.
-pub fn plain_sidecar_in_job(warnings: &mut Warnings) {
-    warnings.push(format!(
-        "{}: \"false\" in a Job's pod: the plain sidecar never exits, so the Job never completes",
-        annotations::NATIVE_SIDECAR
-    ));
+/// A plain (non-native) sidecar in a Job's pod, asked for by the annotation or by the
+/// webhook's `--native-sidecar=false`.
+pub fn plain_sidecar_in_job(from_annotation: bool, warnings: &mut Warnings) {
+    warnings.push(if from_annotation {
+        format!(
+            "{}: \"false\" in a Job's pod: the plain sidecar never exits, so the Job never completes",
+            annotations::NATIVE_SIDECAR
+        )
+    } else {
+        format!(
+            "--native-sidecar=false in a Job's pod: the plain sidecar never exits; set {}: \"true\"",
+            annotations::NATIVE_SIDECAR
+        )
+    });
 }
 
 /// `holysheep/inject` on a workload's own metadata but not on its pod template (`inject`).
@@ -194,7 +202,7 @@ mod tests {
             unknown_annotations(&[(long.clone(), String::new())].into(), &mut warnings);
             own_base_url(&"c".repeat(300), &mut warnings);
         }
-        plain_sidecar_in_job(&mut warnings);
+        plain_sidecar_in_job(true, &mut warnings);
         inject_on_workload("Deployment", &mut warnings);
         unquoted("holysheep/inject", "true", &mut warnings);
         let lines = warnings.into_lines();
@@ -207,7 +215,8 @@ mod tests {
             assert!(line.chars().count() <= MAX_CHARS, "{line}");
         }
         let mut fixed = Warnings::default();
-        plain_sidecar_in_job(&mut fixed);
+        plain_sidecar_in_job(true, &mut fixed);
+        plain_sidecar_in_job(false, &mut fixed);
         inject_on_workload("CronJob", &mut fixed);
         unquoted("holysheep/native-sidecar", "false", &mut fixed);
         own_api_key(&"c".repeat(63), &mut fixed);

@@ -778,3 +778,39 @@ fn a_pod_declaring_every_port_gets_a_suggestion_or_the_port_itself() {
         "{message}"
     );
 }
+
+#[rstest]
+#[case::by_annotation(true, &[INJECT, (annotations::NATIVE_SIDECAR, "false")], Some("holysheep/native-sidecar: \"false\""))]
+#[case::by_flag(true, &[INJECT], Some("--native-sidecar=false"))]
+#[case::not_a_job(false, &[INJECT, (annotations::NATIVE_SIDECAR, "false")], None)]
+#[case::native_job(true, &[INJECT, (annotations::NATIVE_SIDECAR, "true")], None)]
+fn plain_sidecar_in_a_job_is_warned(
+    #[case] job: bool,
+    #[case] annotations: &[(&str, &str)],
+    #[case] want: Option<&str>,
+) {
+    let mut pod = pod_json(annotations);
+    let kind = if job { "Job" } else { "ReplicaSet" };
+    let group = if job { "batch/v1" } else { "apps/v1" };
+    pod["metadata"]["ownerReferences"] =
+        json!([{"apiVersion": group, "kind": kind, "name": "o", "uid": "u", "controller": true}]);
+    let facts: PodFacts = serde_json::from_str(&pod.to_string()).unwrap();
+    let settings = Settings {
+        native_sidecar: false,
+        ..Settings::default()
+    };
+    let planned = plan(&facts, &settings);
+    assert!(planned.outcome.unwrap().is_some());
+    match want {
+        Some(start) => {
+            assert_eq!(planned.warnings.len(), 1, "{:?}", planned.warnings);
+            assert!(
+                planned.warnings[0].starts_with(start),
+                "{:?}",
+                planned.warnings
+            );
+            assert!(planned.warnings[0].contains("never exits"));
+        }
+        None => assert!(planned.warnings.is_empty(), "{:?}", planned.warnings),
+    }
+}
