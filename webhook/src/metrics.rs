@@ -196,6 +196,15 @@ impl Metrics {
             shed_connections.clone(),
         );
         let events = Family::<EventLabel, Counter>::default();
+        // Known in advance: every result starts at 0, so a rate() sees the first one.
+        for result in [
+            EventResult::Posted,
+            EventResult::Failed,
+            EventResult::Dropped,
+            EventResult::Repeated,
+        ] {
+            events.get_or_create(&EventLabel { result });
+        }
         registry.register(
             "events",
             "Warning Events for refused pods, by result (posted, failed, dropped when the queue \
@@ -321,6 +330,10 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         );
         assert!(text.contains(&build_info), "{text}");
+        assert!(
+            text.contains("holysheep_webhook_events_total{result=\"posted\"} 0"),
+            "{text}"
+        );
         metrics.observe_event(EventResult::Dropped);
         let text = render(&registry).unwrap();
         assert!(
