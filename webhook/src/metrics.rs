@@ -203,7 +203,7 @@ impl Metrics {
             EventResult::Dropped,
             EventResult::Repeated,
         ] {
-            events.get_or_create(&EventLabel { result });
+            events.get_or_create(&EventLabel { result }).inc_by(0);
         }
         registry.register(
             "events",
