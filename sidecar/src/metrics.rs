@@ -105,6 +105,16 @@ impl Metrics {
             gen_ai_duration: Family::new_with_constructor(Buckets(&GEN_AI_DURATION_BUCKETS)),
         };
         let r = registry;
+        // Always 1: the version label lets one query compare sidecars with the webhook.
+        let build_info = Family::<[(&'static str, &'static str); 1], Gauge>::default();
+        build_info
+            .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        r.register(
+            "holysheep_build_info",
+            "Always 1; the version label is this sidecar's version",
+            build_info,
+        );
         r.register(
             "holysheep_requests",
             "Requests answered, by route, upstream model, requested model and status",

@@ -15,8 +15,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::events::RefusalEvent;
 use crate::metrics::AdmissionResult;
-use crate::mutation::{MutationError, PodFacts, mutate_facts};
+use crate::mutation::{MutationError, PodFacts, plan};
 use crate::settings::Settings;
 
 /// The only AdmissionReview version served. v1beta1 was removed in Kubernetes 1.22.
@@ -197,6 +198,9 @@ pub struct AdmissionResponse {
     /// Why the object was refused; present only when `allowed` is false.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// Short lines `kubectl` prints as `Warning: ...` (typos, env conflicts...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The subset of `metav1.Status` kube-apiserver shows to the user on a refusal.
@@ -221,6 +225,7 @@ impl AdmissionResponse {
             patch_type: None,
             patch: None,
             status: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -241,6 +246,7 @@ impl AdmissionResponse {
                 reason,
                 message,
             }),
+            warnings: Vec::new(),
         }
     }
 
@@ -261,6 +267,18 @@ pub struct Decision {
     pub response: AdmissionResponse,
     /// The metric and log label.
     pub result: AdmissionResult,
+    /// The Warning Event to post on the pod's owner, for a refused pod that has one.
+    pub event: Option<RefusalEvent>,
+}
+
+impl Decision {
+    fn new(response: AdmissionResponse, result: AdmissionResult) -> Self {
+        Self {
+            response,
+            result,
+            event: None,
+        }
+    }
 }
 
 impl AdmissionRequest<'_> {
@@ -280,59 +298,65 @@ impl AdmissionRequest<'_> {
 pub fn review(request: &AdmissionRequest<'_>, settings: &Settings) -> Decision {
     let uid = request.uid.as_str();
     if !request.is_pod() {
-        return Decision {
-            response: AdmissionResponse::allow(uid),
-            result: AdmissionResult::NotPod,
-        };
+        return Decision::new(AdmissionResponse::allow(uid), AdmissionResult::NotPod);
     }
     if request.operation != "CREATE" {
-        return Decision {
-            response: AdmissionResponse::allow(uid),
-            result: AdmissionResult::NotCreate,
-        };
+        return Decision::new(AdmissionResponse::allow(uid), AdmissionResult::NotCreate);
     }
     let pod = match decode_pod(request) {
         Ok(pod) => pod,
         Err(message) => {
-            return Decision {
-                response: AdmissionResponse::deny(uid, 400, message),
-                result: AdmissionResult::Error,
-            };
+            return Decision::new(
+                AdmissionResponse::deny(uid, 400, message),
+                AdmissionResult::Error,
+            );
         }
     };
-    let mutated = mutate_facts(&pod, settings);
-    drop(pod);
-    match mutated {
-        Ok(None) => Decision {
-            response: AdmissionResponse::allow(uid),
-            result: AdmissionResult::Skipped,
-        },
+    let plan = plan(&pod, settings);
+    let PodFacts {
+        namespace, owner, ..
+    } = pod;
+    let mut decision = match plan.outcome {
+        Ok(None) => Decision::new(AdmissionResponse::allow(uid), AdmissionResult::Skipped),
         Ok(Some(patch)) => match encode_patch(&patch) {
             Ok(patch) => {
                 let mut response = AdmissionResponse::allow(uid);
                 response.patch_type = Some(PatchType::JsonPatch);
                 response.patch = Some(patch);
-                Decision {
-                    response,
-                    result: AdmissionResult::Injected,
-                }
+                Decision::new(response, AdmissionResult::Injected)
             }
             // Serializing a patch of JSON values cannot really fail; if it ever does, the
             // pod is refused rather than admitted without the sidecar it asked for.
-            Err(e) => Decision {
-                response: AdmissionResponse::deny(
+            Err(e) => Decision::new(
+                AdmissionResponse::deny(
                     uid,
                     500,
                     format!("holysheep: failed to encode the injection patch: {e}"),
                 ),
-                result: AdmissionResult::Error,
-            },
+                AdmissionResult::Error,
+            ),
         },
-        Err(error) => Decision {
-            response: AdmissionResponse::deny(uid, denial_code(&error), denial_message(&error)),
-            result: AdmissionResult::Denied,
-        },
-    }
+        Err(error) => {
+            let message = denial_message(&error);
+            // The pod is never created, so its controller is where `kubectl describe`
+            // and `kubectl get events` show why its pods do not appear.
+            let event = match (namespace, owner) {
+                (Some(namespace), Some(regarding)) => Some(RefusalEvent {
+                    namespace,
+                    regarding,
+                    note: message.clone(),
+                }),
+                _ => None,
+            };
+            Decision {
+                response: AdmissionResponse::deny(uid, denial_code(&error), message),
+                result: AdmissionResult::Denied,
+                event,
+            }
+        }
+    };
+    decision.response.warnings = plan.warnings;
+    decision
 }
 
 /// 400 when the pod's own annotations are malformed, 500 for our bug, 403 for a
@@ -351,14 +375,14 @@ fn denial_code(error: &MutationError) -> u16 {
 /// The answer when evaluating a review failed unexpectedly (a bug): refused with 500, so
 /// an opted-in pod never starts without the sidecar it asked for.
 pub fn internal_error(uid: &str) -> Decision {
-    Decision {
-        response: AdmissionResponse::deny(
+    Decision::new(
+        AdmissionResponse::deny(
             uid,
             500,
             "holysheep: internal error while evaluating the pod; see the webhook's logs".into(),
         ),
-        result: AdmissionResult::Error,
-    }
+        AdmissionResult::Error,
+    )
 }
 
 fn denial_message(error: &MutationError) -> String {

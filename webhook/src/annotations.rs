@@ -45,6 +45,41 @@ pub const EGRESS_PROXY: &str = "holysheep/egress-proxy";
 /// `--upstream-ca-configmap`).
 pub const UPSTREAM_CA: &str = "holysheep/upstream-ca";
 
+/// Stamp: the injected sidecar's version (its image tag).
+pub const SIDECAR_VERSION: &str = "holysheep/sidecar-version";
+/// Stamp: short hash of the injection inputs (`SidecarSpec::config_hash`).
+pub const INJECTED_CONFIG: &str = "holysheep/injected-config";
+
+/// Every `holysheep/*` annotation this webhook reads or writes; any other key with the
+/// prefix is a typo or a leftover, and gets a warning naming the closest of these.
+pub const KNOWN: [&str; 18] = [
+    INJECT,
+    STATUS,
+    PORT,
+    ADMIN_PORT,
+    SECRET,
+    SECRET_KEY,
+    CONFIG,
+    IMAGE,
+    UPSTREAM,
+    NATIVE_SIDECAR,
+    PROXY_CPU_REQUEST,
+    PROXY_MEMORY_REQUEST,
+    PROXY_CPU_LIMIT,
+    PROXY_MEMORY_LIMIT,
+    EGRESS_PROXY,
+    UPSTREAM_CA,
+    SIDECAR_VERSION,
+    INJECTED_CONFIG,
+];
+
+/// The prefix of the annotations above.
+pub const PREFIX: &str = "holysheep/";
+
+/// Label added on injection, so monitors select injected pods (labels, unlike
+/// annotations, are what PodMonitors and NetworkPolicies select by).
+pub const INJECTED_LABEL: &str = "holysheep.ai/injected";
+
 /// Prometheus scrape annotations, added when absent.
 pub const PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
 /// Prometheus port annotation.

@@ -9,6 +9,10 @@
 //! formatting are not kept (the documents are re-serialized), but key order is. It does
 //! not add the opt-in annotation: only templates that carry `holysheep/inject: "true"`
 //! are injected, exactly as in the cluster.
+//!
+//! Warnings (the webhook's, plus two only the YAML shows: `holysheep/inject` on the
+//! workload instead of its pod template, and an unquoted `holysheep/*` value, which is
+//! quoted in the output) are collected in the report, each prefixed with its document.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -17,8 +21,10 @@ use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::mutation::{MutationError, mutate};
+use crate::annotations::{self, PREFIX};
+use crate::mutation::{MutationError, OwnerRef, PodFacts, plan};
 use crate::settings::Settings;
+use crate::warnings::{self, Warnings};
 
 /// Workload kinds with a pod template: (API group, kind, JSON pointer to the template).
 /// A kind of another group (a CRD that happens to be called `Job`) is left alone.
@@ -40,6 +46,8 @@ pub struct InjectReport {
     pub documents: usize,
     /// Pod templates injected, as `kind/name`.
     pub injected: Vec<String>,
+    /// Warnings, each `document N (kind/name): ...`, for stderr.
+    pub warnings: Vec<String>,
 }
 
 impl fmt::Display for InjectReport {
@@ -141,6 +149,14 @@ pub enum InjectError {
 /// Injects every annotated pod template in `input` and returns the YAML out.
 pub fn inject_yaml(input: &str, settings: &Settings) -> Result<String, InjectError> {
     inject_documents(input, settings).map(|(out, _)| out)
+}
+
+/// [`inject_yaml`] with the report (what was injected, the warnings).
+pub fn inject_yaml_report(
+    input: &str,
+    settings: &Settings,
+) -> Result<(String, InjectReport), InjectError> {
+    inject_documents(input, settings)
 }
 
 /// Reads YAML from `input`, writes the injected YAML to `output`. Nothing is written when
@@ -373,10 +389,28 @@ fn inject_object(
         }
         Target::Workload(pointer) => {
             let name = describe(&*object);
+            let kind = object.str_at("kind").unwrap_or_default().to_owned();
+            let mut warnings = Warnings::default();
+            if !pointer.is_empty() && has_inject(object) {
+                let on_template = object.pointer(pointer).is_some_and(has_inject);
+                if !on_template {
+                    warnings::inject_on_workload(&kind, &mut warnings);
+                }
+            }
             let Some(template) = object.pointer_mut(pointer) else {
+                report.push_warnings(location, &name, warnings);
                 return Ok(());
             };
-            if inject_template(template, settings, location, &name)? {
+            quote_scalars(template, &mut warnings);
+            // A Job's or CronJob's pods are owned by a Job.
+            let job = matches!(kind.as_str(), "Job" | "CronJob").then(|| OwnerRef {
+                api_version: "batch/v1".to_owned(),
+                kind: "Job".to_owned(),
+                ..OwnerRef::default()
+            });
+            let injected = inject_template(template, settings, location, &name, job, &mut warnings);
+            report.push_warnings(location, &name, warnings);
+            if injected? {
                 report.injected.push(name);
             }
             Ok(())
@@ -384,20 +418,73 @@ fn inject_object(
     }
 }
 
-/// Applies `mutate`'s patch to a pod template (an object with `metadata` and `spec`, as
-/// the patch's paths expect). Returns whether anything was injected.
+impl InjectReport {
+    fn push_warnings(&mut self, location: &str, object: &str, warnings: Warnings) {
+        self.warnings.extend(
+            warnings
+                .into_lines()
+                .into_iter()
+                .map(|line| format!("{location} ({object}): {line}")),
+        );
+    }
+}
+
+/// Whether `metadata.annotations` holds `holysheep/inject` (any value).
+fn has_inject(object: &Value) -> bool {
+    object
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .is_some_and(|a| a.contains_key(annotations::INJECT))
+}
+
+/// Turns a `holysheep/*` annotation written as a YAML boolean or number into the string
+/// the API server requires, with a warning: `holysheep/inject: true` is a boolean.
+fn quote_scalars(template: &mut Value, warnings: &mut Warnings) {
+    let Some(annotations) = template
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    for (key, value) in annotations.iter_mut() {
+        if !key.starts_with(PREFIX) {
+            continue;
+        }
+        let text = match value {
+            Value::Bool(b) => b.to_string(),
+            Value::Number(n) => n.to_string(),
+            _ => continue,
+        };
+        warnings::unquoted(key, &text, warnings);
+        *value = Value::String(text);
+    }
+}
+
+/// Applies the mutation's patch to a pod template (an object with `metadata` and `spec`,
+/// as the patch's paths expect), collecting its warnings. Returns whether anything was
+/// injected.
 fn inject_template(
     template: &mut Value,
     settings: &Settings,
     location: &str,
     object: &str,
+    owner: Option<OwnerRef>,
+    warnings: &mut Warnings,
 ) -> Result<bool, InjectError> {
     let pod: Pod = Pod::deserialize(&*template).map_err(|source| InjectError::InvalidTemplate {
         location: location.to_owned(),
         object: object.to_owned(),
         source,
     })?;
-    let patch = mutate(&pod, settings).map_err(|source| InjectError::Mutation {
+    let mut facts = PodFacts::from_pod(&pod);
+    if owner.is_some() {
+        facts.owner = owner;
+    }
+    let plan = plan(&facts, settings);
+    for line in plan.warnings {
+        warnings.push(line);
+    }
+    let patch = plan.outcome.map_err(|source| InjectError::Mutation {
         location: location.to_owned(),
         object: object.to_owned(),
         source,

@@ -63,6 +63,10 @@ fn run(cli: Cli) -> Result<(), WebhookError> {
             let stdout = std::io::stdout().lock();
             let mut out = std::io::BufWriter::new(stdout);
             let report = inject_cli::run_path(&args.filename, &mut out, &settings)?;
+            // As kubectl prints an admission response's warnings.
+            for warning in &report.warnings {
+                eprintln!("Warning: {warning}");
+            }
             out.flush().map_err(|source| WebhookError::Io {
                 action: "write",
                 path: "-".into(),

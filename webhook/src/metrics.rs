@@ -1,5 +1,7 @@
 //! Prometheus metrics of the admission server: admissions by result, admission latency,
-//! certificate reloads by result and open connections, served as text on `GET /metrics`.
+//! certificate reloads by result, open connections, refusal Events by outcome, and
+//! `holysheep_build_info{version}` (the same series the sidecar exports, so one query
+//! compares their versions), served as text on `GET /metrics`.
 //!
 //! What it does not do: decide results (that is `admission`) or watch files (`tls`). Label
 //! values come from enums only, never from request content, so a hostile pod cannot blow up
@@ -97,6 +99,47 @@ struct ReloadLabel {
     result: ReloadResult,
 }
 
+/// What became of one refusal Event; the `result` label of `events_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventResult {
+    /// Created through the API.
+    Posted,
+    /// The API refused it, or did not answer in time.
+    Failed,
+    /// The queue was full: not posted.
+    Dropped,
+    /// The same refusal of the same owner was posted a moment ago: not posted again.
+    Repeated,
+}
+
+impl EventResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Posted => "posted",
+            Self::Failed => "failed",
+            Self::Dropped => "dropped",
+            Self::Repeated => "repeated",
+        }
+    }
+}
+
+impl EncodeLabelValue for EventResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EventLabel {
+    result: EventResult,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
 /// Handles to every metric of the webhook. Cloning is cheap and shares the series.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -106,12 +149,14 @@ pub struct Metrics {
     cert_not_after: Gauge,
     open_connections: Gauge,
     shed_connections: Counter,
+    events: Family<EventLabel, Counter>,
 }
 
 impl Metrics {
     /// Creates the metrics and registers them in `registry` (normally one made by
-    /// [`new_registry`], so names get the `holysheep_webhook_` prefix).
+    /// [`new_registry`]) under the `holysheep_webhook_` prefix.
     pub fn register(registry: &mut Registry) -> Self {
+        let registry = registry.sub_registry_with_prefix("holysheep_webhook");
         let admissions = Family::<AdmissionLabel, Counter>::default();
         registry.register(
             "admissions",
@@ -150,6 +195,22 @@ impl Metrics {
              the connection cap",
             shed_connections.clone(),
         );
+        let events = Family::<EventLabel, Counter>::default();
+        // Known in advance: every result starts at 0, so a rate() sees the first one.
+        for result in [
+            EventResult::Posted,
+            EventResult::Failed,
+            EventResult::Dropped,
+            EventResult::Repeated,
+        ] {
+            events.get_or_create(&EventLabel { result }).inc_by(0);
+        }
+        registry.register(
+            "events",
+            "Warning Events for refused pods, by result (posted, failed, dropped when the queue \
+             is full, repeated within a few minutes)",
+            events.clone(),
+        );
         Self {
             admissions,
             admission_duration,
@@ -157,6 +218,7 @@ impl Metrics {
             cert_not_after,
             open_connections,
             shed_connections,
+            events,
         }
     }
 
@@ -205,6 +267,16 @@ impl Metrics {
         self.cert_not_after.set(unix_seconds);
     }
 
+    /// Counts one refusal Event.
+    pub fn observe_event(&self, result: EventResult) {
+        self.events.get_or_create(&EventLabel { result }).inc();
+    }
+
+    /// Current count of refusal Events with `result` (for tests and logs).
+    pub fn events(&self, result: EventResult) -> u64 {
+        self.events.get_or_create(&EventLabel { result }).get()
+    }
+
     /// Current count of admissions with `result` (for tests and logs).
     pub fn admissions(&self, result: AdmissionResult) -> u64 {
         self.admissions
@@ -213,9 +285,22 @@ impl Metrics {
     }
 }
 
-/// A registry whose metric names all start with `holysheep_webhook_`.
+/// A registry holding `holysheep_build_info{version}` = 1; [`Metrics::register`] adds the
+/// `holysheep_webhook_` metrics.
 pub fn new_registry() -> Registry {
-    Registry::with_prefix("holysheep_webhook")
+    let mut registry = Registry::default();
+    let build_info = Family::<VersionLabel, Gauge>::default();
+    build_info
+        .get_or_create(&VersionLabel {
+            version: env!("CARGO_PKG_VERSION"),
+        })
+        .set(1);
+    registry.register(
+        "holysheep_build_info",
+        "Always 1; the version label is this webhook's version",
+        build_info,
+    );
+    registry
 }
 
 /// Renders `registry` in the Prometheus text format (OpenMetrics flavour).
@@ -240,6 +325,21 @@ mod tests {
         metrics.set_cert_not_after(1_800_000_000);
         let text = render(&registry).unwrap();
         assert!(text.contains("holysheep_webhook_cert_not_after_timestamp_seconds 1800000000"));
+        let build_info = format!(
+            "\nholysheep_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build_info), "{text}");
+        assert!(
+            text.contains("holysheep_webhook_events_total{result=\"posted\"} 0"),
+            "{text}"
+        );
+        metrics.observe_event(EventResult::Dropped);
+        let text = render(&registry).unwrap();
+        assert!(
+            text.contains("holysheep_webhook_events_total{result=\"dropped\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("holysheep_webhook_admissions_total{result=\"injected\"} 2"),
             "{text}"

@@ -10,26 +10,34 @@
 //! It works on [`PodFacts`], the few parts of a pod it reads, so an admission review is
 //! never decoded whole (`facts`), and every step is linear in the size of the pod (`ports`).
 //!
+//! [`plan`] also collects the warnings for the user (`warnings`): unknown `holysheep/*`
+//! keys, app containers with their own OpenAI settings, a plain sidecar in a Job's pod.
+//!
 //! No I/O here; `admission` and `inject_cli` are the shells around it.
 
 use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
-use k8s_openapi::api::core::v1::{EnvVar, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::annotations::{self, AnnotationError, Injection, Overrides};
 use crate::settings::{Settings, resource_flag_word};
 use crate::sidecar::{self, SidecarSpec};
+use crate::warnings::{self, Warnings};
 
+mod app_env;
 mod facts;
+mod metadata;
 mod ports;
+use app_env::{AppEnv, add_env};
 pub use facts::{
-    APP_ENV_NAMES, ContainerFacts, Containers, FactsError, MAX_ANNOTATION_BYTES, MAX_CONTAINERS,
-    PodFacts, RESERVED_VOLUMES, SpecFacts, Volumes,
+    APP_ENV_NAMES, BASE_URL_NAMES, ContainerFacts, Containers, FactsError, MAX_ANNOTATION_BYTES,
+    MAX_CONTAINERS, OwnerRef, PodFacts, RESERVED_VOLUMES, SpecFacts, Volumes,
 };
+use metadata::{annotate, label};
 use ports::{PortSet, free_port};
 
 /// Why a pod cannot be injected. Its `Display` is the admission message shown to the user:
@@ -126,9 +134,40 @@ pub fn mutate(pod: &Pod, settings: &Settings) -> Result<Option<Patch>, MutationE
     mutate_facts(&PodFacts::from_pod(pod), settings)
 }
 
-/// [`mutate`] on the facts of a pod: what the admission server calls with the facts it
-/// decoded from the review.
+/// [`mutate`] on the facts of a pod, without the warnings.
 pub fn mutate_facts(pod: &PodFacts, settings: &Settings) -> Result<Option<Patch>, MutationError> {
+    decide(pod, settings, &mut Warnings::default())
+}
+
+/// What the mutation decided for one pod, and the warnings to show whatever it decided.
+#[derive(Debug)]
+pub struct Plan {
+    /// The patch, `None` when the pod is left alone, or why it is refused.
+    pub outcome: Result<Option<Patch>, MutationError>,
+    /// Short lines for the user (at most a handful), empty when all is well.
+    pub warnings: Vec<String>,
+}
+
+/// [`mutate_facts`] with the warnings: what the admission server and `inject` call.
+/// Unknown `holysheep/*` keys are reported on every pod (a misspelt `holysheep/inject`
+/// is precisely a pod that is not opted in); the rest only on pods being injected.
+pub fn plan(pod: &PodFacts, settings: &Settings) -> Plan {
+    let mut warnings = Warnings::default();
+    if let Some(annotations) = &pod.annotations {
+        warnings::unknown_annotations(annotations, &mut warnings);
+    }
+    let outcome = decide(pod, settings, &mut warnings);
+    Plan {
+        outcome,
+        warnings: warnings.into_lines(),
+    }
+}
+
+fn decide(
+    pod: &PodFacts,
+    settings: &Settings,
+    warnings: &mut Warnings,
+) -> Result<Option<Patch>, MutationError> {
     let no_annotations = BTreeMap::new();
     let pod_annotations = pod.annotations.as_ref().unwrap_or(&no_annotations);
     if annotations::injection(pod_annotations)? == Injection::NotRequested {
@@ -153,20 +192,29 @@ pub fn mutate_facts(pod: &PodFacts, settings: &Settings) -> Result<Option<Patch>
             max: MAX_CONTAINERS,
         });
     }
-    let sidecar = SidecarSpec::resolve(settings, Overrides::parse(pod_annotations)?);
+    let overrides = Overrides::parse(pod_annotations)?;
+    let native_from_annotation = overrides.native_sidecar.is_some();
+    let sidecar = SidecarSpec::resolve(settings, overrides);
     check(spec, &sidecar)?;
+    if !sidecar.native && pod.owner.as_ref().is_some_and(OwnerRef::is_job) {
+        warnings::plain_sidecar_in_job(native_from_annotation, warnings);
+    }
 
     let mut ops = Vec::new();
     annotate(&mut ops, pod.annotations.as_ref(), spec, &sidecar);
+    label(&mut ops, pod.has_labels);
     add_to_list(
         &mut ops,
         &["spec", "volumes"],
         spec.volumes.is_some(),
         &sidecar.volumes(),
     )?;
-    let app_env = sidecar.app_env();
+    let app_env = AppEnv {
+        vars: sidecar.app_env(),
+        base_url: sidecar.base_url(),
+    };
     for (index, container) in spec.containers.iter().enumerate() {
-        add_env(&mut ops, "containers", index, container, &app_env)?;
+        add_env(&mut ops, "containers", index, container, &app_env, warnings)?;
     }
     // Init containers see the proxy only when it is a native sidecar started before them;
     // in plain mode the proxy starts after every init container has finished, so pointing
@@ -178,7 +226,14 @@ pub fn mutate_facts(pod: &PodFacts, settings: &Settings) -> Result<Option<Patch>
             .flat_map(|c| c.iter())
             .enumerate()
         {
-            add_env(&mut ops, "initContainers", index, container, &app_env)?;
+            add_env(
+                &mut ops,
+                "initContainers",
+                index,
+                container,
+                &app_env,
+                warnings,
+            )?;
         }
     }
     // Last, so the env operations above still use the original init container indices.
@@ -250,42 +305,6 @@ fn check_ports(spec: &SpecFacts, sidecar: &SidecarSpec) -> Result<(), MutationEr
     Ok(())
 }
 
-/// The marker, Prometheus scrape hints and default container, each only when absent
-/// (the marker is always written).
-fn annotate(
-    ops: &mut Vec<PatchOperation>,
-    existing: Option<&BTreeMap<String, String>>,
-    spec: &SpecFacts,
-    sidecar: &SidecarSpec,
-) {
-    let mut wanted = vec![
-        (annotations::STATUS, annotations::STATUS_INJECTED.to_owned()),
-        (annotations::PROMETHEUS_SCRAPE, "true".to_owned()),
-        (annotations::PROMETHEUS_PORT, sidecar.admin_port.to_string()),
-        (annotations::PROMETHEUS_PATH, "/metrics".to_owned()),
-    ];
-    if let Some(first_app) = spec.containers.kept.first() {
-        wanted.push((annotations::DEFAULT_CONTAINER, first_app.name.clone()));
-    }
-    match existing {
-        None => {
-            let map: serde_json::Map<String, Value> = wanted
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), Value::String(v)))
-                .collect();
-            ops.push(add(&["metadata", "annotations"], Value::Object(map)));
-        }
-        Some(existing) => {
-            for (key, value) in wanted {
-                let is_marker = key == annotations::STATUS;
-                if is_marker || !existing.contains_key(key) {
-                    ops.push(add(&["metadata", "annotations", key], Value::String(value)));
-                }
-            }
-        }
-    }
-}
-
 /// Adds `items` to the list at `path`: the whole list when it is missing, else one
 /// append (`/-`) per item. Each item is written name-first.
 fn add_to_list<T: Serialize>(
@@ -311,30 +330,6 @@ fn add_to_list<T: Serialize>(
         ops.push(add(&append, value));
     }
     Ok(())
-}
-
-/// Adds the app env vars a container does not set itself in `env`. A value that comes
-/// only through `envFrom` cannot be seen here, and Kubernetes lets `env` win over
-/// `envFrom`: an app that must keep its own `OPENAI_BASE_URL` sets it in `env`.
-fn add_env(
-    ops: &mut Vec<PatchOperation>,
-    list: &str,
-    index: usize,
-    container: &ContainerFacts,
-    app_env: &[EnvVar],
-) -> Result<(), MutationError> {
-    let missing: Vec<_> = app_env
-        .iter()
-        .filter(|var| !container.env.iter().flatten().any(|set| *set == var.name))
-        .cloned()
-        .collect();
-    let index = index.to_string();
-    add_to_list(
-        ops,
-        &["spec", list, &index, "env"],
-        container.env.is_some(),
-        &missing,
-    )
 }
 
 /// Native: first init container (so it starts before every other one). Plain: appended

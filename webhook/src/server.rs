@@ -29,6 +29,7 @@ use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 
 use crate::admission::{self, Answer};
+use crate::events::EventSink;
 use crate::metrics::{self, Metrics};
 use crate::settings::Settings;
 
@@ -59,6 +60,8 @@ struct StateInner {
     metrics: Metrics,
     registry: Registry,
     ready: AtomicBool,
+    /// Where refusal Events go; unset without a Kubernetes client.
+    events: std::sync::OnceLock<EventSink>,
 }
 
 impl AppState {
@@ -80,6 +83,7 @@ impl AppState {
                 metrics,
                 registry,
                 ready: AtomicBool::new(true),
+                events: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -87,6 +91,12 @@ impl AppState {
     /// The metrics handles (shared with the TLS reloader).
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Posts a Warning Event on the owner of each refused pod from now on (once; a second
+    /// sink is ignored).
+    pub fn set_event_sink(&self, sink: EventSink) {
+        let _ = self.inner.events.set(sink);
     }
 
     /// The server's bounds.
@@ -150,7 +160,12 @@ async fn admit(state: &AppState, request: Request, started: Instant) -> Result<R
         body,
         result,
         summary,
+        event,
     } = answer;
+    // Queued, never awaited: the answer does not wait for the API server.
+    if let (Some(event), Some(sink)) = (event, state.inner.events.get()) {
+        sink.post(event);
+    }
     let elapsed = started.elapsed();
     state
         .metrics()

@@ -45,6 +45,8 @@ pub const UPSTREAM_CA_DIR: &str = "/var/run/holysheep/upstream-ca";
 pub const UPSTREAM_CA_FILE: &str = "ca.crt";
 /// Name of the admin container port (at most 15 characters, as Kubernetes requires).
 pub const ADMIN_PORT_NAME: &str = "hs-metrics";
+/// The env name of the app's key, given the placeholder.
+pub const API_KEY_ENV: &str = "OPENAI_API_KEY";
 /// `OPENAI_API_KEY` given to apps: SDKs refuse to start without one; the sidecar replaces it.
 pub const API_KEY_PLACEHOLDER: &str = "injected-by-holysheep";
 /// uid and gid of the sidecar (the distroless `nonroot` user).
@@ -292,7 +294,7 @@ impl SidecarSpec {
             value_env("OPENAI_BASE_URL", base.clone()),
             value_env("OPENAI_API_BASE", base.clone()),
             value_env("HOLYSHEEP_BASE_URL", base),
-            value_env("OPENAI_API_KEY", API_KEY_PLACEHOLDER.to_owned()),
+            value_env(API_KEY_ENV, API_KEY_PLACEHOLDER.to_owned()),
         ]
     }
 

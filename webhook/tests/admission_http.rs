@@ -82,6 +82,20 @@ fn check_injected(pod: &Pod) {
     let annotations = pod.metadata.annotations.as_ref().unwrap();
     assert_eq!(annotations["holysheep/status"], "injected");
     assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(
+        annotations["holysheep/sidecar-version"],
+        env!("CARGO_PKG_VERSION"),
+        "the default image is the webhook's own version"
+    );
+    let hash = &annotations["holysheep/injected-config"];
+    assert!(
+        hash.len() == 12 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+        "{hash}"
+    );
+    assert_eq!(
+        pod.metadata.labels.as_ref().unwrap()["holysheep.ai/injected"],
+        "true"
+    );
     let init = spec.init_containers.as_deref().unwrap();
     let sidecar = &init[0];
     assert_eq!(sidecar.name, SIDECAR, "sidecar is the first initContainer");
@@ -170,6 +184,86 @@ async fn deployment_pod_is_injected_once_over_tls() {
     let (response, patch) = admit(&server, &with_object(&review, patched)).await;
     assert_eq!(response["allowed"], true);
     assert!(patch.is_none(), "second pass must not patch: {response}");
+    server.stop().await;
+}
+
+/// A Job's pod with a typo, a plain sidecar and apps that set their own OpenAI env: admitted
+/// and patched, with one warning line each, short, naming no value.
+#[tokio::test]
+async fn warnings_reach_kubectl_through_the_review() {
+    let server = start(Settings::default()).await;
+    let review = fixture("pod_deployment_opted_in.json");
+    let mut object = review["request"]["object"].clone();
+    object["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "batch/v1", "kind": "Job", "name": "nightly-29", "uid": "j-1",
+        "controller": true, "blockOwnerDeletion": true
+    }]);
+    let annotations = &mut object["metadata"]["annotations"];
+    annotations["holysheep/prot"] = json!("8081");
+    annotations["holysheep/native-sidecar"] = json!("false");
+    object["spec"]["containers"] = json!([
+        {"name": "direct", "image": "a", "env": [
+            {"name": "OPENAI_BASE_URL", "value": "https://api.openai.com/v1"}]},
+        {"name": "keyed", "image": "a", "env": [
+            {"name": "OPENAI_API_KEY", "value": "sk-app-own-secret"}]},
+        {"name": "plain", "image": "a"}
+    ]);
+    let review = with_object(&review, object.clone());
+    let (response, patch) = admit(&server, &review).await;
+    assert_eq!(response["allowed"], true);
+    let warnings: Vec<&str> = response["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "unknown annotation holysheep/prot is ignored: did you mean holysheep/port?",
+            "holysheep/native-sidecar: \"false\" in a Job's pod: the plain sidecar never exits, \
+             so the Job never completes",
+            "container \"direct\" sets its own OPENAI_BASE_URL/OPENAI_API_BASE: it bypasses the \
+             sidecar",
+            "container \"keyed\" sets OPENAI_API_KEY: unused, the sidecar sends the HolySheep key",
+        ]
+    );
+    assert!(
+        warnings
+            .iter()
+            .all(|w| w.len() < 120 && !w.contains("sk-app"))
+    );
+    let pod: Pod = serde_json::from_value(apply(&object, &patch.unwrap())).unwrap();
+    let containers = &pod.spec.as_ref().unwrap().containers;
+    // Its own base URL: kept, and no placeholder key to send to that provider.
+    assert_eq!(
+        env_of(&containers[0], "OPENAI_BASE_URL"),
+        Some("https://api.openai.com/v1")
+    );
+    assert_eq!(env_of(&containers[0], "OPENAI_API_KEY"), None);
+    // Its own key: kept; the base URL is the sidecar's.
+    assert_eq!(
+        env_of(&containers[1], "OPENAI_API_KEY"),
+        Some("sk-app-own-secret")
+    );
+    assert_eq!(
+        env_of(&containers[1], "OPENAI_BASE_URL"),
+        Some("http://127.0.0.1:8080/v1")
+    );
+    assert_eq!(
+        env_of(&containers[2], "OPENAI_API_KEY"),
+        Some("injected-by-holysheep")
+    );
+
+    // A pod that is not opted in still hears about a misspelt opt-in.
+    let mut object = review["request"]["object"].clone();
+    object["metadata"]["annotations"] = json!({"holysheep/injct": "true"});
+    let (response, patch) = admit(&server, &with_object(&review, object)).await;
+    assert!(patch.is_none());
+    assert_eq!(
+        response["warnings"],
+        json!(["unknown annotation holysheep/injct is ignored: did you mean holysheep/inject?"])
+    );
     server.stop().await;
 }
 

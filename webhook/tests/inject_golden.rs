@@ -1,5 +1,6 @@
 //! Golden tests of `holysheep-webhook inject`: `fixtures/inject/<case>.input.yaml` gives
-//! `<case>.golden.yaml`, or `<case>.error.txt` when the run must fail; `<case>.flags`, when
+//! `<case>.golden.yaml`, or `<case>.error.txt` when the run must fail, and
+//! `<case>.warnings.txt` when it warns (what stderr shows); `<case>.flags`, when
 //! present, holds `inject` flags (one per line) giving the webhook defaults. Regenerate with
 //! `UPDATE_GOLDEN=1 cargo test -p holysheep-webhook --test inject_golden` and review the
 //! diff. Also runs inject over every file in `manifests/examples/`.
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser as _;
 use holysheep_webhook::cli::{Cli, Command};
-use holysheep_webhook::inject_cli::{inject_yaml, run_path};
+use holysheep_webhook::inject_cli::{inject_yaml, inject_yaml_report, run_path};
 use holysheep_webhook::settings::Settings;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -205,10 +206,21 @@ fn golden_files() {
             .replace(".input.yaml", "");
         let golden = fixtures().join(format!("{name}.golden.yaml"));
         let error = fixtures().join(format!("{name}.error.txt"));
+        let warnings = fixtures().join(format!("{name}.warnings.txt"));
         let text = std::fs::read_to_string(&input).unwrap();
         let settings = case_settings(&name);
-        let (path, got) = match inject_yaml(&text, &settings) {
-            Ok(yaml) => {
+        let (path, got) = match inject_yaml_report(&text, &settings) {
+            Ok((yaml, report)) => {
+                let got_warnings: String =
+                    report.warnings.iter().map(|w| format!("{w}\n")).collect();
+                if update && !got_warnings.is_empty() {
+                    std::fs::write(&warnings, &got_warnings).unwrap();
+                } else {
+                    let want = std::fs::read_to_string(&warnings).unwrap_or_default();
+                    if want != got_warnings {
+                        mismatches.push(format!("{}:\n{got_warnings}", warnings.display()));
+                    }
+                }
                 for (i, doc) in documents(&yaml).iter().enumerate() {
                     for template in typed_templates(doc) {
                         check_template(&template, &format!("{name} document {}", i + 1));

@@ -10,8 +10,9 @@
     reason = "a failing property must fail loudly"
 )]
 
-use holysheep_webhook::mutation::mutate;
+use holysheep_webhook::mutation::{PodFacts, mutate, plan};
 use holysheep_webhook::settings::Settings;
+use holysheep_webhook::warnings::{MAX_CHARS, MAX_WARNINGS};
 use k8s_openapi::api::core::v1::Pod;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -218,7 +219,19 @@ proptest! {
             ..Settings::default()
         };
         let pod: Pod = serde_json::from_value(pod_json.clone()).unwrap();
-        let patch = match mutate(&pod, &settings) {
+        // The warnings are few and short whatever the pod, and never change the decision.
+        let planned = plan(&PodFacts::from_pod(&pod), &settings);
+        prop_assert!(planned.warnings.len() <= MAX_WARNINGS);
+        for line in &planned.warnings {
+            prop_assert!(line.chars().count() <= MAX_CHARS, "{}", line);
+        }
+        let decided = mutate(&pod, &settings);
+        match (&planned.outcome, &decided) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+            (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+            _ => prop_assert!(false, "plan and mutate disagree"),
+        }
+        let patch = match decided {
             Ok(Some(patch)) => patch,
             Ok(None) => return Ok(()),
             Err(error) => {
@@ -249,6 +262,21 @@ proptest! {
             let new_env = new.env.as_deref().unwrap_or_default();
             prop_assert_eq!(&new_env[..old.env.as_ref().map_or(0, Vec::len)], old.env.as_deref().unwrap_or_default());
             prop_assert!(new_env.iter().any(|e| e.name == "OPENAI_BASE_URL"));
+        }
+        // Never a base URL that bypasses the sidecar together with the placeholder key.
+        let sidecar = all.iter().find(|c| c.name == "holysheep-sidecar").unwrap();
+        let listen = sidecar.env.iter().flatten().find(|e| e.name == "HOLYSHEEP_LISTEN");
+        let sidecar_url = format!("http://{}/v1", listen.unwrap().value.as_deref().unwrap());
+        for app in all.iter().filter(|c| c.name != "holysheep-sidecar") {
+            let env = app.env.as_deref().unwrap_or_default();
+            let bypass = env.iter().any(|e| {
+                (e.name == "OPENAI_BASE_URL" || e.name == "OPENAI_API_BASE")
+                    && e.value.as_deref() != Some(sidecar_url.as_str())
+            });
+            let placeholder = env.iter().any(|e| {
+                e.name == "OPENAI_API_KEY" && e.value.as_deref() == Some("injected-by-holysheep")
+            });
+            prop_assert!(!(bypass && placeholder), "{} bypasses with the placeholder", app.name);
         }
         let annotations = result.metadata.annotations.as_ref().unwrap();
         prop_assert_eq!(annotations.get("holysheep/status").map(String::as_str), Some("injected"));

@@ -53,6 +53,11 @@ fn design_metric_names_are_exposed_and_parse() {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     metrics.models().set_known(["gpt-4", "gpt-4.1"]);
+    let version = [("version", env!("CARGO_PKG_VERSION"))];
+    assert_eq!(
+        counter(&scrape(&registry), "holysheep_build_info", &version),
+        1.0
+    );
     let rec = record(Route::ChatCompletions, "gpt-4", "gpt-4.1");
     {
         let _guard = metrics.inflight();

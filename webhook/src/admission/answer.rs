@@ -6,6 +6,7 @@
 use std::panic::AssertUnwindSafe;
 
 use super::{AdmissionReview, ReviewError, internal_error, review};
+use crate::events::RefusalEvent;
 use crate::metrics::AdmissionResult;
 use crate::settings::Settings;
 
@@ -40,6 +41,9 @@ pub struct Answer {
     pub result: AdmissionResult,
     /// For the log line.
     pub summary: ReviewSummary,
+    /// The Warning Event to post for a refused pod (never for a dry run: the webhook
+    /// declares no side effects on dry run).
+    pub event: Option<RefusalEvent>,
 }
 
 /// Why a review body could not be answered with an AdmissionReview.
@@ -77,10 +81,12 @@ pub fn answer(body: &[u8], settings: &Settings) -> Result<Answer, AnswerError> {
             .map(|s| s.message.clone())
             .unwrap_or_default(),
     };
+    let event = decision.event.filter(|_| !summary.dry_run);
     let body = serde_json::to_vec(&decision.response.into_review()).map_err(AnswerError::Encode)?;
     Ok(Answer {
         body,
         result: decision.result,
         summary,
+        event,
     })
 }

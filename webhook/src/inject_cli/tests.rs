@@ -222,6 +222,7 @@ fn report_summary() {
     let report = InjectReport {
         documents: 3,
         injected: vec!["deployment/web".into()],
+        warnings: vec![],
     };
     assert_eq!(
         report.to_string(),

@@ -1,6 +1,7 @@
-//! What the mutation reads of a pod, and nothing else: the namespace and annotations,
-//! `hostNetwork`, each container's name, the app env names it sets that the injection
-//! would also set, its ports, and whether a volume already uses a name the injection needs.
+//! What the mutation reads of a pod, and nothing else: the namespace, annotations, whether
+//! it has labels, its controller owner, `hostNetwork`, each container's name, the app env
+//! names it sets that the injection would also set (with the value of a base URL), its
+//! ports, and whether a volume already uses a name the injection needs.
 //!
 //! Decoded straight from the AdmissionReview JSON, so a review costs memory in proportion
 //! to what the mutation needs rather than to the object: in k8s-openapi a `Container` takes
@@ -42,6 +43,16 @@ pub const APP_ENV_NAMES: [&str; 4] = [
     "OPENAI_API_KEY",
 ];
 
+/// The env names through which an app picks its own OpenAI base URL.
+pub const BASE_URL_NAMES: [&str; 2] = ["OPENAI_BASE_URL", "OPENAI_API_BASE"];
+
+/// Base URL values are kept up to this many bytes: enough to compare with the sidecar's
+/// `http://127.0.0.1:<port>/v1`, which a longer value cannot be.
+const MAX_BASE_URL_BYTES: usize = 64;
+
+/// Base URL entries kept per container (a list may repeat a name).
+const MAX_BASE_URLS: usize = 4;
+
 /// Volume names the injection adds; a pod already using one is refused.
 pub const RESERVED_VOLUMES: [&str; 3] = [
     sidecar::CREDENTIALS_VOLUME,
@@ -57,8 +68,38 @@ pub struct PodFacts {
     pub namespace: Option<String>,
     /// `metadata.annotations`; `None` when absent or null.
     pub annotations: Option<BTreeMap<String, String>>,
+    /// Whether `metadata.labels` is present (the patch then adds one label instead of the
+    /// whole map).
+    pub has_labels: bool,
+    /// The `ownerReferences` entry with `controller: true` (the ReplicaSet, Job...).
+    pub owner: Option<OwnerRef>,
     /// `spec`; `None` when absent or null.
     pub spec: Option<SpecFacts>,
+}
+
+/// The controller of a pod: where a refusal's Event goes, and whether it is a Job's pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerRef {
+    /// `apiVersion`, e.g. `apps/v1`.
+    #[serde(default)]
+    pub api_version: String,
+    /// `kind`, e.g. `ReplicaSet`.
+    #[serde(default)]
+    pub kind: String,
+    /// `name`.
+    #[serde(default)]
+    pub name: String,
+    /// `uid`.
+    #[serde(default)]
+    pub uid: String,
+}
+
+impl OwnerRef {
+    /// A `batch` Job (a CronJob's pods are owned by its Jobs): the pod must end.
+    pub fn is_job(&self) -> bool {
+        self.kind == "Job" && self.api_version.starts_with("batch/")
+    }
 }
 
 /// The parts of a pod spec the mutation reads.
@@ -93,6 +134,9 @@ pub struct ContainerFacts {
     pub env: Option<Vec<String>>,
     /// Every `ports[].containerPort` that is a valid port number.
     pub ports: Vec<u16>,
+    /// The values of the [`BASE_URL_NAMES`] entries of `env` (at most a few, each cut to
+    /// a few dozen bytes); `None` for one set through `valueFrom`.
+    pub base_urls: Vec<Option<String>>,
 }
 
 /// What the mutation needs of `volumes`: that the list exists, and the first reserved name
@@ -114,9 +158,23 @@ impl PodFacts {
                 reserved: volumes.iter().find_map(|v| reserved_volume(&v.name)),
             }),
         });
+        let owner = pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| OwnerRef {
+                api_version: o.api_version.clone(),
+                kind: o.kind.clone(),
+                name: o.name.clone(),
+                uid: o.uid.clone(),
+            });
         Self {
             namespace: pod.metadata.namespace.clone(),
             annotations: pod.metadata.annotations.clone(),
+            has_labels: pod.metadata.labels.is_some(),
+            owner,
             spec,
         }
     }
@@ -140,6 +198,14 @@ impl Containers {
                     .flatten()
                     .filter_map(|p| u16::try_from(p.container_port).ok())
                     .collect(),
+                base_urls: c
+                    .env
+                    .iter()
+                    .flatten()
+                    .filter(|var| BASE_URL_NAMES.contains(&var.name.as_str()))
+                    .take(MAX_BASE_URLS)
+                    .map(|var| var.value.as_deref().map(cut_base_url))
+                    .collect(),
             })
             .collect();
         Self {
@@ -156,6 +222,15 @@ impl Containers {
 
 fn app_env_name(name: &str) -> Option<&'static str> {
     APP_ENV_NAMES.into_iter().find(|n| *n == name)
+}
+
+/// At most [`MAX_BASE_URL_BYTES`] of a value, cut on a character boundary.
+fn cut_base_url(value: &str) -> String {
+    let mut end = value.len().min(MAX_BASE_URL_BYTES);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value[..end].to_owned()
 }
 
 fn reserved_volume(name: &str) -> Option<&'static str> {
@@ -179,11 +254,16 @@ struct WirePod {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct WireMetadata {
     #[serde(default)]
     namespace: Option<String>,
     #[serde(default)]
     annotations: Option<Annotations>,
+    #[serde(default)]
+    labels: Option<IgnoredAny>,
+    #[serde(default)]
+    owner_references: Option<Owners>,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +297,23 @@ struct WireNamed<'a> {
 }
 
 #[derive(Deserialize)]
+struct WireEnv<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    value: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireOwner {
+    #[serde(flatten)]
+    reference: OwnerRef,
+    #[serde(default)]
+    controller: Option<bool>,
+}
+
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WirePort {
     #[serde(default)]
@@ -244,9 +341,15 @@ impl TryFrom<WirePod> for PodFacts {
         if let Some(kind) = pod.kind.filter(|k| k != "Pod") {
             return Err(FactsError::Kind(kind));
         }
-        let (namespace, annotations) = pod
-            .metadata
-            .map_or((None, None), |m| (m.namespace, m.annotations.map(|a| a.0)));
+        let (namespace, annotations, has_labels, owner) =
+            pod.metadata.map_or((None, None, false, None), |m| {
+                (
+                    m.namespace,
+                    m.annotations.map(|a| a.0),
+                    m.labels.is_some(),
+                    m.owner_references.and_then(|o| o.0),
+                )
+            });
         let spec = pod.spec.map(|spec| SpecFacts {
             host_network: spec.host_network == Some(true),
             containers: spec.containers.unwrap_or_default(),
@@ -256,6 +359,8 @@ impl TryFrom<WirePod> for PodFacts {
         Ok(Self {
             namespace,
             annotations,
+            has_labels,
+            owner,
             spec,
         })
     }
@@ -308,10 +413,13 @@ impl<'de> Deserialize<'de> for Containers {
                         let Some(c) = seq.next_element::<WireContainer>()? else {
                             break;
                         };
+                        let (env, base_urls) =
+                            c.env.map_or((None, Vec::new()), |e| (Some(e.0), e.1));
                         containers.kept.push(ContainerFacts {
                             name: c.name.unwrap_or_default(),
-                            env: c.env.map(|e| e.0),
+                            env,
                             ports: c.ports.map(|p| p.0).unwrap_or_default(),
+                            base_urls,
                         });
                     } else if seq.next_element::<IgnoredAny>()?.is_none() {
                         break;
@@ -325,8 +433,8 @@ impl<'de> Deserialize<'de> for Containers {
     }
 }
 
-/// A container's env, reduced to the names in [`APP_ENV_NAMES`].
-struct EnvNames(Vec<String>);
+/// A container's env, reduced to the names in [`APP_ENV_NAMES`], and the base URL values.
+struct EnvNames(Vec<String>, Vec<Option<String>>);
 
 impl<'de> Deserialize<'de> for EnvNames {
     fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -338,12 +446,42 @@ impl<'de> Deserialize<'de> for EnvNames {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut names = Vec::new();
-                while let Some(var) = seq.next_element::<WireNamed<'de>>()? {
-                    if let Some(name) = var.name.as_deref().and_then(app_env_name) {
-                        names.push(name.to_owned());
+                let mut base_urls = Vec::new();
+                while let Some(var) = seq.next_element::<WireEnv<'de>>()? {
+                    let Some(name) = var.name.as_deref().and_then(app_env_name) else {
+                        continue;
+                    };
+                    if BASE_URL_NAMES.contains(&name) && base_urls.len() < MAX_BASE_URLS {
+                        base_urls.push(var.value.as_deref().map(cut_base_url));
+                    }
+                    names.push(name.to_owned());
+                }
+                Ok(EnvNames(names, base_urls))
+            }
+        }
+        deserializer.deserialize_seq(SeqVisitor)
+    }
+}
+
+/// `ownerReferences`, reduced to the controller's entry.
+struct Owners(Option<OwnerRef>);
+
+impl<'de> Deserialize<'de> for Owners {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SeqVisitor;
+        impl<'de> Visitor<'de> for SeqVisitor {
+            type Value = Owners;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of owner references")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut controller = None;
+                while let Some(owner) = seq.next_element::<WireOwner>()? {
+                    if controller.is_none() && owner.controller == Some(true) {
+                        controller = Some(owner.reference);
                     }
                 }
-                Ok(EnvNames(names))
+                Ok(Owners(controller))
             }
         }
         deserializer.deserialize_seq(SeqVisitor)

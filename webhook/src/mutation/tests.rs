@@ -638,7 +638,12 @@ fn facts_keep_only_what_the_mutation_reads() {
     let pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"namespace": "shop", "labels": {"a": "b"}, "annotations": {"k": "v"}},
+        "metadata": {"namespace": "shop", "labels": {"a": "b"}, "annotations": {"k": "v"},
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Node", "name": "n", "uid": "n-1"},
+                {"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": "j-1",
+                 "controller": true, "blockOwnerDeletion": true}
+            ]},
         "spec": {
             "hostNetwork": false,
             "containers": [{
@@ -646,7 +651,9 @@ fn facts_keep_only_what_the_mutation_reads() {
                 "image": "a",
                 "env": [
                     {"name": "LOG", "value": "1"},
-                    {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+                    {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                    {"name": "OPENAI_BASE_URL", "value": format!("https://{}/v1", "a".repeat(100))},
+                    {"name": "OPENAI_API_BASE", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}
                 ],
                 "ports": [{"containerPort": 80}, {"containerPort": 70000}, {"name": "x"}],
                 "resources": {"limits": {"cpu": "1"}}
@@ -659,13 +666,26 @@ fn facts_keep_only_what_the_mutation_reads() {
     let expected = PodFacts {
         namespace: Some("shop".into()),
         annotations: Some([("k".to_owned(), "v".to_owned())].into()),
+        has_labels: true,
+        owner: Some(OwnerRef {
+            api_version: "batch/v1".into(),
+            kind: "Job".into(),
+            name: "j".into(),
+            uid: "j-1".into(),
+        }),
         spec: Some(SpecFacts {
             host_network: false,
             containers: Containers {
                 kept: vec![ContainerFacts {
                     name: "app".into(),
-                    env: Some(vec!["OPENAI_API_KEY".into()]),
+                    env: Some(vec![
+                        "OPENAI_API_KEY".into(),
+                        "OPENAI_BASE_URL".into(),
+                        "OPENAI_API_BASE".into(),
+                    ]),
                     ports: vec![80, 0],
+                    // Cut to 64 bytes: longer than any sidecar URL, so still not one.
+                    base_urls: vec![Some(format!("https://{}", "a".repeat(56))), None],
                 }],
                 len: 1,
             },
@@ -757,4 +777,40 @@ fn a_pod_declaring_every_port_gets_a_suggestion_or_the_port_itself() {
         message.contains("collides with containerPort 8080 of container \"app\""),
         "{message}"
     );
+}
+
+#[rstest]
+#[case::by_annotation(true, &[INJECT, (annotations::NATIVE_SIDECAR, "false")], Some("holysheep/native-sidecar: \"false\""))]
+#[case::by_flag(true, &[INJECT], Some("--native-sidecar=false"))]
+#[case::not_a_job(false, &[INJECT, (annotations::NATIVE_SIDECAR, "false")], None)]
+#[case::native_job(true, &[INJECT, (annotations::NATIVE_SIDECAR, "true")], None)]
+fn plain_sidecar_in_a_job_is_warned(
+    #[case] job: bool,
+    #[case] annotations: &[(&str, &str)],
+    #[case] want: Option<&str>,
+) {
+    let mut pod = pod_json(annotations);
+    let kind = if job { "Job" } else { "ReplicaSet" };
+    let group = if job { "batch/v1" } else { "apps/v1" };
+    pod["metadata"]["ownerReferences"] =
+        json!([{"apiVersion": group, "kind": kind, "name": "o", "uid": "u", "controller": true}]);
+    let facts: PodFacts = serde_json::from_str(&pod.to_string()).unwrap();
+    let settings = Settings {
+        native_sidecar: false,
+        ..Settings::default()
+    };
+    let planned = plan(&facts, &settings);
+    assert!(planned.outcome.unwrap().is_some());
+    match want {
+        Some(start) => {
+            assert_eq!(planned.warnings.len(), 1, "{:?}", planned.warnings);
+            assert!(
+                planned.warnings[0].starts_with(start),
+                "{:?}",
+                planned.warnings
+            );
+            assert!(planned.warnings[0].contains("never exits"));
+        }
+        None => assert!(planned.warnings.is_empty(), "{:?}", planned.warnings),
+    }
 }

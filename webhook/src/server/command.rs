@@ -10,6 +10,7 @@ use super::{AppState, serve};
 use crate::bootstrap::{self, BootstrapOptions};
 use crate::cli::{SelfSignedArgs, ServeArgs};
 use crate::error::WebhookError;
+use crate::events::EventSink;
 use crate::tls::{ReloadingTls, TlsFiles};
 
 /// The `serve` command: loads the certificate (or bootstraps it with `--self-signed`),
@@ -24,13 +25,28 @@ where
     let state = AppState::new(settings);
     // Background tasks (certificate watcher, renewal loop) stop when this flips.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let files = if args.self_signed.enabled {
-        self_signed(&args.self_signed, stop_rx.clone()).await?
-    } else {
-        match (args.tls_cert, args.tls_key) {
+    // The bootstrap needs the API; Events only use it when there is one.
+    let client = match kube::Client::try_default().await {
+        Ok(client) => Some(client),
+        Err(error) if args.self_signed.enabled => return Err(WebhookError::KubeClient(error)),
+        Err(error) => {
+            tracing::info!(error = %error, "no Kubernetes client: refusal Events are not posted");
+            None
+        }
+    };
+    if let Some(client) = &client {
+        state.set_event_sink(EventSink::spawn(
+            client.clone(),
+            instance_name(),
+            state.metrics().clone(),
+        ));
+    }
+    let files = match client.filter(|_| args.self_signed.enabled) {
+        Some(client) => self_signed(client, &args.self_signed, stop_rx.clone()).await?,
+        None => match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => TlsFiles { cert, key },
             _ => return Err(WebhookError::NoCertificate),
-        }
+        },
     };
     let tls = ReloadingTls::load(files, Some(state.metrics().clone()))?;
     tls.spawn_watcher(args.tls_reload_interval, stopped(stop_rx.clone()));
@@ -61,6 +77,7 @@ where
 
 /// Bootstraps the shared certificate into `--cert-dir` and starts the renewal loop.
 async fn self_signed(
+    client: kube::Client,
     args: &SelfSignedArgs,
     stop: watch::Receiver<bool>,
 ) -> Result<TlsFiles, WebhookError> {
@@ -73,9 +90,6 @@ async fn self_signed(
     opts.service.clone_from(&args.service);
     opts.secret_name.clone_from(&args.tls_secret);
     opts.webhook_config_name.clone_from(&args.webhook_config);
-    let client = kube::Client::try_default()
-        .await
-        .map_err(WebhookError::KubeClient)?;
     bootstrap::bootstrap_once(client.clone(), &opts).await?;
     let files = TlsFiles {
         cert: opts.cert_dir.join(holysheep_certs::TLS_CERT_FILE),
@@ -83,6 +97,15 @@ async fn self_signed(
     };
     tokio::spawn(bootstrap::run_renewal_loop(client, opts, stopped(stop)));
     Ok(files)
+}
+
+/// This replica's name in the Events it reports: its pod name (`POD_NAME` from the
+/// downward API, else the hostname, which is the pod name in Kubernetes).
+fn instance_name() -> String {
+    ["POD_NAME", "HOSTNAME"]
+        .into_iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "holysheep-webhook".to_owned())
 }
 
 /// Completes when `stop` turns true (or its sender is gone).

@@ -1,5 +1,6 @@
-//! A scripted fake kube-apiserver for the bootstrap tests: Secrets and
-//! MutatingWebhookConfigurations in memory, answered the way the real apiserver answers.
+//! A scripted fake kube-apiserver for the bootstrap and Event tests: Secrets,
+//! MutatingWebhookConfigurations and created events.k8s.io/v1 Events in memory, answered
+//! the way the real apiserver answers.
 //!
 //! - create of an existing object: 409 `AlreadyExists`; update or patch carrying a stale
 //!   `metadata.resourceVersion`: 409 `Conflict`; missing object: 404 `NotFound`; every
@@ -27,6 +28,7 @@ use tokio::sync::Barrier;
 const SECRETS: &str = "/api/v1/namespaces/{ns}/secrets";
 const SECRET: &str = "/api/v1/namespaces/{ns}/secrets/{name}";
 const MWC: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/{ns}/events";
 
 /// One request as the fake saw it, and what it answered.
 #[derive(Debug, Clone)]
@@ -40,6 +42,8 @@ pub struct Seen {
 pub struct Inner {
     pub secrets: HashMap<(String, String), Value>,
     pub webhook_configs: HashMap<String, Value>,
+    /// Events created, in order, with the namespace of the URL they were posted to.
+    pub events: Vec<(String, Value)>,
     pub resource_version: u64,
     pub log: Vec<Seen>,
     /// `(method, query string)` of every request, in order.
@@ -52,6 +56,8 @@ pub struct Inner {
 #[derive(Clone)]
 pub struct FakeApiServer {
     pub inner: Arc<Mutex<Inner>>,
+    /// The number of Events created so far, to wait on.
+    pub events_created: Arc<tokio::sync::watch::Sender<usize>>,
     create_barrier: Option<Arc<Barrier>>,
     pub addr: SocketAddr,
 }
@@ -64,6 +70,7 @@ impl FakeApiServer {
         let addr = listener.local_addr().unwrap();
         let server = Self {
             inner: Arc::default(),
+            events_created: Arc::default(),
             create_barrier: racing_creates.map(|n| Arc::new(Barrier::new(n))),
             addr,
         };
@@ -80,6 +87,7 @@ impl FakeApiServer {
         let addr = listener.local_addr().unwrap();
         let server = Self {
             inner: Arc::default(),
+            events_created: Arc::default(),
             create_barrier: None,
             addr,
         };
@@ -107,6 +115,7 @@ impl FakeApiServer {
             .route(SECRETS, axum::routing::post(create_secret))
             .route(SECRET, get(get_secret).put(replace_secret))
             .route(MWC, get(get_mwc).patch(patch_mwc))
+            .route(EVENTS, axum::routing::post(create_event))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 record_query,
@@ -281,6 +290,31 @@ async fn create_secret(
         (StatusCode::CREATED, axum::Json(secret)).into_response()
     };
     answered(&mut inner, response)
+}
+
+async fn create_event(
+    State(s): State<FakeApiServer>,
+    Path(ns): Path<String>,
+    axum::Json(mut event): axum::Json<Value>,
+) -> Response {
+    let response = {
+        let mut inner = s.lock();
+        let path = format!("/apis/events.k8s.io/v1/namespaces/{ns}/events");
+        if let Some(r) = record(&mut inner, Method::POST, path) {
+            return r;
+        }
+        // What the apiserver does with generateName.
+        let count = inner.events.len();
+        if let Some(prefix) = event["metadata"]["generateName"].as_str() {
+            event["metadata"]["name"] = json!(format!("{prefix}{count:05}"));
+        }
+        stamp(&mut inner, &mut event);
+        inner.events.push((ns, event.clone()));
+        let response = (StatusCode::CREATED, axum::Json(event)).into_response();
+        answered(&mut inner, response)
+    };
+    s.events_created.send_modify(|n| *n += 1);
+    response
 }
 
 async fn replace_secret(
