@@ -187,6 +187,8 @@ pub struct Config {
     pub prices: HashMap<String, Price>,
     /// Request size and connection limits.
     pub limits: Limits,
+    /// Spend budgets, in file order (empty: no budget).
+    pub budgets: Vec<crate::budget::Budget>,
 }
 
 /// Retry policy knobs (the `retry` section).
@@ -308,6 +310,7 @@ impl Default for Config {
                 })
                 .collect(),
             limits: Limits::default(),
+            budgets: Vec::new(),
         }
     }
 }

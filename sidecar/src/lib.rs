@@ -4,6 +4,7 @@
 //! Reading order: `config`, `server`, `proxy` (orchestration), then the steps it calls:
 //! `models`, `keys`, `ratelimit`, `retry`, `upstream`, `usage`, `metrics`, `error`.
 
+pub mod budget;
 pub mod config;
 pub mod error;
 pub mod keys;

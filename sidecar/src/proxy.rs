@@ -24,6 +24,7 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
+use crate::budget::{BudgetReservation, Budgets};
 use crate::config::Config;
 use crate::error::{BoxError, ProxyError, ResponseBody};
 use crate::keys::{ApiKey, KeyStore};
@@ -49,6 +50,8 @@ pub struct AppState {
     pub resilience: Resilience,
     /// Request, token and cost metrics (registered in the admin registry).
     pub metrics: Metrics,
+    /// Spend per budget window (and the budget metrics).
+    pub budgets: Budgets,
 }
 
 /// The client path prefix that is forwarded.
@@ -99,6 +102,13 @@ async fn forward(
     let (body, read_failure) =
         bound_body(buffer, &parts.headers, body, config.limits.max_body_bytes).await?;
     let (body, model, requested) = remap_model(body, config);
+    let (body, model, reservation) = check_budgets(&state.budgets, config, body, model)?;
+    // After a downgrade, fallbacks follow the model actually sent.
+    let chain_from = match (&model, &reservation.downgraded) {
+        (Some(field), true) => Some(field.name.clone()),
+        _ => requested.clone(),
+    };
+    let reservation = reservation.reservation;
     meter.set_models(
         requested.as_deref(),
         model.as_ref().map(|m| m.name.as_str()),
@@ -107,6 +117,8 @@ async fn forward(
     let tokens = state.resilience.admit(config, &body)?;
     // Tokens over the estimate are charged once the response reported its usage.
     meter.on_tokens(move |used| tokens.settle(used));
+    // Spend is charged at the cost the meter reports (the one in holysheep_cost_usd_total).
+    meter.on_cost(move |usd| reservation.settle(usd));
     let outgoing = Outgoing {
         method: parts.method,
         uri,
@@ -118,7 +130,7 @@ async fn forward(
         config,
         outgoing,
         model.as_ref(),
-        requested.as_deref(),
+        chain_from.as_deref(),
         meter,
     )
     .await
@@ -317,6 +329,48 @@ fn remap_model(body: OutBody, config: &Config) -> (OutBody, Option<ModelField>, 
             )
         }
         streamed @ OutBody::Streamed(_) => (streamed, None, None),
+    }
+}
+
+/// The budget check's outcome for one request.
+struct Budgeted {
+    reservation: BudgetReservation,
+    downgraded: bool,
+}
+
+/// Step: refuse the request when a `reject` budget is spent, or send it to the
+/// `downgrade_to` model of a spent `downgrade` budget; reserves its estimated cost.
+fn check_budgets(
+    budgets: &Budgets,
+    config: &Config,
+    body: OutBody,
+    model: Option<ModelField>,
+) -> Result<(OutBody, Option<ModelField>, Budgeted), ProxyError> {
+    let json = match &body {
+        OutBody::Buffered(bytes) => Some(&bytes[..]),
+        OutBody::Streamed(_) => None,
+    };
+    let admission = budgets.admit(config, model.as_ref().map(|m| m.name.as_str()), json)?;
+    let reservation = admission.reservation;
+    match (admission.downgrade_to, body, model) {
+        (Some(to), OutBody::Buffered(bytes), Some(field)) if field.name != to => {
+            tracing::info!(from = %field.name, to = %to, "budget spent: model downgraded");
+            let (bytes, field) = models::set_model(&bytes, &field, &to);
+            let downgraded = true;
+            let out = Budgeted {
+                reservation,
+                downgraded,
+            };
+            Ok((OutBody::Buffered(bytes), Some(field), out))
+        }
+        (_, body, model) => Ok((
+            body,
+            model,
+            Budgeted {
+                reservation,
+                downgraded: false,
+            },
+        )),
     }
 }
 
