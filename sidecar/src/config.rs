@@ -189,6 +189,8 @@ pub struct Config {
     pub limits: Limits,
     /// Spend budgets, in file order (empty: no budget).
     pub budgets: Vec<crate::budget::Budget>,
+    /// Model allow and deny lists (empty: every model passes).
+    pub models: crate::models_policy::ModelPolicy,
 }
 
 /// Retry policy knobs (the `retry` section).
@@ -311,6 +313,7 @@ impl Default for Config {
                 .collect(),
             limits: Limits::default(),
             budgets: Vec::new(),
+            models: crate::models_policy::ModelPolicy::default(),
         }
     }
 }

@@ -118,6 +118,9 @@ pub enum ProxyError {
         /// When to try again (sent as `Retry-After`, in whole seconds, rounded up).
         retry_after: Duration,
     },
+    /// The `models` lists refuse the model.
+    #[error(transparent)]
+    ModelNotAllowed(#[from] crate::models_policy::ModelNotAllowed),
     /// A `reject` budget is spent.
     #[error(transparent)]
     BudgetExceeded(#[from] crate::budget::BudgetExceeded),
@@ -279,6 +282,9 @@ impl ProxyError {
                 RATE_LIMIT,
                 "local_rate_limit_exceeded",
             ),
+            Self::ModelNotAllowed(_) => {
+                (StatusCode::FORBIDDEN, INVALID_REQUEST, "model_not_allowed")
+            }
             Self::BudgetExceeded(_) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 INSUFFICIENT_QUOTA,

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod models;
+pub mod models_policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;

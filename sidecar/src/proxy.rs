@@ -102,7 +102,11 @@ async fn forward(
     let (body, read_failure) =
         bound_body(buffer, &parts.headers, body, config.limits.max_body_bytes).await?;
     let (body, model, requested) = remap_model(body, config);
+    check_model_allowed(config, model.as_ref())?;
     let (body, model, reservation) = check_budgets(&state.budgets, config, body, model)?;
+    if reservation.downgraded {
+        check_model_allowed(config, model.as_ref())?;
+    }
     // After a downgrade, fallbacks follow the model actually sent.
     let chain_from = match (&model, &reservation.downgraded) {
         (Some(field), true) => Some(field.name.clone()),
@@ -119,10 +123,16 @@ async fn forward(
     meter.on_tokens(move |used| tokens.settle(used));
     // Spend is charged at the cost the meter reports (the one in holysheep_cost_usd_total).
     meter.on_cost(move |usd| reservation.settle(usd));
+    let filter_models = meter.route() == Route::Models && config.models.is_active();
+    let mut headers = set_key(parts.headers, &key, &body);
+    if filter_models {
+        // The list is read and filtered here: ask for it uncompressed.
+        headers.remove(header::ACCEPT_ENCODING);
+    }
     let outgoing = Outgoing {
         method: parts.method,
         uri,
-        headers: set_key(parts.headers, &key, &body),
+        headers,
         body,
     };
     let answer = send(
@@ -138,7 +148,11 @@ async fn forward(
     if let Some(model) = &answer.model {
         meter.set_upstream_model(model);
     }
-    let mut resp = stream_back(answer.response);
+    let mut resp = if filter_models {
+        filter_model_list(answer.response, config).await?
+    } else {
+        stream_back(answer.response)
+    };
     Answer::mark(answer.model.as_deref(), answer.gave_up, &mut resp);
     let idle = config.limits.stream_idle_timeout;
     Ok(resp.map(|body| IdleTimeout::new(body, idle).boxed_unsync()))
@@ -330,6 +344,39 @@ fn remap_model(body: OutBody, config: &Config) -> (OutBody, Option<ModelField>, 
         }
         streamed @ OutBody::Streamed(_) => (streamed, None, None),
     }
+}
+
+/// Step: refuse a model the `models` lists do not allow (it never goes upstream).
+fn check_model_allowed(config: &Config, model: Option<&ModelField>) -> Result<(), ProxyError> {
+    match model {
+        Some(field) => Ok(config.models.check(&field.name)?),
+        None => Ok(()),
+    }
+}
+
+/// Step: a successful `/v1/models` answer lists only the models the `models` lists
+/// allow. The list is small; it is read whole (up to `limits.max_body_bytes`).
+async fn filter_model_list(
+    resp: Response<Incoming>,
+    config: &Config,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if !resp.status().is_success() {
+        return Ok(stream_back(resp));
+    }
+    let (mut parts, body) = resp.into_parts();
+    let limit = usize::try_from(config.limits.max_body_bytes).unwrap_or(usize::MAX);
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(source) => return Err(ProxyError::UpstreamFailed { source }),
+    };
+    let bytes = config.models.filter_list(&bytes).unwrap_or(bytes);
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.version = Version::HTTP_11;
+    let body = Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    Ok(Response::from_parts(parts, body))
 }
 
 /// The budget check's outcome for one request.

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::{Config, ConfigError, Price};
 use crate::budget::{Action, Budget, Window};
+use crate::models_policy::{ModelPolicy, Rule};
 
 /// The file as written: every field optional, unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
@@ -30,6 +31,27 @@ pub(super) struct FileConfig {
     limits: Option<LimitsFile>,
     #[serde(default)]
     budgets: Option<Vec<BudgetFile>>,
+    #[serde(default)]
+    models: Option<ModelsFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelsFile {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+}
+
+fn rules(list: &str, patterns: Vec<String>) -> Result<Vec<Rule>, ConfigError> {
+    patterns
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Rule::new(p).map_err(|m| ConfigError::invalid(format!("models.{list}[{i}]"), m))
+        })
+        .collect()
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +173,12 @@ impl FileConfig {
                 .enumerate()
                 .map(|(i, b)| b.check(i))
                 .collect::<Result<_, _>>()?;
+        }
+        if let Some(models) = self.models {
+            cfg.models = ModelPolicy {
+                allow: rules("allow", models.allow)?,
+                deny: rules("deny", models.deny)?,
+            };
         }
         validate(&cfg)?;
         Ok(cfg)
