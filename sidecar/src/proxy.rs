@@ -1,7 +1,8 @@
 //! The forwarding pipeline for one request, as named steps.
 //!
 //! `handle` = refuse unforwardable targets -> route -> require key -> bound body -> remap
-//! model -> set key -> send -> stream back. Each step is a small function below, read top
+//! model -> check the model lists and the budgets (maybe downgrading the model) -> set
+//! key -> send -> stream back (a `/v1/models` list filtered by the model lists). Each step is a small function below, read top
 //! to bottom. A WebSocket upgrade (the Realtime API) branches off after the key check to
 //! `upgrade`.
 //!
@@ -103,6 +104,10 @@ async fn forward(
         bound_body(buffer, &parts.headers, body, config.limits.max_body_bytes).await?;
     let (body, model, requested) = remap_model(body, config);
     check_model_allowed(config, model.as_ref())?;
+    if let Some(id) = parts.uri.path().strip_prefix("/v1/models/") {
+        // Retrieving one model by id: the lists hide it as they hide it from the list.
+        config.models.check(id)?;
+    }
     let (body, model, reservation) = check_budgets(&state.budgets, config, body, model)?;
     if reservation.downgraded {
         check_model_allowed(config, model.as_ref())?;

@@ -133,6 +133,14 @@ async fn the_model_list_shows_only_allowed_models() {
         .collect();
     assert_eq!(ids, ["deepseek-chat-v3-0324"]);
     assert_eq!(list["object"], "list");
+    let one = http_client()
+        .get(sidecar.url("/v1/models/gpt-4.1"))
+        .send()
+        .await
+        .unwrap();
+    let message = refused(one).await;
+    assert!(message.contains("\"gpt-4.1\""), "{message}");
+    assert_eq!(up.requests().len(), 1, "only the list went upstream");
 
     // Without lists the upstream's answer passes byte for byte.
     let plain = start(&up, "aliases: {}\n").await;
