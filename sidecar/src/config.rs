@@ -187,6 +187,10 @@ pub struct Config {
     pub prices: HashMap<String, Price>,
     /// Request size and connection limits.
     pub limits: Limits,
+    /// Spend budgets, in file order (empty: no budget).
+    pub budgets: Vec<crate::budget::Budget>,
+    /// Model allow and deny lists (empty: every model passes).
+    pub models: crate::models_policy::ModelPolicy,
 }
 
 /// Retry policy knobs (the `retry` section).
@@ -308,6 +312,8 @@ impl Default for Config {
                 })
                 .collect(),
             limits: Limits::default(),
+            budgets: Vec::new(),
+            models: crate::models_policy::ModelPolicy::default(),
         }
     }
 }

@@ -118,6 +118,12 @@ pub enum ProxyError {
         /// When to try again (sent as `Retry-After`, in whole seconds, rounded up).
         retry_after: Duration,
     },
+    /// The `models` lists refuse the model.
+    #[error(transparent)]
+    ModelNotAllowed(#[from] crate::models_policy::ModelNotAllowed),
+    /// A `reject` budget is spent.
+    #[error(transparent)]
+    BudgetExceeded(#[from] crate::budget::BudgetExceeded),
     /// The upstream kept failing before any response until `limit` stopped the retries.
     #[error(
         "gave up on {upstream} after {}: {limit}; last error: {source}",
@@ -235,6 +241,8 @@ const INVALID_REQUEST: &str = "invalid_request_error";
 const SERVER_ERROR: &str = "server_error";
 const RATE_LIMIT: &str = "rate_limit_error";
 const TIMEOUT: &str = "timeout_error";
+/// OpenAI's type for a spent quota (what its own billing limit answers).
+const INSUFFICIENT_QUOTA: &str = "insufficient_quota";
 
 /// `Allow` of a 405: every method is forwarded but `CONNECT`; these are the usual ones.
 const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
@@ -273,6 +281,14 @@ impl ProxyError {
                 StatusCode::TOO_MANY_REQUESTS,
                 RATE_LIMIT,
                 "local_rate_limit_exceeded",
+            ),
+            Self::ModelNotAllowed(_) => {
+                (StatusCode::FORBIDDEN, INVALID_REQUEST, "model_not_allowed")
+            }
+            Self::BudgetExceeded(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                INSUFFICIENT_QUOTA,
+                "budget_exceeded",
             ),
             // Same answer as the last attempt's failure, so clients see one meaning per status.
             Self::RetriesExhausted { source, .. } => source.status_and_kind(),
@@ -348,6 +364,14 @@ impl ProxyError {
         if let Self::RateLimited { retry_after, .. } = &self {
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if let Self::BudgetExceeded(e) = &self {
+            // Retrying cannot help before the window resets.
+            headers.insert("x-should-retry", HeaderValue::from_static("false"));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(e.retry_after.as_secs().max(1)),
+            );
         }
         if let Self::MethodNotAllowed { .. } = &self {
             headers.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));

@@ -4,12 +4,14 @@
 //! Reading order: `config`, `server`, `proxy` (orchestration), then the steps it calls:
 //! `models`, `keys`, `ratelimit`, `retry`, `upstream`, `usage`, `metrics`, `error`.
 
+pub mod budget;
 pub mod config;
 pub mod error;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod models;
+pub mod models_policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;

@@ -1,7 +1,8 @@
 //! The forwarding pipeline for one request, as named steps.
 //!
 //! `handle` = refuse unforwardable targets -> route -> require key -> bound body -> remap
-//! model -> set key -> send -> stream back. Each step is a small function below, read top
+//! model -> check the model lists and the budgets (maybe downgrading the model) -> set
+//! key -> send -> stream back (a `/v1/models` list filtered by the model lists). Each step is a small function below, read top
 //! to bottom. A WebSocket upgrade (the Realtime API) branches off after the key check to
 //! `upgrade`.
 //!
@@ -24,6 +25,7 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
+use crate::budget::{BudgetReservation, Budgets};
 use crate::config::Config;
 use crate::error::{BoxError, ProxyError, ResponseBody};
 use crate::keys::{ApiKey, KeyStore};
@@ -49,6 +51,8 @@ pub struct AppState {
     pub resilience: Resilience,
     /// Request, token and cost metrics (registered in the admin registry).
     pub metrics: Metrics,
+    /// Spend per budget window (and the budget metrics).
+    pub budgets: Budgets,
 }
 
 /// The client path prefix that is forwarded.
@@ -99,6 +103,21 @@ async fn forward(
     let (body, read_failure) =
         bound_body(buffer, &parts.headers, body, config.limits.max_body_bytes).await?;
     let (body, model, requested) = remap_model(body, config);
+    check_model_allowed(config, model.as_ref())?;
+    if let Some(id) = parts.uri.path().strip_prefix("/v1/models/") {
+        // Retrieving one model by id: the lists hide it as they hide it from the list.
+        config.models.check(id)?;
+    }
+    let (body, model, reservation) = check_budgets(&state.budgets, config, body, model)?;
+    if reservation.downgraded {
+        check_model_allowed(config, model.as_ref())?;
+    }
+    // After a downgrade, fallbacks follow the model actually sent.
+    let chain_from = match (&model, &reservation.downgraded) {
+        (Some(field), true) => Some(field.name.clone()),
+        _ => requested.clone(),
+    };
+    let reservation = reservation.reservation;
     meter.set_models(
         requested.as_deref(),
         model.as_ref().map(|m| m.name.as_str()),
@@ -107,10 +126,18 @@ async fn forward(
     let tokens = state.resilience.admit(config, &body)?;
     // Tokens over the estimate are charged once the response reported its usage.
     meter.on_tokens(move |used| tokens.settle(used));
+    // Spend is charged at the cost the meter reports (the one in holysheep_cost_usd_total).
+    meter.on_cost(move |usd| reservation.settle(usd));
+    let filter_models = meter.route() == Route::Models && config.models.is_active();
+    let mut headers = set_key(parts.headers, &key, &body);
+    if filter_models {
+        // The list is read and filtered here: ask for it uncompressed.
+        headers.remove(header::ACCEPT_ENCODING);
+    }
     let outgoing = Outgoing {
         method: parts.method,
         uri,
-        headers: set_key(parts.headers, &key, &body),
+        headers,
         body,
     };
     let answer = send(
@@ -118,7 +145,7 @@ async fn forward(
         config,
         outgoing,
         model.as_ref(),
-        requested.as_deref(),
+        chain_from.as_deref(),
         meter,
     )
     .await
@@ -126,7 +153,11 @@ async fn forward(
     if let Some(model) = &answer.model {
         meter.set_upstream_model(model);
     }
-    let mut resp = stream_back(answer.response);
+    let mut resp = if filter_models {
+        filter_model_list(answer.response, config).await?
+    } else {
+        stream_back(answer.response)
+    };
     Answer::mark(answer.model.as_deref(), answer.gave_up, &mut resp);
     let idle = config.limits.stream_idle_timeout;
     Ok(resp.map(|body| IdleTimeout::new(body, idle).boxed_unsync()))
@@ -317,6 +348,81 @@ fn remap_model(body: OutBody, config: &Config) -> (OutBody, Option<ModelField>, 
             )
         }
         streamed @ OutBody::Streamed(_) => (streamed, None, None),
+    }
+}
+
+/// Step: refuse a model the `models` lists do not allow (it never goes upstream).
+fn check_model_allowed(config: &Config, model: Option<&ModelField>) -> Result<(), ProxyError> {
+    match model {
+        Some(field) => Ok(config.models.check(&field.name)?),
+        None => Ok(()),
+    }
+}
+
+/// Step: a successful `/v1/models` answer lists only the models the `models` lists
+/// allow. The list is small; it is read whole (up to `limits.max_body_bytes`).
+async fn filter_model_list(
+    resp: Response<Incoming>,
+    config: &Config,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if !resp.status().is_success() {
+        return Ok(stream_back(resp));
+    }
+    let (mut parts, body) = resp.into_parts();
+    let limit = usize::try_from(config.limits.max_body_bytes).unwrap_or(usize::MAX);
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(source) => return Err(ProxyError::UpstreamFailed { source }),
+    };
+    let bytes = config.models.filter_list(&bytes).unwrap_or(bytes);
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.version = Version::HTTP_11;
+    let body = Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    Ok(Response::from_parts(parts, body))
+}
+
+/// The budget check's outcome for one request.
+struct Budgeted {
+    reservation: BudgetReservation,
+    downgraded: bool,
+}
+
+/// Step: refuse the request when a `reject` budget is spent, or send it to the
+/// `downgrade_to` model of a spent `downgrade` budget; reserves its estimated cost.
+fn check_budgets(
+    budgets: &Budgets,
+    config: &Config,
+    body: OutBody,
+    model: Option<ModelField>,
+) -> Result<(OutBody, Option<ModelField>, Budgeted), ProxyError> {
+    let json = match &body {
+        OutBody::Buffered(bytes) => Some(&bytes[..]),
+        OutBody::Streamed(_) => None,
+    };
+    let admission = budgets.admit(config, model.as_ref().map(|m| m.name.as_str()), json)?;
+    let reservation = admission.reservation;
+    match (admission.downgrade_to, body, model) {
+        (Some(to), OutBody::Buffered(bytes), Some(field)) if field.name != to => {
+            tracing::info!(from = %field.name, to = %to, "budget spent: model downgraded");
+            let (bytes, field) = models::set_model(&bytes, &field, &to);
+            let downgraded = true;
+            let out = Budgeted {
+                reservation,
+                downgraded,
+            };
+            Ok((OutBody::Buffered(bytes), Some(field), out))
+        }
+        (_, body, model) => Ok((
+            body,
+            model,
+            Budgeted {
+                reservation,
+                downgraded: false,
+            },
+        )),
     }
 }
 

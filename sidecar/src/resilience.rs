@@ -113,7 +113,7 @@ impl Resilience {
         requested: Option<&str>,
         meter: &mut RequestMeter,
     ) -> Result<Answer, ProxyError> {
-        let chain = model.map_or_else(Vec::new, |field| {
+        let mut chain = model.map_or_else(Vec::new, |field| {
             fallback_chain(
                 requested.unwrap_or(&field.name),
                 &field.name,
@@ -125,6 +125,8 @@ impl Resilience {
                 },
             )
         });
+        // A fallback to a model the `models` lists refuse is skipped, never sent.
+        chain.retain(|m| config.models.allows(m));
         match &outgoing.body {
             // No body at all (GET /v1/models): as replayable as a buffered one.
             OutBody::Streamed(body) if body.is_end_stream() => {

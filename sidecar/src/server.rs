@@ -99,6 +99,19 @@ impl Settings {
     }
 }
 
+/// Updates the budget gauges after each good reload, then runs `then`.
+fn budget_limits_follow(
+    budgets: crate::budget::Budgets,
+    then: crate::reload::OnReload,
+) -> crate::reload::OnReload {
+    Box::new(move |result| {
+        if let Ok(config) = result {
+            budgets.observe_config(config);
+        }
+        then(result);
+    })
+}
+
 /// Why the sidecar could not start or serve.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -162,7 +175,10 @@ pub fn build(settings: Settings) -> Result<App, RunError> {
         upstream,
         resilience: crate::resilience::Resilience::default(),
         metrics,
+        budgets: crate::budget::Budgets::default(),
     };
+    state.budgets.register(&mut registry);
+    state.budgets.observe_config(&state.config.load());
     state.metrics.observe_config(&state.config.load());
     Ok(App {
         state: Arc::new(state),
@@ -224,7 +240,10 @@ pub async fn serve(
         crate::reload::ConfigReloader::spawn(
             path,
             Arc::clone(&app.state.config),
-            crate::reload::count_reloads(app.state.metrics.clone()),
+            budget_limits_follow(
+                app.state.budgets.clone(),
+                crate::reload::count_reloads(app.state.metrics.clone()),
+            ),
             crate::reload::ReloadOptions::default(),
         )
     });

@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{Config, ConfigError, Price};
+use crate::budget::{Action, Budget, Window};
+use crate::models_policy::{ModelPolicy, Rule};
 
 /// The file as written: every field optional, unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
@@ -27,6 +29,46 @@ pub(super) struct FileConfig {
     prices: Option<HashMap<String, Price>>,
     #[serde(default)]
     limits: Option<LimitsFile>,
+    #[serde(default)]
+    budgets: Option<Vec<BudgetFile>>,
+    #[serde(default)]
+    models: Option<ModelsFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelsFile {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+}
+
+fn rules(list: &str, patterns: Vec<String>) -> Result<Vec<Rule>, ConfigError> {
+    patterns
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Rule::new(p).map_err(|m| ConfigError::invalid(format!("models.{list}[{i}]"), m))
+        })
+        .collect()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetFile {
+    window: Window,
+    usd: f64,
+    action: ActionFile,
+    #[serde(default)]
+    downgrade_to: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ActionFile {
+    Reject,
+    Downgrade,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,8 +167,57 @@ impl FileConfig {
             merge(&mut cfg.limits.connect_timeout, l.connect_timeout);
             merge(&mut cfg.limits.stream_idle_timeout, l.stream_idle_timeout);
         }
+        if let Some(budgets) = self.budgets {
+            cfg.budgets = budgets
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| b.check(i))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(models) = self.models {
+            cfg.models = ModelPolicy {
+                allow: rules("allow", models.allow)?,
+                deny: rules("deny", models.deny)?,
+            };
+        }
         validate(&cfg)?;
         Ok(cfg)
+    }
+}
+
+impl BudgetFile {
+    fn check(self, i: usize) -> Result<Budget, ConfigError> {
+        if !self.usd.is_finite() || self.usd < 0.0 {
+            return Err(ConfigError::invalid(
+                format!("budgets[{i}].usd"),
+                format!("{} is not an amount; use USD, 0 or more", self.usd),
+            ));
+        }
+        let field = format!("budgets[{i}].downgrade_to");
+        let action = match (self.action, self.downgrade_to) {
+            (ActionFile::Reject, None) => Action::Reject,
+            (ActionFile::Reject, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    field,
+                    "only applies to action: downgrade; remove it or change the action",
+                ));
+            }
+            (ActionFile::Downgrade, Some(to)) => {
+                check_model_name(&field, &to)?;
+                Action::Downgrade(to)
+            }
+            (ActionFile::Downgrade, None) => {
+                return Err(ConfigError::invalid(
+                    field,
+                    "is required with action: downgrade; name the model to send instead",
+                ));
+            }
+        };
+        Ok(Budget {
+            window: self.window,
+            usd: self.usd,
+            action,
+        })
     }
 }
 

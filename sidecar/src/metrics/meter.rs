@@ -38,6 +38,7 @@ pub struct RequestMeter {
     stream_usage: StreamUsage,
     attempts: u32,
     on_tokens: Option<TokensHook>,
+    on_cost: Option<CostHook>,
     #[expect(
         dead_code,
         reason = "held for its Drop: in flight until the meter goes"
@@ -50,6 +51,10 @@ pub struct RequestMeter {
 /// Called once with the response's total tokens (0 when unknown), e.g. to settle a
 /// token rate-limit reservation.
 type TokensHook = Box<dyn FnOnce(u64) + Send + 'static>;
+
+/// Called once with the response's cost in USD, as `holysheep_cost_usd_total` counts it
+/// (0 when no usage was reported or the model has no price), e.g. to settle a budget.
+type CostHook = Box<dyn FnOnce(f64) + Send + 'static>;
 
 impl std::fmt::Debug for RequestMeter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,6 +84,7 @@ impl RequestMeter {
             stream_usage: StreamUsage::NotApplicable,
             attempts: 0,
             on_tokens: None,
+            on_cost: None,
             inflight: metrics.inflight(),
             recorded: false,
         }
@@ -125,6 +131,11 @@ impl RequestMeter {
     /// response reported none).
     pub fn on_tokens(&mut self, hook: impl FnOnce(u64) + Send + 'static) {
         self.on_tokens = Some(Box::new(hook));
+    }
+
+    /// Runs `hook` with the response's cost when the body ends (0 when unknown).
+    pub fn on_cost(&mut self, hook: impl FnOnce(f64) + Send + 'static) {
+        self.on_cost = Some(Box::new(hook));
     }
 
     /// Wraps the response body so usage is read as it streams; when the body ends (or is
@@ -196,6 +207,9 @@ impl RequestMeter {
             // cannot see. (Model lists and the like never carry usage.)
             metrics.record_usage_missing(self.route);
         }
+        if let Some(hook) = self.on_cost.take() {
+            hook(cost.unwrap_or(0.0));
+        }
         RequestLog {
             request_id: &self.request_id,
             request: rec,
@@ -220,6 +234,9 @@ impl RequestMeter {
         if let Some(hook) = self.on_tokens.take() {
             // Nothing was reported back: nothing beyond the reservation is charged.
             hook(0);
+        }
+        if let Some(hook) = self.on_cost.take() {
+            hook(0.0);
         }
         let rec = RequestRecord {
             route: self.route,
