@@ -263,6 +263,11 @@ impl Drop for BudgetReservation {
 }
 
 impl BudgetReservation {
+    /// Whether a window was charged, i.e. there is anything to settle.
+    pub fn charges_anything(&self) -> bool {
+        !self.charged.is_empty()
+    }
+
     /// Replaces the estimate by `cost_usd` (0 when the response reported no usage or the
     /// model has no price). A window that ended meanwhile keeps the estimate and the
     /// current one is charged the full cost: spend lands where it is known.
@@ -346,6 +351,16 @@ impl Budgets {
         }
     }
 
+    /// A reservation with no window charged (no budgets configured).
+    fn nothing_charged(&self) -> BudgetReservation {
+        BudgetReservation {
+            state: Arc::clone(&self.state),
+            metrics: Arc::clone(&self.metrics),
+            charged: Vec::new(),
+            estimate: 0.0,
+        }
+    }
+
     /// Checks the budgets before a request goes upstream. `model` is the model it would
     /// be sent to (after aliases), `body` its JSON body for the estimate. A spent
     /// `reject` budget refuses it; else a spent `downgrade` budget names the model to
@@ -356,6 +371,13 @@ impl Budgets {
         model: Option<&str>,
         body: Option<&[u8]>,
     ) -> Result<Admission, BudgetExceeded> {
+        if config.budgets.is_empty() {
+            // The common case, on every request: no lock, no clock, no body parse.
+            return Ok(Admission {
+                downgrade_to: None,
+                reservation: self.nothing_charged(),
+            });
+        }
         let mut state = self.lock();
         let now = state.clock.now_unix();
         let mut downgrade_to = None;
@@ -467,6 +489,18 @@ mod tests {
         let mut state = b.lock();
         let now = state.clock.now_unix();
         state.current(w, now).usd
+    }
+
+    #[test]
+    fn without_budgets_nothing_is_reserved() {
+        let config =
+            Config::from_yaml_str("prices:\n  m: {input: 1000000, output: 2000000}\n").unwrap();
+        let b = Budgets::default();
+        let body = br#"{"model":"m","prompt":"12345678","max_tokens":3}"#;
+        let a = b.admit(&config, Some("m"), Some(body)).unwrap();
+        assert!(a.downgrade_to.is_none());
+        assert!(!a.reservation.charges_anything());
+        assert_eq!(spent(&b, Window::Day), 0.0);
     }
 
     #[test]

@@ -127,7 +127,9 @@ async fn forward(
     // Tokens over the estimate are charged once the response reported its usage.
     meter.on_tokens(move |used| tokens.settle(used));
     // Spend is charged at the cost the meter reports (the one in holysheep_cost_usd_total).
-    meter.on_cost(move |usd| reservation.settle(usd));
+    if reservation.charges_anything() {
+        meter.on_cost(move |usd| reservation.settle(usd));
+    }
     let filter_models = meter.route() == Route::Models && config.models.is_active();
     let mut headers = set_key(parts.headers, &key, &body);
     if filter_models {
