@@ -45,6 +45,13 @@ pub const EGRESS_PROXY: &str = "holysheep/egress-proxy";
 /// `--upstream-ca-configmap`).
 pub const UPSTREAM_CA: &str = "holysheep/upstream-ca";
 
+/// Daily spend limit in USD: the sidecar refuses calls (429) once the day's spend reaches
+/// it, on top of any budgets in its config file.
+pub const BUDGET_USD_PER_DAY: &str = "holysheep/budget-usd-per-day";
+/// Name under which the replicas of a workload share their budgets (with `budgets_store`);
+/// default: the owning workload's name. Always within the pod's namespace.
+pub const BUDGET_KEY: &str = "holysheep/budget-key";
+
 /// Stamp: the injected sidecar's version (its image tag).
 pub const SIDECAR_VERSION: &str = "holysheep/sidecar-version";
 /// Stamp: short hash of the injection inputs (`SidecarSpec::config_hash`).
@@ -52,7 +59,7 @@ pub const INJECTED_CONFIG: &str = "holysheep/injected-config";
 
 /// Every `holysheep/*` annotation this webhook reads or writes; any other key with the
 /// prefix is a typo or a leftover, and gets a warning naming the closest of these.
-pub const KNOWN: [&str; 18] = [
+pub const KNOWN: [&str; 20] = [
     INJECT,
     STATUS,
     PORT,
@@ -69,6 +76,8 @@ pub const KNOWN: [&str; 18] = [
     PROXY_MEMORY_LIMIT,
     EGRESS_PROXY,
     UPSTREAM_CA,
+    BUDGET_USD_PER_DAY,
+    BUDGET_KEY,
     SIDECAR_VERSION,
     INJECTED_CONFIG,
 ];
@@ -163,6 +172,10 @@ pub struct Overrides {
     pub egress_proxy: Option<Option<String>>,
     /// `holysheep/upstream-ca`.
     pub upstream_ca: Option<String>,
+    /// `holysheep/budget-usd-per-day`, as written.
+    pub budget_usd_per_day: Option<String>,
+    /// `holysheep/budget-key`.
+    pub budget_key: Option<String>,
 }
 
 impl Overrides {
@@ -184,6 +197,8 @@ impl Overrides {
             memory_limit: optional(a, PROXY_MEMORY_LIMIT, Quantity::memory)?,
             egress_proxy: optional(a, EGRESS_PROXY, values::egress_proxy_choice)?,
             upstream_ca: optional(a, UPSTREAM_CA, values::object_name)?,
+            budget_usd_per_day: optional(a, BUDGET_USD_PER_DAY, values::budget_usd)?,
+            budget_key: optional(a, BUDGET_KEY, values::budget_key)?,
         })
     }
 }
@@ -284,6 +299,8 @@ mod tests {
             (PROXY_MEMORY_LIMIT, "256Mi"),
             (EGRESS_PROXY, "http://proxy.corp.internal:3128"),
             (UPSTREAM_CA, "corp-ca"),
+            (BUDGET_USD_PER_DAY, "12.50"),
+            (BUDGET_KEY, "checkout_v2"),
             ("unrelated/annotation", "whatever"),
         ]))
         .unwrap();
@@ -304,6 +321,8 @@ mod tests {
             Some(Some("http://proxy.corp.internal:3128".to_owned()))
         );
         assert_eq!(overrides.upstream_ca.as_deref(), Some("corp-ca"));
+        assert_eq!(overrides.budget_usd_per_day.as_deref(), Some("12.50"));
+        assert_eq!(overrides.budget_key.as_deref(), Some("checkout_v2"));
         assert_eq!(Overrides::parse(&map(&[])).unwrap(), Overrides::default());
         let off = Overrides::parse(&map(&[(EGRESS_PROXY, "none")])).unwrap();
         assert_eq!(off.egress_proxy, Some(None));
@@ -347,6 +366,23 @@ mod tests {
     #[case::egress_empty(EGRESS_PROXY, "", "\"none\"")]
     #[case::egress_credentials(EGRESS_PROXY, "http://u:pw@proxy:3128", "\"none\"")]
     #[case::upstream_ca_upper(UPSTREAM_CA, "Corp-CA", "object name")]
+    #[case::budget_zero(BUDGET_USD_PER_DAY, "0", "above 0")]
+    #[case::budget_zero_fraction(BUDGET_USD_PER_DAY, "0.000", "above 0")]
+    #[case::budget_negative(BUDGET_USD_PER_DAY, "-5", "plain decimal")]
+    #[case::budget_plus(BUDGET_USD_PER_DAY, "+5", "plain decimal")]
+    #[case::budget_exponent(BUDGET_USD_PER_DAY, "1e3", "plain decimal")]
+    #[case::budget_inf(BUDGET_USD_PER_DAY, "inf", "plain decimal")]
+    #[case::budget_nan(BUDGET_USD_PER_DAY, "NaN", "plain decimal")]
+    #[case::budget_dollar(BUDGET_USD_PER_DAY, "$50", "plain decimal")]
+    #[case::budget_trailing_dot(BUDGET_USD_PER_DAY, "50.", "plain decimal")]
+    #[case::budget_leading_dot(BUDGET_USD_PER_DAY, ".5", "plain decimal")]
+    #[case::budget_nano(BUDGET_USD_PER_DAY, "0.0000001", "plain decimal")]
+    #[case::budget_huge(BUDGET_USD_PER_DAY, "1000000.01", "at most 1000000")]
+    #[case::budget_empty(BUDGET_USD_PER_DAY, "", "plain decimal")]
+    #[case::budget_key_slash(BUDGET_KEY, "shop/web", "budget key")]
+    #[case::budget_key_dollar(BUDGET_KEY, "$(HOME)", "budget key")]
+    #[case::budget_key_empty(BUDGET_KEY, "", "budget key")]
+    #[case::budget_key_long(BUDGET_KEY, &"k".repeat(64), "at most 63")]
     fn invalid_overrides_name_the_annotation(
         #[case] key: &'static str,
         #[case] value: &str,
@@ -377,6 +413,8 @@ mod tests {
             PROXY_MEMORY_LIMIT,
             EGRESS_PROXY,
             UPSTREAM_CA,
+            BUDGET_USD_PER_DAY,
+            BUDGET_KEY,
         ];
         for key in keys {
             let annotations = map(&[(key, &huge)]);

@@ -390,6 +390,11 @@ fn inject_object(
         Target::Workload(pointer) => {
             let name = describe(&*object);
             let kind = object.str_at("kind").unwrap_or_default().to_owned();
+            let api_version = object.str_at("apiVersion").unwrap_or_default().to_owned();
+            let workload_name = object
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
             let mut warnings = Warnings::default();
             if !pointer.is_empty() && has_inject(object) {
                 let on_template = object.pointer(pointer).is_some_and(has_inject);
@@ -402,13 +407,20 @@ fn inject_object(
                 return Ok(());
             };
             quote_scalars(template, &mut warnings);
-            // A Job's or CronJob's pods are owned by a Job.
-            let job = matches!(kind.as_str(), "Job" | "CronJob").then(|| OwnerRef {
-                api_version: "batch/v1".to_owned(),
-                kind: "Job".to_owned(),
+            // The template's pods are owned by the workload (a Job's or CronJob's by a Job),
+            // which names them: the webhook sees the same owner, or its ReplicaSet or Job.
+            let owner = (!pointer.is_empty()).then(|| OwnerRef {
+                api_version: api_version.clone(),
+                kind: match kind.as_str() {
+                    "CronJob" => "Job",
+                    kind => kind,
+                }
+                .to_owned(),
+                name: workload_name.unwrap_or_default(),
                 ..OwnerRef::default()
             });
-            let injected = inject_template(template, settings, location, &name, job, &mut warnings);
+            let injected =
+                inject_template(template, settings, location, &name, owner, &mut warnings);
             report.push_warnings(location, &name, warnings);
             if injected? {
                 report.injected.push(name);

@@ -194,7 +194,8 @@ fn decide(
     }
     let overrides = Overrides::parse(pod_annotations)?;
     let native_from_annotation = overrides.native_sidecar.is_some();
-    let sidecar = SidecarSpec::resolve(settings, overrides);
+    let mut sidecar = SidecarSpec::resolve(settings, overrides);
+    sidecar.workload = pod.workload_name();
     check(spec, &sidecar)?;
     if !sidecar.native && pod.owner.as_ref().is_some_and(OwnerRef::is_job) {
         warnings::plain_sidecar_in_job(native_from_annotation, warnings);

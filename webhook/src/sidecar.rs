@@ -85,6 +85,13 @@ pub struct SidecarSpec {
     pub no_proxy: Option<String>,
     /// ConfigMap with `ca.crt`, if any.
     pub upstream_ca: Option<String>,
+    /// Daily spend limit in USD, as written in `holysheep/budget-usd-per-day`.
+    pub budget_usd_per_day: Option<String>,
+    /// `holysheep/budget-key`; when absent the budget key is [`Self::workload`].
+    pub budget_key: Option<String>,
+    /// The pod's workload name (`PodFacts::workload_name`), set by the mutation: the
+    /// default budget key. Not an injection setting, so not in the config hash.
+    pub workload: Option<String>,
 }
 
 impl SidecarSpec {
@@ -113,6 +120,9 @@ impl SidecarSpec {
             upstream_ca: overrides
                 .upstream_ca
                 .or_else(|| settings.upstream_ca_config_map.clone()),
+            budget_usd_per_day: overrides.budget_usd_per_day,
+            budget_key: overrides.budget_key,
+            workload: None,
             resources: Resources {
                 cpu_request: overrides
                     .cpu_request
@@ -172,8 +182,19 @@ impl SidecarSpec {
                 format!("{UPSTREAM_CA_DIR}/{UPSTREAM_CA_FILE}"),
             ));
         }
+        if let Some(usd) = &self.budget_usd_per_day {
+            env.push(value_env("HOLYSHEEP_BUDGET_USD_PER_DAY", usd.clone()));
+        }
         env.push(field_env("POD_NAME", "metadata.name"));
         env.push(field_env("POD_NAMESPACE", "metadata.namespace"));
+        // After POD_NAMESPACE, which the kubelet then expands in it: the namespace is
+        // known at run time even when `inject` saw a manifest without one.
+        if let Some(key) = self.budget_key.as_ref().or(self.workload.as_ref()) {
+            env.push(value_env(
+                "HOLYSHEEP_BUDGET_KEY",
+                format!("$(POD_NAMESPACE)/{key}"),
+            ));
+        }
 
         let mut mounts = vec![VolumeMount {
             name: CREDENTIALS_VOLUME.to_owned(),

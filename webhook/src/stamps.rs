@@ -5,7 +5,8 @@
 //!
 //! The hash covers what the webhook decided for the sidecar (image, pull policy, ports,
 //! native or not, upstream, Secret and key names, ConfigMap names, resources, egress proxy,
-//! `NO_PROXY`), never the pod's own content, so two pods injected with the same settings
+//! `NO_PROXY`, the budget annotations), never the pod's own content (nor the workload name
+//! that is the default budget key), so two pods injected with the same settings
 //! carry the same hash. What it does not do: read the stamps back (the fleet report does).
 
 use ring::digest::{SHA256, digest};
@@ -19,7 +20,7 @@ pub const HASH_HEX_CHARS: usize = 12;
 
 /// Version of the serialization below; part of the hashed text, so a change to what is
 /// hashed changes every hash on purpose.
-const FORMAT: &str = "holysheep-injected-config/v1";
+const FORMAT: &str = "holysheep-injected-config/v2";
 
 /// The injected sidecar's version: this webhook's version for the default image, else the
 /// image tag, else a short digest, else `latest` (what an untagged reference pulls).
@@ -95,6 +96,11 @@ fn canonical(spec: &SidecarSpec) -> String {
         ("egressProxy", optional(spec.egress_proxy.as_deref())),
         ("noProxy", optional(spec.no_proxy.as_deref())),
         ("upstreamCa", optional(spec.upstream_ca.as_deref())),
+        (
+            "budgetUsdPerDay",
+            optional(spec.budget_usd_per_day.as_deref()),
+        ),
+        ("budgetKey", optional(spec.budget_key.as_deref())),
     ];
     let array: Vec<Value> = pairs
         .into_iter()
@@ -146,11 +152,18 @@ mod tests {
             |s| s.egress_proxy = Some("http://p:3128".into()),
             |s| s.no_proxy = Some(".svc".into()),
             |s| s.upstream_ca = Some("ca".into()),
+            |s| s.budget_usd_per_day = Some("50".into()),
+            |s| s.budget_key = Some("shared".into()),
         ];
         for (i, change) in changes.into_iter().enumerate() {
             let mut spec = base.clone();
             change(&mut spec);
             assert_ne!(config_hash(&spec), hash, "change {i} kept the hash");
         }
+        let other_workload = SidecarSpec {
+            workload: Some("web".into()),
+            ..base
+        };
+        assert_eq!(config_hash(&other_workload), hash);
     }
 }

@@ -179,6 +179,14 @@ async fn deployment_pod_is_injected_once_over_tls() {
     );
     // The pod has only generateName: no name appears out of nowhere.
     assert!(pod.metadata.name.is_none());
+    // Its replicas share budgets under the Deployment's name, not the ReplicaSet's, which
+    // changes with every rollout.
+    let sidecar = &spec.init_containers.as_deref().unwrap()[0];
+    assert_eq!(
+        env_of(sidecar, "HOLYSHEEP_BUDGET_KEY"),
+        Some("$(POD_NAMESPACE)/chat-api")
+    );
+    assert_eq!(env_of(sidecar, "HOLYSHEEP_BUDGET_USD_PER_DAY"), None);
 
     // Reinvocation (reinvocationPolicy: IfNeeded) sees the patched pod: no second patch.
     let (response, patch) = admit(&server, &with_object(&review, patched)).await;

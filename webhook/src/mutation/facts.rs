@@ -1,5 +1,6 @@
-//! What the mutation reads of a pod, and nothing else: the namespace, annotations, whether
-//! it has labels, its controller owner, `hostNetwork`, each container's name, the app env
+//! What the mutation reads of a pod, and nothing else: the namespace, name and
+//! generateName, annotations, whether it has labels (and the `pod-template-hash` one), its
+//! controller owner, `hostNetwork`, each container's name, the app env
 //! names it sets that the injection would also set (with the value of a base URL), its
 //! ports, and whether a volume already uses a name the injection needs.
 //!
@@ -66,6 +67,12 @@ pub const RESERVED_VOLUMES: [&str; 3] = [
 pub struct PodFacts {
     /// `metadata.namespace`.
     pub namespace: Option<String>,
+    /// `metadata.name`; pods made by controllers have none yet at admission.
+    pub name: Option<String>,
+    /// `metadata.generateName`.
+    pub generate_name: Option<String>,
+    /// The `pod-template-hash` label a Deployment's ReplicaSet puts on its pods.
+    pub template_hash: Option<String>,
     /// `metadata.annotations`; `None` when absent or null.
     pub annotations: Option<BTreeMap<String, String>>,
     /// Whether `metadata.labels` is present (the patch then adds one label instead of the
@@ -75,6 +82,47 @@ pub struct PodFacts {
     pub owner: Option<OwnerRef>,
     /// `spec`; `None` when absent or null.
     pub spec: Option<SpecFacts>,
+}
+
+/// Label a Deployment's ReplicaSets put on their pods: the suffix of the ReplicaSet name.
+pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
+
+/// Digits a CronJob appends to the names of its Jobs (the scheduled time in minutes since
+/// the Unix epoch, eight digits until the year 2160); shorter digit suffixes are taken as
+/// part of a Job's own name.
+const CRONJOB_SUFFIX_DIGITS: usize = 8;
+
+impl PodFacts {
+    /// The name of the workload the pod belongs to, stable across rollouts and restarts:
+    /// a Deployment's name (its ReplicaSet's name without the template hash), a CronJob's
+    /// name (its Job's name without the schedule suffix), the owner's name for other
+    /// controllers, else the pod's name or `generateName` prefix.
+    pub fn workload_name(&self) -> Option<String> {
+        let Some(owner) = &self.owner else {
+            return self
+                .name
+                .clone()
+                .or_else(|| {
+                    let prefix = self.generate_name.as_deref()?.trim_end_matches('-');
+                    Some(prefix.to_owned())
+                })
+                .filter(|name| !name.is_empty());
+        };
+        let name = owner.name.as_str();
+        let base = match owner.kind.as_str() {
+            "ReplicaSet" => self
+                .template_hash
+                .as_deref()
+                .and_then(|hash| name.strip_suffix(hash)?.strip_suffix('-')),
+            _ if owner.is_job() => name.rsplit_once('-').and_then(|(base, suffix)| {
+                let schedule = suffix.len() >= CRONJOB_SUFFIX_DIGITS
+                    && suffix.chars().all(|c| c.is_ascii_digit());
+                schedule.then_some(base)
+            }),
+            _ => None,
+        };
+        Some(base.unwrap_or(name).to_owned()).filter(|name| !name.is_empty())
+    }
 }
 
 /// The controller of a pod: where a refusal's Event goes, and whether it is a Job's pod.
@@ -172,6 +220,13 @@ impl PodFacts {
             });
         Self {
             namespace: pod.metadata.namespace.clone(),
+            name: pod.metadata.name.clone(),
+            generate_name: pod.metadata.generate_name.clone(),
+            template_hash: pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(TEMPLATE_HASH_LABEL).cloned()),
             annotations: pod.metadata.annotations.clone(),
             has_labels: pod.metadata.labels.is_some(),
             owner,
@@ -253,15 +308,19 @@ struct WirePod {
     spec: Option<WireSpec>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireMetadata {
     #[serde(default)]
     namespace: Option<String>,
     #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    generate_name: Option<String>,
+    #[serde(default)]
     annotations: Option<Annotations>,
     #[serde(default)]
-    labels: Option<IgnoredAny>,
+    labels: Option<TemplateHash>,
     #[serde(default)]
     owner_references: Option<Owners>,
 }
@@ -341,15 +400,8 @@ impl TryFrom<WirePod> for PodFacts {
         if let Some(kind) = pod.kind.filter(|k| k != "Pod") {
             return Err(FactsError::Kind(kind));
         }
-        let (namespace, annotations, has_labels, owner) =
-            pod.metadata.map_or((None, None, false, None), |m| {
-                (
-                    m.namespace,
-                    m.annotations.map(|a| a.0),
-                    m.labels.is_some(),
-                    m.owner_references.and_then(|o| o.0),
-                )
-            });
+        let metadata = pod.metadata.unwrap_or_default();
+        let has_labels = metadata.labels.is_some();
         let spec = pod.spec.map(|spec| SpecFacts {
             host_network: spec.host_network == Some(true),
             containers: spec.containers.unwrap_or_default(),
@@ -357,12 +409,42 @@ impl TryFrom<WirePod> for PodFacts {
             volumes: spec.volumes,
         });
         Ok(Self {
-            namespace,
-            annotations,
+            namespace: metadata.namespace,
+            name: metadata.name,
+            generate_name: metadata.generate_name,
+            template_hash: metadata.labels.and_then(|l| l.0),
+            annotations: metadata.annotations.map(|a| a.0),
             has_labels,
-            owner,
+            owner: metadata.owner_references.and_then(|o| o.0),
             spec,
         })
+    }
+}
+
+/// Of the labels, only the value of [`TEMPLATE_HASH_LABEL`]; the rest are skipped.
+struct TemplateHash(Option<String>);
+
+impl<'de> Deserialize<'de> for TemplateHash {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MapVisitor;
+        impl<'de> Visitor<'de> for MapVisitor {
+            type Value = TemplateHash;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of string labels")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut hash = None;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == TEMPLATE_HASH_LABEL {
+                        hash = Some(map.next_value::<String>()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(TemplateHash(hash))
+            }
+        }
+        deserializer.deserialize_map(MapVisitor)
     }
 }
 

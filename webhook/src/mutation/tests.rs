@@ -638,7 +638,9 @@ fn facts_keep_only_what_the_mutation_reads() {
     let pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"namespace": "shop", "labels": {"a": "b"}, "annotations": {"k": "v"},
+        "metadata": {"namespace": "shop", "name": "web-1", "generateName": "web-",
+            "labels": {"a": "b", "pod-template-hash": "5d8f7c9b4", "z": "y"},
+            "annotations": {"k": "v"},
             "ownerReferences": [
                 {"apiVersion": "v1", "kind": "Node", "name": "n", "uid": "n-1"},
                 {"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": "j-1",
@@ -665,6 +667,9 @@ fn facts_keep_only_what_the_mutation_reads() {
     let facts: PodFacts = serde_json::from_str(&pod.to_string()).unwrap();
     let expected = PodFacts {
         namespace: Some("shop".into()),
+        name: Some("web-1".into()),
+        generate_name: Some("web-".into()),
+        template_hash: Some("5d8f7c9b4".into()),
         annotations: Some([("k".to_owned(), "v".to_owned())].into()),
         has_labels: true,
         owner: Some(OwnerRef {
@@ -813,4 +818,48 @@ fn plain_sidecar_in_a_job_is_warned(
         }
         None => assert!(planned.warnings.is_empty(), "{:?}", planned.warnings),
     }
+}
+
+/// Facts of a pod with the given controller (`kind`, `name`), template hash label, name
+/// and generateName.
+fn owned_by(
+    owner: Option<(&str, &str, &str)>,
+    hash: Option<&str>,
+    name: Option<&str>,
+    generate_name: Option<&str>,
+) -> PodFacts {
+    PodFacts {
+        owner: owner.map(|(api_version, kind, name)| OwnerRef {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            name: name.into(),
+            uid: "u".into(),
+        }),
+        template_hash: hash.map(Into::into),
+        name: name.map(Into::into),
+        generate_name: generate_name.map(Into::into),
+        ..PodFacts::default()
+    }
+}
+
+#[rstest]
+#[case::deployment(Some(("apps/v1", "ReplicaSet", "web-5d8f7c9b4")), Some("5d8f7c9b4"), None, Some("web-5d8f7c9b4-"), Some("web"))]
+#[case::bare_replicaset(Some(("apps/v1", "ReplicaSet", "web-rs")), None, None, None, Some("web-rs"))]
+#[case::hash_not_the_suffix(Some(("apps/v1", "ReplicaSet", "web-rs")), Some("abc"), None, None, Some("web-rs"))]
+#[case::cronjob(Some(("batch/v1", "Job", "nightly-report-29412345")), None, None, None, Some("nightly-report"))]
+#[case::job_short_number(Some(("batch/v1", "Job", "migrate-2")), None, None, None, Some("migrate-2"))]
+#[case::statefulset(Some(("apps/v1", "StatefulSet", "db")), None, Some("db-0"), None, Some("db"))]
+#[case::offline_deployment(Some(("apps/v1", "Deployment", "web")), None, None, None, Some("web"))]
+#[case::bare_pod(None, None, Some("debug"), None, Some("debug"))]
+#[case::generated_pod(None, None, None, Some("debug-"), Some("debug"))]
+#[case::nameless(None, None, None, None, None)]
+fn workload_name_is_stable_across_rollouts(
+    #[case] owner: Option<(&str, &str, &str)>,
+    #[case] hash: Option<&str>,
+    #[case] name: Option<&str>,
+    #[case] generate_name: Option<&str>,
+    #[case] expected: Option<&str>,
+) {
+    let facts = owned_by(owner, hash, name, generate_name);
+    assert_eq!(facts.workload_name().as_deref(), expected);
 }

@@ -158,6 +158,52 @@ pub fn no_proxy(text: &str) -> Result<String, String> {
     }
 }
 
+/// Largest `holysheep/budget-usd-per-day`: a typo's extra zeros are refused, not obeyed.
+pub const MAX_BUDGET_USD: f64 = 1_000_000.0;
+
+/// A daily spend limit in USD: plain decimal digits with an optional fraction of up to 6
+/// digits (micro-USD), above 0 and at most [`MAX_BUDGET_USD`]. Kept as written, since the
+/// sidecar parses the same text; exponents, signs and `inf` are refused here rather than
+/// there, where a refusal would stop the pod.
+pub fn budget_usd(text: &str) -> Result<String, String> {
+    let form = format!(
+        "expected US dollars as a plain decimal above 0 and at most {MAX_BUDGET_USD:.0}, \
+         e.g. \"50\" or \"12.50\""
+    );
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
+    let shape_ok = !whole.is_empty()
+        && whole.len() <= 7
+        && digits(whole)
+        && fraction.len() <= 6
+        && digits(fraction)
+        && !(text.contains('.') && fraction.is_empty());
+    match text.parse::<f64>() {
+        Ok(usd) if shape_ok && usd > 0.0 && usd <= MAX_BUDGET_USD => Ok(text.to_owned()),
+        _ => Err(form),
+    }
+}
+
+/// Longest `holysheep/budget-key`; Kubernetes label values have the same bound.
+const MAX_BUDGET_KEY: usize = 63;
+
+/// The name under which replicas share a budget: letters, digits, `-`, `_` and `.`, at
+/// most 63 characters. No `$`, `/` or `:`, since the webhook writes it after
+/// `$(POD_NAMESPACE)/` into the sidecar's env and the sidecar into a store key.
+pub fn budget_key(text: &str) -> Result<String, String> {
+    let chars_ok = text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !text.is_empty() && text.len() <= MAX_BUDGET_KEY && chars_ok {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "expected a budget key: letters, digits, '-', '_' and '.', at most \
+             {MAX_BUDGET_KEY} characters, e.g. \"checkout\""
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
