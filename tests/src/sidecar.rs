@@ -24,10 +24,18 @@ use crate::{eventually, http_client};
 /// The sidecar's binary name, `argv[0]`.
 pub const BINARY: &str = "holysheep-sidecar";
 
+/// Namespace the kubelet stand-in gives `metadata.namespace` in the downward API.
+pub const POD_NAMESPACE: &str = "shop";
+
+/// Name it gives `metadata.name`.
+pub const POD_NAME: &str = "pod-0";
+
 /// The sidecar's command line for `container`: its `args` (the image's entrypoint is the
 /// sidecar binary, so `command` must be unset) and one `--flag=value` per literal
-/// `HOLYSHEEP_*` env var. Env from `valueFrom` (the downward API's `POD_NAME`) is not a
-/// flag and is skipped; a `HOLYSHEEP_*` var no sidecar flag reads is an error.
+/// `HOLYSHEEP_*` env var, with `$(VAR)` references to earlier env expanded as the kubelet
+/// does (the downward API's namespace and name are [`POD_NAMESPACE`] and [`POD_NAME`]).
+/// Env from `valueFrom` is not a flag and is skipped; a `HOLYSHEEP_*` var no sidecar flag
+/// reads is an error.
 pub fn argv(container: &Container) -> Result<Vec<String>, String> {
     if let Some(command) = &container.command {
         return Err(format!(
@@ -38,12 +46,28 @@ pub fn argv(container: &Container) -> Result<Vec<String>, String> {
     let command = Args::command();
     let mut argv = vec![BINARY.to_owned()];
     argv.extend(container.args.iter().flatten().cloned());
+    let mut defined: Vec<(&str, String)> = Vec::new();
     for var in container.env.iter().flatten() {
+        let value = match (&var.value, &var.value_from) {
+            (Some(value), _) => Some(expand(value, &defined)),
+            (None, Some(from)) => from.field_ref.as_ref().and_then(|field| {
+                match field.field_path.as_str() {
+                    "metadata.namespace" => Some(POD_NAMESPACE.to_owned()),
+                    "metadata.name" => Some(POD_NAME.to_owned()),
+                    _ => None,
+                }
+            }),
+            (None, None) => Some(String::new()),
+        };
+        if let Some(value) = &value {
+            defined.push((var.name.as_str(), value.clone()));
+        }
         let flag = command.get_arguments().find(|arg| {
             arg.get_env()
                 .is_some_and(|env| env.to_str() == Some(var.name.as_str()))
         });
-        match (flag.and_then(|a| a.get_long()), &var.value, &var.value_from) {
+        let literal = var.value.as_ref().and(value.as_ref());
+        match (flag.and_then(|a| a.get_long()), literal, &var.value_from) {
             (Some(long), Some(value), _) => argv.push(format!("--{long}={value}")),
             (Some(_), None, _) => {
                 return Err(format!(
@@ -61,6 +85,37 @@ pub fn argv(container: &Container) -> Result<Vec<String>, String> {
         }
     }
     Ok(argv)
+}
+
+/// Expands `$(NAME)` with the value of an env var defined earlier in the container, `$$`
+/// to `$`, and leaves anything else (an unknown name included) as written: the kubelet's
+/// rules for env values.
+fn expand(value: &str, defined: &[(&str, String)]) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at + 1..];
+        if let Some(after) = tail.strip_prefix('$') {
+            out.push('$');
+            rest = after;
+        } else if let Some((name, after)) = tail
+            .strip_prefix('(')
+            .and_then(|inner| inner.split_once(')'))
+        {
+            // The last definition wins, as with duplicate env names.
+            match defined.iter().rev().find(|(n, _)| *n == name) {
+                Some((_, v)) => out.push_str(v),
+                None => out.push_str(&rest[at..at + 3 + name.len()]),
+            }
+            rest = after;
+        } else {
+            out.push('$');
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Parses `argv` with the sidecar's `Args`, with every env twin switched off so that
@@ -177,5 +232,19 @@ impl Drop for Running {
         if let Some(task) = &self.task {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand;
+
+    #[test]
+    fn expands_like_the_kubelet() {
+        let defined = [("NS", "shop".to_owned()), ("NS", "prod".to_owned())];
+        assert_eq!(expand("$(NS)/web", &defined), "prod/web");
+        assert_eq!(expand("$$(NS) $(OTHER) $x $", &defined), "$(NS) $(OTHER) $x $");
+        assert_eq!(expand("a$(NS", &defined), "a$(NS");
+        assert_eq!(expand("é$(NS)é", &defined), "éprodé");
     }
 }
