@@ -150,7 +150,8 @@ pub fn analyze(
 
     let stale: Vec<StaleWorkload> = stale
         .into_iter()
-        .map(|((namespace, workload), pods)| {
+        .map(|((namespace, workload), mut pods)| {
+            pods.sort_by(|a, b| a.name.cmp(&b.name));
             let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
             let fix = workload.restart(&namespace, &names);
             StaleWorkload {
@@ -161,7 +162,10 @@ pub fn analyze(
             }
         })
         .collect();
-    let workload_only = workload_only(snap);
+    let mut workload_only = workload_only(snap);
+    // Stable output: sorted by namespace, then pod or workload.
+    not_injected.sort_by(|a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)));
+    workload_only.sort_by(|a, b| (&a.namespace, &a.workload).cmp(&(&b.namespace, &b.workload)));
     let mut report = Report {
         api_version: API_VERSION,
         namespace: opts.namespace.clone(),

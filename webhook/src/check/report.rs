@@ -168,7 +168,15 @@ impl Workload {
                  next run is injected anew)",
                 self.name
             ),
-            _ => format!("kubectl delete pod {} -n {namespace}", pods.join(" ")),
+            // Its controller re-creates what is deleted.
+            "ReplicaSet" | "ReplicationController" => {
+                format!("kubectl delete pod {} -n {namespace}", pods.join(" "))
+            }
+            // A bare pod, or an owner check does not know: nothing re-creates it for us.
+            _ => format!(
+                "re-create pod {} in {namespace} (delete it and apply its manifest again)",
+                pods.join(" ")
+            ),
         }
     }
 }
@@ -455,4 +463,39 @@ fn table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> io::Res
         writeln!(out, "{}", line.trim_end())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_commands_per_kind() {
+        let w = |kind: &str| Workload {
+            kind: kind.to_owned(),
+            name: "x".to_owned(),
+        };
+        assert_eq!(
+            w("Deployment").restart("shop", &["x-1"]),
+            "kubectl rollout restart deployment/x -n shop"
+        );
+        assert_eq!(
+            w("DaemonSet").restart("shop", &["x-1"]),
+            "kubectl rollout restart daemonset/x -n shop"
+        );
+        assert_eq!(
+            w("ReplicaSet").restart("shop", &["x-1", "x-2"]),
+            "kubectl delete pod x-1 x-2 -n shop"
+        );
+        assert!(
+            w("Job")
+                .restart("shop", &["x-1"])
+                .starts_with("re-create job/x")
+        );
+        assert!(
+            w("Pod")
+                .restart("shop", &["x"])
+                .starts_with("re-create pod x in shop")
+        );
+    }
 }
