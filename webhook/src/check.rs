@@ -4,8 +4,8 @@
 //!
 //! The steps: build a client from the kubeconfig like kubectl (`client`), read a
 //! [`gather::Snapshot`] with GET requests only, read what the webhook injects now from
-//! its own Deployment (`expected`), then [`analyze::analyze`] (pure) and print
-//! (`report`). The exit code says whether anything needs action: [`EXIT_OK`],
+//! its own Deployment (`expected`), then [`analyze::analyze`] (pure) into a
+//! [`Report`] (`report`), printed as tables (`text`) or JSON. The exit code says whether anything needs action: [`EXIT_OK`],
 //! [`EXIT_FINDINGS`], [`EXIT_ERROR`].
 //!
 //! What it does not do: change anything in the cluster (no create, update, patch or
@@ -17,6 +17,8 @@ pub mod gather;
 mod health;
 pub mod report;
 pub mod selector;
+mod text;
+mod workloads;
 
 use std::path::PathBuf;
 
@@ -25,6 +27,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use time::OffsetDateTime;
 
 pub use report::Report;
+pub use text::write_text;
 
 /// Nothing needs action.
 pub const EXIT_OK: u8 = 0;
@@ -98,7 +101,7 @@ pub enum CheckError {
         verb: &'static str,
         /// e.g. `pods`, `deployments.apps`.
         resource: &'static str,
-        /// ` in namespace X` or ` cluster-wide`.
+        /// ` "name"`, ` in namespace X` or ` cluster-wide`.
         scope: String,
         /// The apiserver's message.
         message: String,
@@ -132,15 +135,20 @@ pub enum CheckError {
 }
 
 impl CheckError {
+    /// `name`: the object of a `get`; `namespace`: where (`None`: cluster-wide).
     fn from_kube(
         e: kube::Error,
         verb: &'static str,
         resource: &'static str,
+        name: Option<&str>,
         namespace: Option<&str>,
     ) -> Self {
-        let scope = namespace.map_or(" cluster-wide".to_owned(), |ns| {
-            format!(" in namespace {ns}")
-        });
+        let scope = match (name, namespace) {
+            (None, None) => " cluster-wide".to_owned(),
+            (None, Some(ns)) => format!(" in namespace {ns}"),
+            (Some(name), None) => format!(" {name:?}"),
+            (Some(name), Some(ns)) => format!(" {name:?} in namespace {ns}"),
+        };
         match e {
             kube::Error::Api(status) if status.code == 403 => Self::Forbidden {
                 verb,

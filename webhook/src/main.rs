@@ -21,7 +21,13 @@ fn main() -> ExitCode {
         Ok("text") => false,
         _ => matches!(cli.command, Command::Serve(_)),
     };
-    if let Err(error) = init_tracing(json) {
+    // `check` reports its own errors once, on stderr: the kube client's error logs for the
+    // same failure would only repeat them less clearly.
+    let default_level = match cli.command {
+        Command::Check(_) => "warn,kube_client=off",
+        _ => "info",
+    };
+    if let Err(error) = init_tracing(json, default_level) {
         eprintln!("holysheep-webhook: {error}");
         return ExitCode::FAILURE;
     }
@@ -132,7 +138,7 @@ fn run_check(args: &CheckArgs) -> u8 {
         OutputFormat::Json => serde_json::to_writer_pretty(&mut out, &report)
             .map_err(std::io::Error::other)
             .and_then(|()| writeln!(out)),
-        OutputFormat::Text => check::report::write_text(&report, &mut out),
+        OutputFormat::Text => check::write_text(&report, &mut out),
     };
     if let Err(error) = written.and_then(|()| out.flush()) {
         eprintln!("holysheep-webhook check: cannot write the report: {error}");
@@ -141,10 +147,11 @@ fn run_check(args: &CheckArgs) -> u8 {
     check::exit_code(&report)
 }
 
-/// Logs on stderr (stdout carries `inject`'s YAML), level from RUST_LOG, `info` by
-/// default; one JSON object per line when `json`.
-fn init_tracing(json: bool) -> Result<(), WebhookError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Logs on stderr (stdout carries `inject`'s YAML and `check`'s report), level from
+/// RUST_LOG, `default_level` otherwise; one JSON object per line when `json`.
+fn init_tracing(json: bool, default_level: &str) -> Result<(), WebhookError> {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

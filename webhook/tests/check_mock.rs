@@ -707,8 +707,9 @@ async fn rbac_refusals_and_a_missing_kubeconfig_exit_2_with_a_clear_message() {
     let run = check(&config, &["-A"]).await;
     assert_eq!(run.code, 2);
     assert!(
-        run.stderr
-            .contains("cannot get secrets in namespace holysheep-system"),
+        run.stderr.contains(
+            r#"cannot get secrets "holysheep-webhook-tls" in namespace holysheep-system"#
+        ),
         "{}",
         run.stderr
     );

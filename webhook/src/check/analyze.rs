@@ -10,23 +10,25 @@
 //!   annotations? Then its workload (pod -> ReplicaSet -> Deployment) gets a restart.
 //!
 //! It also flags Deployments, StatefulSets, DaemonSets and Jobs annotated
-//! `holysheep/inject` on their own metadata but not on their pod template.
+//! `holysheep/inject` on their own metadata but not on their pod template (`workloads`).
 //!
 //! What it does not do: I/O.
 
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use time::OffsetDateTime;
 
 use super::expected::{self, WebhookSettings};
 use super::gather::Snapshot;
 use super::report::{
     API_VERSION, ExpectedStamps, NamespaceSummary, NotInjected, Report, StalePod, StaleWorkload,
-    Workload, WorkloadOnly,
+    Workload,
 };
-use super::{CheckOptions, INJECTION_ENABLED, INJECTION_LABEL, health, rfc3339, selector};
+use super::{
+    CheckOptions, INJECTION_ENABLED, INJECTION_LABEL, health, rfc3339, selector, workloads,
+};
 use crate::annotations;
 use crate::sidecar;
 
@@ -95,7 +97,7 @@ pub fn analyze(
         }
     }
 
-    let owners = Owners::new(snap);
+    let owners = workloads::Owners::new(snap);
     let mut not_injected = Vec::new();
     let mut stale: BTreeMap<(String, Workload), Vec<StalePod>> = BTreeMap::new();
     for pod in snap.pods.iter().filter(|p| running(p)) {
@@ -162,7 +164,7 @@ pub fn analyze(
             }
         })
         .collect();
-    let mut workload_only = workload_only(snap);
+    let mut workload_only = workloads::annotated_on_workload_only(snap);
     // Stable output: sorted by namespace, then pod or workload.
     not_injected.sort_by(|a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)));
     workload_only.sort_by(|a, b| (&a.namespace, &a.workload).cmp(&(&b.namespace, &b.workload)));
@@ -355,110 +357,4 @@ fn why_not(
 fn fmt(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
-}
-
-/// The controller chain of pods: ReplicaSet -> Deployment, Job, StatefulSet, DaemonSet.
-struct Owners<'a> {
-    replica_sets: HashMap<(&'a str, &'a str), Option<&'a OwnerReference>>,
-}
-
-impl<'a> Owners<'a> {
-    fn new(snap: &'a Snapshot) -> Self {
-        let replica_sets = snap
-            .replica_sets
-            .iter()
-            .filter_map(|rs| {
-                let m = &rs.metadata;
-                Some(((m.namespace.as_deref()?, m.name.as_deref()?), controller(m)))
-            })
-            .collect();
-        Self { replica_sets }
-    }
-
-    fn workload(&self, ns: &str, pod: &Pod) -> Workload {
-        let Some(owner) = controller(&pod.metadata) else {
-            return Workload {
-                kind: "Pod".to_owned(),
-                name: pod.metadata.name.clone().unwrap_or_default(),
-            };
-        };
-        if owner.kind == "ReplicaSet"
-            && let Some(Some(parent)) = self.replica_sets.get(&(ns, owner.name.as_str()))
-            && parent.kind == "Deployment"
-        {
-            return Workload {
-                kind: parent.kind.clone(),
-                name: parent.name.clone(),
-            };
-        }
-        Workload {
-            kind: owner.kind.clone(),
-            name: owner.name.clone(),
-        }
-    }
-}
-
-fn controller(meta: &ObjectMeta) -> Option<&OwnerReference> {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-}
-
-/// Workloads annotated on their own metadata, not on their pod template.
-fn workload_only(snap: &Snapshot) -> Vec<WorkloadOnly> {
-    let mut found = Vec::new();
-    let mut visit = |kind: &str, meta: &ObjectMeta, template: Option<&ObjectMeta>| {
-        let on_self = meta
-            .annotations
-            .as_ref()
-            .is_some_and(|a| a.contains_key(annotations::INJECT));
-        let on_template = template
-            .and_then(|t| t.annotations.as_ref())
-            .is_some_and(|a| a.contains_key(annotations::INJECT));
-        let (Some(ns), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref()) else {
-            return;
-        };
-        if on_self && !on_template {
-            let workload = Workload {
-                kind: kind.to_owned(),
-                name: name.to_owned(),
-            };
-            let fix = if kind == "Job" {
-                format!(
-                    "re-create job/{name} with the annotation under spec.template.metadata \
-                     (a Job's template cannot change)"
-                )
-            } else {
-                format!(
-                    "kubectl patch {} -n {ns} --type merge -p \
-                     '{{\"spec\":{{\"template\":{{\"metadata\":{{\"annotations\":{{\"{}\":\"true\"}}}}}}}}}}'",
-                    workload.reference(),
-                    annotations::INJECT
-                )
-            };
-            found.push(WorkloadOnly {
-                namespace: ns.to_owned(),
-                workload,
-                fix,
-            });
-        }
-    };
-    for d in &snap.deployments {
-        let t = d.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
-        visit("Deployment", &d.metadata, t);
-    }
-    for s in &snap.stateful_sets {
-        let t = s.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
-        visit("StatefulSet", &s.metadata, t);
-    }
-    for d in &snap.daemon_sets {
-        let t = d.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
-        visit("DaemonSet", &d.metadata, t);
-    }
-    for j in &snap.jobs {
-        let t = j.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
-        visit("Job", &j.metadata, t);
-    }
-    found
 }

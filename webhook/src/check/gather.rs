@@ -54,7 +54,7 @@ pub async fn snapshot(client: &kube::Client, opts: &CheckOptions) -> Result<Snap
             let found = api
                 .get_opt(ns)
                 .await
-                .map_err(|e| CheckError::from_kube(e, "get", "namespaces", None))?;
+                .map_err(|e| CheckError::from_kube(e, "get", "namespaces", Some(ns), None))?;
             match found {
                 Some(namespace) => vec![namespace],
                 None => return Err(CheckError::NoSuchNamespace(ns.to_owned())),
@@ -67,21 +67,35 @@ pub async fn snapshot(client: &kube::Client, opts: &CheckOptions) -> Result<Snap
     let webhook_deployment = deployments_api
         .get_opt(&opts.webhook_deployment)
         .await
-        .map_err(|e| CheckError::from_kube(e, "get", "deployments", Some(webhook_ns)))?;
+        .map_err(|e| {
+            CheckError::from_kube(
+                e,
+                "get",
+                "deployments.apps",
+                Some(&opts.webhook_deployment),
+                Some(webhook_ns),
+            )
+        })?;
     let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let webhook_config = configs.get_opt(&opts.webhook_config).await.map_err(|e| {
         CheckError::from_kube(
             e,
             "get",
             "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+            Some(&opts.webhook_config),
             None,
         )
     })?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), webhook_ns);
-    let tls_secret = secrets
-        .get_opt(&opts.tls_secret)
-        .await
-        .map_err(|e| CheckError::from_kube(e, "get", "secrets", Some(webhook_ns)))?;
+    let tls_secret = secrets.get_opt(&opts.tls_secret).await.map_err(|e| {
+        CheckError::from_kube(
+            e,
+            "get",
+            "secrets",
+            Some(&opts.tls_secret),
+            Some(webhook_ns),
+        )
+    })?;
     Ok(Snapshot {
         namespaces,
         pods: list_scoped(client, scope, "pods").await?,
@@ -128,7 +142,7 @@ where
         let page = api
             .list(&params)
             .await
-            .map_err(|e| CheckError::from_kube(e, "list", resource, scope))?;
+            .map_err(|e| CheckError::from_kube(e, "list", resource, None, scope))?;
         items.extend(page.items);
         match page.metadata.continue_ {
             Some(token) if !token.is_empty() => params = params.continue_token(&token),
