@@ -184,7 +184,8 @@ fn kubeconfig(dir: &Path, server: &FakeApiServer) -> PathBuf {
             "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
              clusters: [{{name: fake, cluster: {{server: 'http://{}'}}}}]\n\
              users: [{{name: fake, user: {{token: not-a-real-token}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: shop}}}}]\n",
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: shop}}}},\n\
+                        {{name: other, context: {{cluster: fake, user: fake, namespace: plain}}}}]\n",
             server.addr
         ),
     )
@@ -589,6 +590,18 @@ async fn one_namespace_reads_only_that_namespace() {
     let run = check(&config, &["-n", "plain", "-o", "json"]).await;
     assert_eq!(run.code, 1);
     assert_eq!(run.json()["notInjected"][0]["pod"], "plain-pod");
+    // --context picks another context (and its namespace); --kubeconfig beats KUBECONFIG.
+    let run = check(&config, &["--context", "other", "-o", "json"]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.json()["namespace"], "plain");
+    let flag = config.to_str().unwrap();
+    let nowhere = dir.path().join("no-such-kubeconfig");
+    let run = check(
+        &nowhere,
+        &["--kubeconfig", flag, "-n", "shop", "-o", "json"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
     let run = check(&config, &["-n", "nope"]).await;
     assert_eq!(run.code, 2);
     assert!(

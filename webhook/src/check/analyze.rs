@@ -358,3 +358,6 @@ fn fmt(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
+
+#[cfg(test)]
+mod tests;

@@ -142,6 +142,10 @@ fn serve_args(container: &Container) -> Option<Vec<String>> {
         .chain(container.args.iter().flatten())
         .cloned()
         .collect();
+    // Neither set: the image's default command, `serve --self-signed` (Dockerfile CMD).
+    if words.is_empty() {
+        return Some(vec!["--self-signed".to_owned()]);
+    }
     let at = words.iter().position(|w| w == "serve")?;
     Some(words[at + 1..].to_vec())
 }
@@ -275,6 +279,19 @@ mod tests {
             Some("http://p:3128")
         );
         assert_eq!(found.unresolved_env, ["HOLYSHEEP_SECRET_NAME"]);
+    }
+
+    #[test]
+    fn no_command_and_no_args_is_the_images_default_serve() {
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "holysheep-webhook", "namespace": "holysheep-system"},
+            "spec": {"selector": {}, "template": {"spec": {"containers": [
+                {"name": "webhook", "image": "w",
+                 "env": [{"name": "HOLYSHEEP_SIDECAR_IMAGE", "value": "r.io/s:3"}]}
+            ]}}}
+        }))
+        .unwrap();
+        assert_eq!(from_deployment(&d).unwrap().settings.image, "r.io/s:3");
     }
 
     #[test]
