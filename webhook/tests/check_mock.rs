@@ -360,6 +360,10 @@ async fn every_finding_is_reported_with_its_reason_and_fix_and_exit_1() {
         "daemonsets",
         workload("DaemonSet", "shop", "agent", true, true),
     );
+    // "false" on the workload asks for nothing: not a finding.
+    let mut says_false = workload("Deployment", "shop", "says-false", true, false);
+    says_false["metadata"]["annotations"]["holysheep/inject"] = json!("false");
+    server.insert_object("deployments", says_false);
     // Stale: two pods of Deployment `old` on an older sidecar, one StatefulSet pod on the
     // same version with other settings.
     let older = Settings {

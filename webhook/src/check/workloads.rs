@@ -65,10 +65,12 @@ fn controller(meta: &ObjectMeta) -> Option<&OwnerReference> {
 pub(super) fn annotated_on_workload_only(snap: &Snapshot) -> Vec<WorkloadOnly> {
     let mut found = Vec::new();
     let mut visit = |kind: &str, meta: &ObjectMeta, template: Option<&ObjectMeta>| {
+        // Only an opt-in that went to the wrong place; "false" there asks for nothing.
         let on_self = meta
             .annotations
             .as_ref()
-            .is_some_and(|a| a.contains_key(annotations::INJECT));
+            .and_then(|a| a.get(annotations::INJECT))
+            .is_some_and(|v| v == "true");
         let on_template = template
             .and_then(|t| t.annotations.as_ref())
             .is_some_and(|a| a.contains_key(annotations::INJECT));
