@@ -37,9 +37,13 @@ pub enum Command {
     Inject(Box<InjectArgs>),
     /// Write a CA and a serving certificate for the webhook Service to a directory.
     Certs(CertsArgs),
-    /// Read-only fleet report: annotated pods without the sidecar and why, pods on an old
-    /// sidecar or injection config, webhook health. Exit 0: nothing to do, 1: findings,
-    /// 2: the check could not run.
+    /// Read-only fleet report: pods without the sidecar, stale sidecars, webhook health.
+    ///
+    /// Lists annotated pods running without the sidecar and why, injected pods whose
+    /// stamps differ from what the webhook injects now (with the restart to run), and the
+    /// webhook's replicas, caBundle and certificate expiry. Sends GET requests only.
+    /// Exit 0: nothing needs action, 1: findings, 2: the check could not run (no
+    /// kubeconfig, API server unreachable, RBAC refused a read).
     Check(CheckArgs),
 }
 
