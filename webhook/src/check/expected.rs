@@ -334,9 +334,12 @@ mod tests {
             ..Settings::default()
         };
         let mut pod = json!({
-            "metadata": {"name": "p", "annotations": {
+            "metadata": {"name": "web-5d4b-x", "ownerReferences": [{"apiVersion": "apps/v1",
+                "kind": "ReplicaSet", "name": "web-5d4b", "uid": "u", "controller": true}],
+              "annotations": {
                 "holysheep/inject": "true", "holysheep/port": "8181",
-                "holysheep/proxy-memory-limit": "256Mi"}},
+                "holysheep/proxy-memory-limit": "256Mi",
+                "holysheep/budget-usd-per-day": "50"}},
             "spec": {"containers": [{"name": "app", "image": "app"}]}
         });
         let typed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod.clone()).unwrap();
