@@ -37,6 +37,14 @@ pub enum Command {
     Inject(Box<InjectArgs>),
     /// Write a CA and a serving certificate for the webhook Service to a directory.
     Certs(CertsArgs),
+    /// Read-only fleet report: pods without the sidecar, stale sidecars, webhook health.
+    ///
+    /// Lists annotated pods running without the sidecar and why, injected pods whose
+    /// stamps differ from what the webhook injects now (with the restart to run), and the
+    /// webhook's replicas, caBundle and certificate expiry. Sends GET requests only.
+    /// Exit 0: nothing needs action, 1: findings, 2: the check could not run (no
+    /// kubeconfig, API server unreachable, RBAC refused a read).
+    Check(CheckArgs),
 }
 
 /// `serve`: where to listen, which certificate to serve, and the sidecar defaults.
@@ -171,6 +179,56 @@ pub struct CertsArgs {
     pub out: PathBuf,
 }
 
+/// Output format of `check`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Human tables.
+    Text,
+    /// One JSON document (`apiVersion: holysheep.ai/check/v1`).
+    Json,
+}
+
+/// `check`: which namespaces, how to print, where the webhook lives.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Only this namespace (default: the kubeconfig context's namespace).
+    #[arg(short = 'n', long, conflicts_with = "all_namespaces")]
+    pub namespace: Option<String>,
+
+    /// All namespaces.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+
+    /// Kubeconfig file (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig context (default: its current-context).
+    #[arg(long)]
+    pub context: Option<String>,
+
+    /// Namespace of the webhook Deployment and its TLS Secret.
+    #[arg(long, default_value = crate::check::DEFAULT_WEBHOOK_NAMESPACE)]
+    pub webhook_namespace: String,
+
+    /// The webhook Deployment; its container args and env give the settings the expected
+    /// stamps are computed with.
+    #[arg(long, default_value = crate::check::DEFAULT_WEBHOOK_DEPLOYMENT)]
+    pub webhook_deployment: String,
+
+    /// The MutatingWebhookConfiguration.
+    #[arg(long, default_value = crate::bootstrap::DEFAULT_WEBHOOK_CONFIG_NAME)]
+    pub webhook_config: String,
+
+    /// The Secret holding the webhook's ca.crt and tls.crt.
+    #[arg(long, default_value = crate::bootstrap::DEFAULT_SECRET_NAME)]
+    pub tls_secret: String,
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory as _;
@@ -265,6 +323,26 @@ mod tests {
             matches!(cli.command, Command::Certs(CertsArgs { ref service, .. }) if service == "s")
         );
         assert!(parse(&["certs", "--service", "s"]).is_err());
+    }
+
+    #[test]
+    fn check_flags() {
+        let cli = parse(&["check", "-A", "-o", "json"]).unwrap();
+        let Command::Check(args) = cli.command else {
+            panic!("not check")
+        };
+        assert!(args.all_namespaces);
+        assert_eq!(args.output, OutputFormat::Json);
+        assert_eq!(args.webhook_namespace, "holysheep-system");
+        assert_eq!(args.webhook_config, "holysheep-sidecar-injector");
+        assert_eq!(args.tls_secret, "holysheep-webhook-tls");
+        let cli = parse(&["check", "-n", "shop"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Check(ref a) if a.namespace.as_deref() == Some("shop") && a.output == OutputFormat::Text)
+        );
+        assert!(parse(&["check", "-n", "shop", "-A"]).is_err());
+        let err = parse(&["check", "-o", "yaml"]).unwrap_err().to_string();
+        assert!(err.contains("json"), "{err}");
     }
 
     #[test]

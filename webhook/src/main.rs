@@ -6,9 +6,10 @@ use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use holysheep_webhook::cli::{CheckArgs, OutputFormat};
 use holysheep_webhook::cli::{Cli, Command};
 use holysheep_webhook::error::WebhookError;
-use holysheep_webhook::{certs_cli, inject_cli, server};
+use holysheep_webhook::{certs_cli, check, inject_cli, server};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -20,12 +21,18 @@ fn main() -> ExitCode {
         Ok("text") => false,
         _ => matches!(cli.command, Command::Serve(_)),
     };
-    if let Err(error) = init_tracing(json) {
+    // `check` reports its own errors once, on stderr: the kube client's error logs for the
+    // same failure would only repeat them less clearly.
+    let default_level = match cli.command {
+        Command::Check(_) => "warn,kube_client=off",
+        _ => "info",
+    };
+    if let Err(error) = init_tracing(json, default_level) {
         eprintln!("holysheep-webhook: {error}");
         return ExitCode::FAILURE;
     }
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    match run(cli.command) {
+        Ok(code) => code,
         Err(error) => {
             // The full cause chain, once, at the edge.
             let mut message = error.to_string();
@@ -45,8 +52,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), WebhookError> {
-    match cli.command {
+/// Runs the command; `check` reports its own errors and picks its own exit code.
+fn run(command: Command) -> Result<ExitCode, WebhookError> {
+    match command {
         Command::Serve(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -56,7 +64,8 @@ fn run(cli: Cli) -> Result<(), WebhookError> {
                     path: "the async runtime".into(),
                     source,
                 })?;
-            runtime.block_on(server::run(*args, server::shutdown_signal()))
+            runtime.block_on(server::run(*args, server::shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Inject(args) => {
             let settings = args.settings.into_settings()?;
@@ -77,16 +86,72 @@ fn run(cli: Cli) -> Result<(), WebhookError> {
                 injected = ?report.injected,
                 "inject done"
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Certs(args) => certs_cli::run(&args).map(|_| ()),
+        Command::Certs(args) => certs_cli::run(&args).map(|_| ExitCode::SUCCESS),
+        Command::Check(args) => Ok(ExitCode::from(run_check(&args))),
     }
 }
 
-/// Logs on stderr (stdout carries `inject`'s YAML), level from RUST_LOG, `info` by
-/// default; one JSON object per line when `json`.
-fn init_tracing(json: bool) -> Result<(), WebhookError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `check`: the report on stdout, an error on stderr; the exit code from `check`.
+fn run_check(args: &CheckArgs) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("holysheep-webhook check: cannot start the async runtime: {error}");
+            return check::EXIT_ERROR;
+        }
+    };
+    let result = runtime.block_on(async {
+        let client = check::client(&check::ClientOptions {
+            kubeconfig: args.kubeconfig.clone(),
+            context: args.context.clone(),
+        })
+        .await?;
+        // Like kubectl: the context's namespace unless -n or -A.
+        let namespace = match (&args.namespace, args.all_namespaces) {
+            (_, true) => None,
+            (Some(ns), false) => Some(ns.clone()),
+            (None, false) => Some(client.default_namespace().to_owned()),
+        };
+        let opts = check::CheckOptions {
+            namespace,
+            webhook_namespace: args.webhook_namespace.clone(),
+            webhook_deployment: args.webhook_deployment.clone(),
+            webhook_config: args.webhook_config.clone(),
+            tls_secret: args.tls_secret.clone(),
+        };
+        check::run(&client, &opts).await
+    });
+    let report = match result {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("holysheep-webhook check: {error}");
+            return check::EXIT_ERROR;
+        }
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = match args.output {
+        OutputFormat::Json => serde_json::to_writer_pretty(&mut out, &report)
+            .map_err(std::io::Error::other)
+            .and_then(|()| writeln!(out)),
+        OutputFormat::Text => check::write_text(&report, &mut out),
+    };
+    if let Err(error) = written.and_then(|()| out.flush()) {
+        eprintln!("holysheep-webhook check: cannot write the report: {error}");
+        return check::EXIT_ERROR;
+    }
+    check::exit_code(&report)
+}
+
+/// Logs on stderr (stdout carries `inject`'s YAML and `check`'s report), level from
+/// RUST_LOG, `default_level` otherwise; one JSON object per line when `json`.
+fn init_tracing(json: bool, default_level: &str) -> Result<(), WebhookError> {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -7,6 +7,8 @@
 //!   error body is a `Status` object;
 //! - every write bumps a global `resourceVersion`;
 //! - PATCH accepts `application/merge-patch+json` (RFC 7386);
+//! - GET list (all namespaces or one) and GET of namespaces, pods, and apps/v1 and
+//!   batch/v1 workloads seeded with `insert_object`, for the read-only `check`;
 //! - one-shot injected failures (`fail_next`) and a creation barrier that holds the first
 //!   N creates until all have arrived, to replay a replica race deterministically.
 //!
@@ -29,6 +31,13 @@ const SECRETS: &str = "/api/v1/namespaces/{ns}/secrets";
 const SECRET: &str = "/api/v1/namespaces/{ns}/secrets/{name}";
 const MWC: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/{ns}/events";
+const NAMESPACES: &str = "/api/v1/namespaces";
+const NAMESPACE: &str = "/api/v1/namespaces/{name}";
+const PODS: &str = "/api/v1/pods";
+const NS_PODS: &str = "/api/v1/namespaces/{ns}/pods";
+const GROUP_ALL: &str = "/apis/{group}/{version}/{resource}";
+const GROUP_NS: &str = "/apis/{group}/{version}/namespaces/{ns}/{resource}";
+const GROUP_ONE: &str = "/apis/{group}/{version}/namespaces/{ns}/{resource}/{name}";
 
 /// One request as the fake saw it, and what it answered.
 #[derive(Debug, Clone)]
@@ -41,6 +50,8 @@ pub struct Seen {
 #[derive(Default)]
 pub struct Inner {
     pub secrets: HashMap<(String, String), Value>,
+    /// Read-only objects by resource (`pods`, `deployments`...), in insertion order.
+    pub objects: HashMap<String, Vec<Value>>,
     pub webhook_configs: HashMap<String, Value>,
     /// Events created, in order, with the namespace of the URL they were posted to.
     pub events: Vec<(String, Value)>,
@@ -116,6 +127,13 @@ impl FakeApiServer {
             .route(SECRET, get(get_secret).put(replace_secret))
             .route(MWC, get(get_mwc).patch(patch_mwc))
             .route(EVENTS, axum::routing::post(create_event))
+            .route(NAMESPACES, get(list_namespaces))
+            .route(NAMESPACE, get(get_namespace))
+            .route(PODS, get(list_all_pods))
+            .route(NS_PODS, get(list_ns_pods))
+            .route(GROUP_ALL, get(list_group_all))
+            .route(GROUP_NS, get(list_group_ns))
+            .route(GROUP_ONE, get(get_group_one))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 record_query,
@@ -151,6 +169,18 @@ impl FakeApiServer {
         config["metadata"]["resourceVersion"] = json!(inner.resource_version.to_string());
         let name = config["metadata"]["name"].as_str().unwrap().to_owned();
         inner.webhook_configs.insert(name, config);
+    }
+
+    /// Seeds a read-only object of `resource` (plural, e.g. `pods`, `replicasets`).
+    #[allow(dead_code, reason = "only the check tests seed read-only objects")]
+    pub fn insert_object(&self, resource: &str, mut object: Value) {
+        let mut inner = self.lock();
+        stamp(&mut inner, &mut object);
+        inner
+            .objects
+            .entry(resource.to_owned())
+            .or_default()
+            .push(object);
     }
 
     pub fn secret(&self, ns: &str, name: &str) -> Option<Value> {
@@ -412,4 +442,100 @@ async fn patch_mwc(
         }
     };
     answered(&mut inner, response)
+}
+
+/// Answers a list of `resource`, in namespace `ns` or all, as a `<Kind>List`.
+fn list(s: &FakeApiServer, path: String, resource: &str, ns: Option<&str>) -> Response {
+    let mut inner = s.lock();
+    if let Some(r) = record(&mut inner, Method::GET, path) {
+        return r;
+    }
+    let items: Vec<Value> = inner
+        .objects
+        .get(resource)
+        .into_iter()
+        .flatten()
+        .filter(|o| ns.is_none_or(|ns| o["metadata"]["namespace"] == ns))
+        .cloned()
+        .collect();
+    let body = json!({
+        "kind": "List", "apiVersion": "v1",
+        "metadata": {"resourceVersion": inner.resource_version.to_string()},
+        "items": items,
+    });
+    let response = axum::Json(body).into_response();
+    answered(&mut inner, response)
+}
+
+/// Answers one object of `resource` by namespace (`None` for cluster objects) and name.
+fn get_one(
+    s: &FakeApiServer,
+    path: String,
+    resource: &str,
+    ns: Option<&str>,
+    name: &str,
+) -> Response {
+    let mut inner = s.lock();
+    if let Some(r) = record(&mut inner, Method::GET, path) {
+        return r;
+    }
+    let found = inner.objects.get(resource).into_iter().flatten().find(|o| {
+        o["metadata"]["name"] == name && ns.is_none_or(|ns| o["metadata"]["namespace"] == ns)
+    });
+    let response = match found {
+        Some(object) => axum::Json(object.clone()).into_response(),
+        None => status(404, "NotFound", format!("{resource} \"{name}\" not found")),
+    };
+    answered(&mut inner, response)
+}
+
+async fn list_namespaces(State(s): State<FakeApiServer>) -> Response {
+    list(&s, NAMESPACES.to_owned(), "namespaces", None)
+}
+
+async fn get_namespace(State(s): State<FakeApiServer>, Path(name): Path<String>) -> Response {
+    get_one(
+        &s,
+        format!("/api/v1/namespaces/{name}"),
+        "namespaces",
+        None,
+        &name,
+    )
+}
+
+async fn list_all_pods(State(s): State<FakeApiServer>) -> Response {
+    list(&s, PODS.to_owned(), "pods", None)
+}
+
+async fn list_ns_pods(State(s): State<FakeApiServer>, Path(ns): Path<String>) -> Response {
+    list(
+        &s,
+        format!("/api/v1/namespaces/{ns}/pods"),
+        "pods",
+        Some(&ns),
+    )
+}
+
+async fn list_group_all(
+    State(s): State<FakeApiServer>,
+    Path((group, version, resource)): Path<(String, String, String)>,
+) -> Response {
+    let path = format!("/apis/{group}/{version}/{resource}");
+    list(&s, path, &resource, None)
+}
+
+async fn list_group_ns(
+    State(s): State<FakeApiServer>,
+    Path((group, version, ns, resource)): Path<(String, String, String, String)>,
+) -> Response {
+    let path = format!("/apis/{group}/{version}/namespaces/{ns}/{resource}");
+    list(&s, path, &resource, Some(&ns))
+}
+
+async fn get_group_one(
+    State(s): State<FakeApiServer>,
+    Path((group, version, ns, resource, name)): Path<(String, String, String, String, String)>,
+) -> Response {
+    let path = format!("/apis/{group}/{version}/namespaces/{ns}/{resource}/{name}");
+    get_one(&s, path, &resource, Some(&ns), &name)
 }
