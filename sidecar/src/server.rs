@@ -99,14 +99,17 @@ impl Settings {
     }
 }
 
-/// Updates the budget gauges after each good reload, then runs `then`.
-fn budget_limits_follow(
+/// After each good reload, updates the budget gauges and creates the new config's
+/// zero series (so they exist before any request uses them), then runs `then`.
+fn metrics_follow_config(
     budgets: crate::budget::Budgets,
+    metrics: Metrics,
     then: crate::reload::OnReload,
 ) -> crate::reload::OnReload {
     Box::new(move |result| {
         if let Ok(config) = result {
             budgets.observe_config(config);
+            metrics.observe_config(config);
         }
         then(result);
     })
@@ -240,8 +243,9 @@ pub async fn serve(
         crate::reload::ConfigReloader::spawn(
             path,
             Arc::clone(&app.state.config),
-            budget_limits_follow(
+            metrics_follow_config(
                 app.state.budgets.clone(),
+                app.state.metrics.clone(),
                 crate::reload::count_reloads(app.state.metrics.clone()),
             ),
             crate::reload::ReloadOptions::default(),
