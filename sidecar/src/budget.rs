@@ -330,7 +330,8 @@ impl Budgets {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sets the limit and spent gauges of the configured windows (at start and reload).
+    /// Sets the limit and spent gauges of the configured windows and creates their
+    /// exceeded counters at 0 (at start and reload).
     pub fn observe_config(&self, config: &Config) {
         let mut state = self.lock();
         let now = state.clock.now_unix();
@@ -348,6 +349,14 @@ impl Budgets {
                 let spent = state.current(window, now).usd;
                 self.metrics.spent.get_or_create(&labels).set(spent);
             }
+        }
+        for budget in &config.budgets {
+            // Known in advance: at 0 from start, so the first refusal shows in increase().
+            let labels = ExceededLabels {
+                window: budget.window,
+                action: budget.action.label(),
+            };
+            let _ = self.metrics.exceeded.get_or_create(&labels);
         }
     }
 

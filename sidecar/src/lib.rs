@@ -2,7 +2,7 @@
 //! HolySheep key, remaps model aliases, retries and falls back, and counts tokens and cost.
 //!
 //! Reading order: `config`, `server`, `proxy` (orchestration), then the steps it calls:
-//! `models`, `keys`, `ratelimit`, `retry`, `upstream`, `usage`, `metrics`, `error`.
+//! `models`, `keys`, `ratelimit`, `retry`, `upstream`, `usage`, `metrics`, `otlp`, `error`.
 
 pub mod budget;
 pub mod config;
@@ -12,6 +12,7 @@ pub mod logging;
 pub mod metrics;
 pub mod models;
 pub mod models_policy;
+pub mod otlp;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;

@@ -17,6 +17,7 @@ mod overhead;
 mod record;
 mod series;
 mod sets;
+mod zero;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -217,23 +218,24 @@ impl Metrics {
         &self.0.models
     }
 
-    /// Lets every model name in `config` (aliases and their targets, fallbacks, prices)
-    /// keep its own label value. Cheap when called again with the same config: the
-    /// request path calls it with the config in force, so reloads take effect without
-    /// the reloader knowing about metrics.
+    /// Lets every model name in `config` (aliases and their targets, fallbacks, prices,
+    /// budget downgrade targets) keep its own label value, and creates at 0 the counter
+    /// series this config makes known in advance (see `zero.rs`). Cheap when called
+    /// again with the same config: the request path calls it with the config in force,
+    /// the server on start and on every reload, so a reload's new series exist before
+    /// any request uses them.
     pub fn observe_config(&self, config: &Config) {
         let addr = std::ptr::from_ref(config) as usize;
         if self.0.config_seen.swap(addr, Ordering::AcqRel) == addr {
             return;
         }
-        let aliases = config.aliases.iter().flat_map(|(k, v)| [k, v]);
-        let fallbacks = config
-            .fallbacks
-            .iter()
-            .flat_map(|(k, v)| std::iter::once(k).chain(v));
-        self.0
-            .models
-            .set_known(aliases.chain(fallbacks).chain(config.prices.keys()));
+        let aliases = config.aliases.keys();
+        self.0.models.set_known(
+            aliases
+                .map(String::as_str)
+                .chain(zero::upstream_models(config)),
+        );
+        zero::create(&self.0, config);
     }
 
     /// Counts a request as in flight until the guard is dropped.

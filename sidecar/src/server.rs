@@ -5,8 +5,9 @@
 //! and HTTP/2, every request to `proxy::handle`) and the admin listener (`/healthz`,
 //! `/readyz` = a key is loaded and not draining, `/metrics`) until `shutdown` resolves;
 //! then it stops accepting, lets in-flight requests and streams finish for up to
-//! `Settings::shutdown_grace`, and returns. [`run`] is both, for `main` and tests. Both
-//! listeners bound their connections (count, head deadline, idle timeout): see `conn`.
+//! `Settings::shutdown_grace`, makes the final OTLP export when that push is on, and
+//! returns. [`run`] is both, for `main` and tests. Both listeners bound their
+//! connections (count, head deadline, idle timeout): see `conn`.
 //!
 //! What it does not do: parse flags or install signal handlers (`main` does), or log
 //! per request (`proxy::handle` logs failures once).
@@ -25,6 +26,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, Args, Config, ConfigError, UpstreamBase};
 use crate::keys::{KeySource, KeyStore, RECHECK_INTERVAL};
 use crate::metrics::Metrics;
+use crate::otlp::{Exporter, OtlpEnvError, OtlpSettings};
 use crate::proxy::{self, AppState};
 use crate::upstream::egress::{self, EgressError};
 use crate::upstream::{Upstream, UpstreamError, UpstreamOptions};
@@ -68,11 +71,15 @@ pub struct Settings {
     pub conn_limits: ConnLimits,
     /// Extra trust roots and the route (direct or egress proxy) to the upstream.
     pub upstream_options: UpstreamOptions,
+    /// OTLP push of the metrics; `None` (off) unless an `OTEL_EXPORTER_OTLP_*ENDPOINT`
+    /// is set.
+    pub otlp: Option<OtlpSettings>,
 }
 
 impl Settings {
-    /// From parsed flags: loads the `--config` file (if any), reads `HOLYSHEEP_API_KEY`
-    /// and resolves the egress proxy from `--egress-proxy` and the proxy variables.
+    /// From parsed flags: loads the `--config` file (if any), reads `HOLYSHEEP_API_KEY`,
+    /// resolves the egress proxy from `--egress-proxy` and the proxy variables, and the
+    /// OTLP push from the `OTEL_*` variables.
     pub fn from_args(args: &Args) -> Result<Self, RunError> {
         let config = match &args.config {
             Some(path) => config::load_startup(path)?,
@@ -95,18 +102,22 @@ impl Settings {
             key_recheck: RECHECK_INTERVAL,
             conn_limits: ConnLimits::default(),
             upstream_options,
+            otlp: OtlpSettings::from_env(|name| std::env::var(name).ok())?,
         })
     }
 }
 
-/// Updates the budget gauges after each good reload, then runs `then`.
-fn budget_limits_follow(
+/// After each good reload, updates the budget gauges and creates the new config's
+/// zero series (so they exist before any request uses them), then runs `then`.
+fn metrics_follow_config(
     budgets: crate::budget::Budgets,
+    metrics: Metrics,
     then: crate::reload::OnReload,
 ) -> crate::reload::OnReload {
     Box::new(move |result| {
         if let Ok(config) = result {
             budgets.observe_config(config);
+            metrics.observe_config(config);
         }
         then(result);
     })
@@ -124,6 +135,9 @@ pub enum RunError {
     /// The egress proxy settings are unusable.
     #[error(transparent)]
     Egress(#[from] EgressError),
+    /// An `OTEL_*` variable is unusable.
+    #[error(transparent)]
+    Otlp(#[from] OtlpEnvError),
     /// A listener could not be bound.
     #[error("failed to bind {what} listener {addr}: {source}")]
     Bind {
@@ -148,6 +162,8 @@ pub struct App {
     pub registry: Registry,
     /// The `--config` file, for the reload watcher.
     pub config_path: Option<PathBuf>,
+    /// OTLP push settings and its failure counter (registered in `registry`).
+    otlp: Option<(OtlpSettings, Counter)>,
     shutdown_grace: Duration,
     key_recheck: Duration,
     conn_limits: ConnLimits,
@@ -178,12 +194,16 @@ pub fn build(settings: Settings) -> Result<App, RunError> {
         budgets: crate::budget::Budgets::default(),
     };
     state.budgets.register(&mut registry);
+    let otlp = settings
+        .otlp
+        .map(|otlp| (otlp, crate::otlp::register_failures(&mut registry)));
     state.budgets.observe_config(&state.config.load());
     state.metrics.observe_config(&state.config.load());
     Ok(App {
         state: Arc::new(state),
         registry,
         config_path: settings.config_path,
+        otlp,
         shutdown_grace: settings.shutdown_grace,
         key_recheck: settings.key_recheck,
         conn_limits: settings.conn_limits,
@@ -240,16 +260,21 @@ pub async fn serve(
         crate::reload::ConfigReloader::spawn(
             path,
             Arc::clone(&app.state.config),
-            budget_limits_follow(
+            metrics_follow_config(
                 app.state.budgets.clone(),
+                app.state.metrics.clone(),
                 crate::reload::count_reloads(app.state.metrics.clone()),
             ),
             crate::reload::ReloadOptions::default(),
         )
     });
+    let registry = Arc::new(app.registry);
+    let exporter = app
+        .otlp
+        .map(|(otlp, failures)| Exporter::spawn(otlp, Arc::clone(&registry), failures));
     let admin_state = AdminState {
         keys: Arc::clone(&app.state.keys),
-        registry: Arc::new(app.registry),
+        registry,
         draining: Arc::new(AtomicBool::new(false)),
     };
     let draining = Arc::clone(&admin_state.draining);
@@ -296,6 +321,11 @@ pub async fn serve(
         app.conn_limits,
     )
     .await;
+    // Drained: the registry holds every request's usage. Push it before exiting, so a
+    // pod gone before its next scrape still reports its spend.
+    if let Some(exporter) = exporter {
+        exporter.shutdown().await;
+    }
 
     stop.cancel();
     key_watcher.abort();

@@ -32,6 +32,15 @@ pub enum Route {
 }
 
 impl Route {
+    /// The routes that carry tokens (those with a GenAI operation), for series that
+    /// start at 0.
+    pub const WITH_TOKENS: [Self; 4] = [
+        Self::ChatCompletions,
+        Self::Completions,
+        Self::Embeddings,
+        Self::Responses,
+    ];
+
     /// Classifies a request path, with or without the `/v1` prefix.
     pub fn from_path(path: &str) -> Self {
         let rest = path.trim_start_matches('/');
@@ -91,6 +100,9 @@ pub enum TokenType {
 }
 
 impl TokenType {
+    /// Every value, for series that start at 0.
+    pub const ALL: [Self; 2] = [Self::Input, Self::Output];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -114,6 +126,14 @@ pub enum RetryReason {
 }
 
 impl RetryReason {
+    /// Every value, for series that start at 0.
+    pub const ALL: [Self; 4] = [
+        Self::RateLimited,
+        Self::ServerError,
+        Self::Connect,
+        Self::Timeout,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -143,6 +163,16 @@ pub enum AttemptOutcome {
 }
 
 impl AttemptOutcome {
+    /// Every value, for series that start at 0.
+    pub const ALL: [Self; 6] = [
+        Self::Success,
+        Self::ClientError,
+        Self::RateLimited,
+        Self::ServerError,
+        Self::ConnectError,
+        Self::Timeout,
+    ];
+
     /// Outcome of an attempt that got response headers with this status.
     pub fn from_status(status: u16) -> Self {
         match status {
@@ -176,6 +206,9 @@ pub enum ReloadResult {
 }
 
 impl ReloadResult {
+    /// Every value, for series that start at 0.
+    pub const ALL: [Self; 2] = [Self::Success, Self::Failure];
+
     /// `Success` for `Ok`, `Failure` for `Err`.
     pub fn from_ok(ok: bool) -> Self {
         if ok { Self::Success } else { Self::Failure }
@@ -200,6 +233,9 @@ pub enum RateLimitKind {
 }
 
 impl RateLimitKind {
+    /// Every value, for series that start at 0.
+    pub const ALL: [Self; 2] = [Self::Requests, Self::Tokens];
+
     /// From the config field that refused the request, e.g.
     /// `rate_limit.tokens_per_minute`.
     pub fn from_field(field: &str) -> Self {
@@ -230,6 +266,9 @@ pub enum UnparsedKind {
 }
 
 impl UnparsedKind {
+    /// Every value, for series that start at 0.
+    pub const ALL: [Self; 2] = [Self::SseEvent, Self::JsonBody];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {

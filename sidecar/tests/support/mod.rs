@@ -114,6 +114,7 @@ pub fn settings(upstream: &str) -> Settings {
         key_recheck: Duration::from_secs(3600),
         conn_limits: ConnLimits::default(),
         upstream_options: Default::default(),
+        otlp: None,
     }
 }
 

@@ -175,6 +175,19 @@ impl SidecarProcess {
         self.key_dir.path().join("api-key")
     }
 
+    /// Sends SIGTERM (as the kubelet does) and waits for the process to exit; blocking,
+    /// so call it from `block_in_place` on a multi-thread runtime.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let status = self.child.wait().unwrap();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        status
+    }
+
     /// Everything it wrote to stdout and stderr so far.
     pub fn output(&self) -> String {
         self.output.lock().unwrap().clone()
