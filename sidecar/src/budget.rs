@@ -13,7 +13,25 @@
 //! Spend is kept per window kind, not per budget: a reload that edits a limit keeps what
 //! was counted. A window's spend starts again at 0 when the clock enters the next one.
 //!
-//! Not here: the 429 body (error.rs), rewriting the model (proxy.rs), pricing (usage.rs).
+//! With `budgets_store` the spend is shared by every sidecar with the same budget key
+//! ([`Budgets::admit_shared`]): the reservation is checked and added in Redis in one
+//! atomic step, so concurrent requests across replicas overshoot no more than within
+//! one process; settlements are pushed in the background (shared.rs, store.rs). When
+//! the store fails, admission goes on from the last shared total plus this process's
+//! own spend, which is pushed once the store answers again (fail-open).
+//!
+//! Not here: the 429 body (error.rs), rewriting the model (proxy.rs), pricing (usage.rs),
+//! the flags (flags.rs), Redis (store.rs).
+
+mod flags;
+mod shared;
+mod store;
+
+pub use flags::{
+    BudgetFlags, BudgetKey, DEFAULT_BUDGET_KEY, MAX_BUDGET_KEY_BYTES, MAX_USD_PER_DAY,
+    parse_usd_per_day,
+};
+pub use store::{COMMAND_TIMEOUT, EXPIRY_GRACE, PROBE_INTERVAL, StoreUrl};
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -121,16 +139,45 @@ pub struct Budget {
     pub action: Action,
 }
 
+/// Where a budget was configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetOrigin {
+    /// Position in the `budgets` list of the `--config` file.
+    File(usize),
+    /// `--budget-usd-per-day`.
+    Flag,
+}
+
+impl std::fmt::Display for BudgetOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(index) => write!(f, "budgets[{index}]"),
+            Self::Flag => f.write_str("--budget-usd-per-day"),
+        }
+    }
+}
+
+impl BudgetOrigin {
+    /// What to raise to let traffic through.
+    fn limit_field(self) -> String {
+        match self {
+            Self::File(index) => format!("budgets[{index}].usd"),
+            Self::Flag => "--budget-usd-per-day".to_owned(),
+        }
+    }
+}
+
 /// A request refused by a `reject` budget.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error(
-    "budget exceeded: {usd} USD per {} (budgets[{index}], action reject) is spent; it resets in {}s, or raise budgets[{index}].usd",
+    "budget exceeded: {usd} USD per {} ({origin}, action reject) is spent; it resets in {}s, or raise {}",
     window.name(),
-    retry_after.as_secs()
+    retry_after.as_secs(),
+    origin.limit_field()
 )]
 pub struct BudgetExceeded {
-    /// Position in the `budgets` list.
-    pub index: usize,
+    /// Where the budget was configured.
+    pub origin: BudgetOrigin,
     /// Its window.
     pub window: Window,
     /// Its limit.
@@ -167,9 +214,33 @@ struct Spend {
 struct State {
     clock: Arc<dyn Clock>,
     spend: [Spend; 3],
+    /// The store and its view, when `budgets_store` is set.
+    shared: Option<shared::Shared>,
+}
+
+/// USD as the store's integer micro-USD.
+fn to_micro(usd: f64) -> i64 {
+    // `as` saturates, and NaN gives 0: no input panics.
+    (usd * 1e6).round() as i64
 }
 
 impl State {
+    /// Whether `budget` is spent: on the shared view when there is a store.
+    fn is_spent(&mut self, budget: &Budget, now: i64) -> bool {
+        match self.shared.as_mut() {
+            Some(shared) => shared.view(budget.window, now).total() >= to_micro(budget.usd),
+            None => self.current(budget.window, now).usd >= budget.usd,
+        }
+    }
+
+    /// The spend of `window` that admission reads, in USD, for the gauge.
+    fn shown(&mut self, window: Window, now: i64) -> f64 {
+        match self.shared.as_mut() {
+            Some(shared) => shared.view(window, now).total() as f64 / 1e6,
+            None => self.current(window, now).usd,
+        }
+    }
+
     /// The spend of `window` now, reset when a new window has begun.
     fn current(&mut self, window: Window, now: i64) -> &mut Spend {
         let (start, _) = window.bounds(now);
@@ -214,6 +285,8 @@ struct BudgetMetrics {
     limit: Family<WindowLabels, FloatGauge>,
     spent: Family<WindowLabels, FloatGauge>,
     exceeded: Family<ExceededLabels, Counter>,
+    store_up: Gauge,
+    store_errors: Counter,
 }
 
 /// The spend of every window plus the budget metrics. Shared by all requests; clones
@@ -222,17 +295,14 @@ struct BudgetMetrics {
 pub struct Budgets {
     state: Arc<Mutex<State>>,
     metrics: Arc<BudgetMetrics>,
+    key: Arc<BudgetKey>,
+    /// The day budget of `--budget-usd-per-day`.
+    flag_budget: Option<Budget>,
 }
 
 impl Default for Budgets {
     fn default() -> Self {
-        Self {
-            state: Arc::new(Mutex::new(State {
-                clock: Arc::new(SystemClock),
-                spend: [Spend::default(); 3],
-            })),
-            metrics: Arc::default(),
-        }
+        Self::new(BudgetFlags::default())
     }
 }
 
@@ -263,6 +333,16 @@ impl Drop for BudgetReservation {
 }
 
 impl BudgetReservation {
+    /// A reservation with no window charged (no budgets configured).
+    fn nothing(budgets: &Budgets) -> Self {
+        Self {
+            state: Arc::clone(&budgets.state),
+            metrics: Arc::clone(&budgets.metrics),
+            charged: Vec::new(),
+            estimate: 0.0,
+        }
+    }
+
     /// Whether a window was charged, i.e. there is anything to settle.
     pub fn charges_anything(&self) -> bool {
         !self.charged.is_empty()
@@ -286,22 +366,53 @@ impl BudgetReservation {
         let now = state.clock.now_unix();
         for (window, start) in charged {
             let slot = state.current(window, now);
-            let delta = if slot.start == start {
+            let same_window = slot.start == start;
+            let delta = if same_window {
                 cost - self.estimate
             } else {
                 cost
             };
             slot.usd = (slot.usd + delta).max(0.0);
-            let spent = slot.usd;
+            if let Some(shared) = state.shared.as_mut() {
+                // The estimate is in the shared count (or pending for it): correct it.
+                let micro = if same_window {
+                    to_micro(cost) - to_micro(self.estimate)
+                } else {
+                    to_micro(cost)
+                };
+                shared.view(window, now).pending += micro;
+            }
+            let spent = state.shown(window, now);
             self.metrics
                 .spent
                 .get_or_create(&WindowLabels { window })
                 .set(spent);
         }
+        if let Some(shared) = state.shared.as_ref() {
+            shared.link.wake.notify_one();
+        }
     }
 }
 
 impl Budgets {
+    /// Budgets with the flags' key and extra day budget.
+    pub fn new(flags: BudgetFlags) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(State {
+                clock: Arc::new(SystemClock),
+                spend: [Spend::default(); 3],
+                shared: None,
+            })),
+            metrics: Arc::default(),
+            key: Arc::new(flags.key),
+            flag_budget: flags.usd_per_day.map(|usd| Budget {
+                window: Window::Day,
+                usd,
+                action: Action::Reject,
+            }),
+        }
+    }
+
     /// Registers `holysheep_budget_*` in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -311,13 +422,23 @@ impl Budgets {
         );
         registry.register(
             "holysheep_budget_spent_usd",
-            "USD counted in the current window by this sidecar, in-flight estimates included",
+            "USD counted in the current window, in-flight estimates included: by this sidecar, or with a budgets_store the shared total as last seen plus what this sidecar added since",
             self.metrics.spent.clone(),
         );
         registry.register(
             "holysheep_budget_exceeded",
             "Requests rejected or downgraded because a budget was spent",
             self.metrics.exceeded.clone(),
+        );
+        registry.register(
+            "holysheep_budget_store_up",
+            "1 while the budgets_store answers, 0 when it fails or none is configured",
+            self.metrics.store_up.clone(),
+        );
+        registry.register(
+            "holysheep_budget_store_errors",
+            "Budget store commands that failed or timed out (spend was counted locally)",
+            self.metrics.store_errors.clone(),
         );
     }
 
@@ -330,59 +451,82 @@ impl Budgets {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sets the limit and spent gauges of the configured windows (at start and reload).
+    /// The configured budgets: the file's, then the flag's.
+    fn all<'a>(&'a self, config: &'a Config) -> impl Iterator<Item = (BudgetOrigin, &'a Budget)> {
+        let file = config.budgets.iter().enumerate();
+        file.map(|(i, b)| (BudgetOrigin::File(i), b))
+            .chain(self.flag_budget.iter().map(|b| (BudgetOrigin::Flag, b)))
+    }
+
+    fn any(&self, config: &Config) -> bool {
+        !config.budgets.is_empty() || self.flag_budget.is_some()
+    }
+
+    /// Sets the limit and spent gauges of the configured windows, and starts, replaces
+    /// or stops the shared store to match `budgets_store` (at start and reload).
     pub fn observe_config(&self, config: &Config) {
         let mut state = self.lock();
+        self.follow_store(&mut state, config.budgets_store.as_ref());
         let now = state.clock.now_unix();
         for window in Window::ALL {
             // The smallest limit of the window: the one that bites first.
-            let limit = config
-                .budgets
-                .iter()
-                .filter(|b| b.window == window)
-                .map(|b| b.usd)
+            let limit = self
+                .all(config)
+                .filter(|(_, b)| b.window == window)
+                .map(|(_, b)| b.usd)
                 .reduce(f64::min);
             if let Some(limit) = limit {
                 let labels = WindowLabels { window };
                 self.metrics.limit.get_or_create(&labels).set(limit);
-                let spent = state.current(window, now).usd;
+                let spent = state.shown(window, now);
                 self.metrics.spent.get_or_create(&labels).set(spent);
+            }
+        }
+    }
+
+    /// Connects to `wanted` unless already on it; `None` stops using a store.
+    fn follow_store(&self, state: &mut State, wanted: Option<&StoreUrl>) {
+        let current = state.shared.as_ref().map(|s| s.link.url());
+        if current == wanted {
+            return;
+        }
+        // Dropping the old store stops its task; its unpushed spend stays in the local count.
+        state.shared = None;
+        self.metrics.store_up.set(0);
+        let Some(url) = wanted else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            tracing::warn!(store = %url, "budget store not started: no async runtime; counting locally");
+            return;
+        }
+        match store::Link::new(url, &self.key, Arc::clone(&self.metrics)) {
+            Ok(link) => {
+                let weak = Arc::downgrade(&self.state);
+                state.shared = Some(shared::Shared::start(Arc::new(link), weak));
+            }
+            Err(error) => {
+                tracing::warn!(store = %url, %error, "budget store not started; counting locally");
             }
         }
     }
 
     /// A reservation with no window charged (no budgets configured).
     fn nothing_charged(&self) -> BudgetReservation {
-        BudgetReservation {
-            state: Arc::clone(&self.state),
-            metrics: Arc::clone(&self.metrics),
-            charged: Vec::new(),
-            estimate: 0.0,
-        }
+        BudgetReservation::nothing(self)
     }
 
-    /// Checks the budgets before a request goes upstream. `model` is the model it would
-    /// be sent to (after aliases), `body` its JSON body for the estimate. A spent
-    /// `reject` budget refuses it; else a spent `downgrade` budget names the model to
-    /// send instead. The estimate is reserved in every configured window.
-    pub fn admit(
+    /// Applies the budgets to `spent` (whether a budget is spent): the first spent
+    /// `reject` budget refuses; else the first spent `downgrade` one names the model.
+    fn decide(
         &self,
         config: &Config,
-        model: Option<&str>,
-        body: Option<&[u8]>,
-    ) -> Result<Admission, BudgetExceeded> {
-        if config.budgets.is_empty() {
-            // The common case, on every request: no lock, no clock, no body parse.
-            return Ok(Admission {
-                downgrade_to: None,
-                reservation: self.nothing_charged(),
-            });
-        }
-        let mut state = self.lock();
-        let now = state.clock.now_unix();
+        now: i64,
+        mut spent: impl FnMut(&Budget) -> bool,
+    ) -> Result<Option<String>, BudgetExceeded> {
         let mut downgrade_to = None;
-        for (index, budget) in config.budgets.iter().enumerate() {
-            if state.current(budget.window, now).usd < budget.usd {
+        for (origin, budget) in self.all(config) {
+            if !spent(budget) {
                 continue;
             }
             self.metrics
@@ -397,7 +541,7 @@ impl Budgets {
                     let (_, end) = budget.window.bounds(now);
                     let secs = u64::try_from(end.saturating_sub(now)).unwrap_or(0).max(1);
                     return Err(BudgetExceeded {
-                        index,
+                        origin,
                         window: budget.window,
                         usd: budget.usd,
                         retry_after: Duration::from_secs(secs),
@@ -408,20 +552,54 @@ impl Budgets {
                 }
             }
         }
+        Ok(downgrade_to)
+    }
+
+    /// The window kinds some budget uses.
+    fn windows<'a>(&'a self, config: &'a Config) -> impl Iterator<Item = Window> + 'a {
+        Window::ALL
+            .into_iter()
+            .filter(move |w| self.all(config).any(|(_, b)| b.window == *w))
+    }
+
+    /// Checks the budgets before a request goes upstream, on this process's count (or,
+    /// with a store, on the last shared total plus this process's spend since). `model`
+    /// is the model it would be sent to (after aliases), `body` its JSON body for the
+    /// estimate. A spent `reject` budget refuses it; else a spent `downgrade` budget
+    /// names the model to send instead. The estimate is reserved in every configured
+    /// window.
+    pub fn admit(
+        &self,
+        config: &Config,
+        model: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Result<Admission, BudgetExceeded> {
+        if !self.any(config) {
+            // The common case, on every request: no lock, no clock, no body parse.
+            return Ok(Admission {
+                downgrade_to: None,
+                reservation: self.nothing_charged(),
+            });
+        }
+        let mut state = self.lock();
+        let now = state.clock.now_unix();
+        let downgrade_to = self.decide(config, now, |b| state.is_spent(b, now))?;
         let sent = downgrade_to.as_deref().or(model);
         let estimate = estimate_usd(config, sent, body);
         let mut charged = Vec::new();
-        for window in Window::ALL {
-            if config.budgets.iter().any(|b| b.window == window) {
-                let slot = state.current(window, now);
-                slot.usd += estimate;
-                charged.push((window, slot.start));
-                let spent = slot.usd;
-                self.metrics
-                    .spent
-                    .get_or_create(&WindowLabels { window })
-                    .set(spent);
+        for window in self.windows(config) {
+            let slot = state.current(window, now);
+            slot.usd += estimate;
+            charged.push((window, slot.start));
+            if let Some(shared) = state.shared.as_mut() {
+                shared.view(window, now).pending += to_micro(estimate);
+                shared.link.wake.notify_one();
             }
+            let spent = state.shown(window, now);
+            self.metrics
+                .spent
+                .get_or_create(&WindowLabels { window })
+                .set(spent);
         }
         Ok(Admission {
             downgrade_to,
@@ -433,6 +611,142 @@ impl Budgets {
             },
         })
     }
+
+    /// As [`Budgets::admit`], but with a store that answers the check and the reservation
+    /// are one atomic step in Redis, bounded by [`COMMAND_TIMEOUT`]. Without a store, or
+    /// while it is down, this is [`Budgets::admit`] and nothing waits on Redis.
+    ///
+    /// The estimate is of the model asked for: when a `downgrade` budget then sends a
+    /// cheaper one, the reservation is the dearer estimate until the request settles.
+    pub async fn admit_shared(
+        &self,
+        config: &Config,
+        model: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Result<Admission, BudgetExceeded> {
+        let Some(plan) = self.plan(config, model, body) else {
+            return self.admit(config, model, body);
+        };
+        match plan
+            .link
+            .reserve(&plan.windows, to_micro(plan.estimate))
+            .await
+        {
+            Ok((charged, before)) => {
+                plan.link.mark_up();
+                self.reserved(config, &plan, charged, &before)
+            }
+            Err(error) => {
+                plan.link.mark_down(&error);
+                self.admit(config, model, body)
+            }
+        }
+    }
+
+    /// What to ask the store, when there are budgets and a store that is up.
+    fn plan(&self, config: &Config, model: Option<&str>, body: Option<&[u8]>) -> Option<Plan> {
+        if !self.any(config) {
+            return None;
+        }
+        let (link, now) = {
+            let state = self.lock();
+            let link = state.shared.as_ref().map(|s| Arc::clone(&s.link))?;
+            (link, state.clock.now_unix())
+        };
+        if !link.is_up() {
+            return None;
+        }
+        let windows = self
+            .windows(config)
+            .map(|window| {
+                let (start, end) = window.bounds(now);
+                let reject_limit = self
+                    .all(config)
+                    .filter(|(_, b)| b.window == window && b.action == Action::Reject)
+                    .map(|(_, b)| to_micro(b.usd))
+                    .min();
+                store::WindowCharge {
+                    window,
+                    start,
+                    end,
+                    reject_limit,
+                }
+            })
+            .collect();
+        Some(Plan {
+            link,
+            windows,
+            estimate: estimate_usd(config, model, body),
+            now,
+        })
+    }
+
+    /// Decides on the spend the store had before the request (the same comparison in
+    /// micro-USD as the script's), and books the reservation locally.
+    fn reserved(
+        &self,
+        config: &Config,
+        plan: &Plan,
+        charged: bool,
+        before: &[i64],
+    ) -> Result<Admission, BudgetExceeded> {
+        let estimate = to_micro(plan.estimate);
+        let spent_before = |window: Window| {
+            let i = plan.windows.iter().position(|c| c.window == window);
+            i.and_then(|i| before.get(i)).copied().unwrap_or(0)
+        };
+        let mut state = self.lock();
+        let now = plan.now;
+        let decision = self.decide(config, now, |b| spent_before(b.window) >= to_micro(b.usd));
+        // Keep the estimate in the shared count only for an admitted request: a refusal
+        // the script did not see (it cannot happen, as both compare the same integers)
+        // is refunded, an admission it refused is charged through the pending spend.
+        let correction = match (&decision, charged) {
+            (Ok(_), true) | (Err(_), false) => 0,
+            (Ok(_), false) => estimate,
+            (Err(_), true) => -estimate,
+        };
+        let added = if charged { estimate } else { 0 };
+        let mut reservation = BudgetReservation::nothing(self);
+        reservation.estimate = plan.estimate;
+        for c in &plan.windows {
+            if let Some(shared) = state.shared.as_mut() {
+                if Arc::ptr_eq(&shared.link, &plan.link) {
+                    let view = shared.view(c.window, now);
+                    if view.start == c.start {
+                        view.redis = spent_before(c.window).saturating_add(added);
+                        view.pending += correction;
+                    }
+                }
+            }
+            if decision.is_ok() {
+                let slot = state.current(c.window, now);
+                slot.usd += plan.estimate;
+                reservation.charged.push((c.window, slot.start));
+            }
+            let spent = state.shown(c.window, now);
+            self.metrics
+                .spent
+                .get_or_create(&WindowLabels { window: c.window })
+                .set(spent);
+        }
+        if correction != 0 {
+            plan.link.wake.notify_one();
+        }
+        drop(state);
+        decision.map(|downgrade_to| Admission {
+            downgrade_to,
+            reservation,
+        })
+    }
+}
+
+/// One request's question to the store.
+struct Plan {
+    link: Arc<store::Link>,
+    windows: Vec<store::WindowCharge>,
+    estimate: f64,
+    now: i64,
 }
 
 /// The estimated tokens priced at the model's dearer rate; 0 when unpriced.

@@ -68,6 +68,8 @@ pub struct Settings {
     pub conn_limits: ConnLimits,
     /// Extra trust roots and the route (direct or egress proxy) to the upstream.
     pub upstream_options: UpstreamOptions,
+    /// `--budget-key` and `--budget-usd-per-day`.
+    pub budget: crate::budget::BudgetFlags,
 }
 
 impl Settings {
@@ -95,6 +97,10 @@ impl Settings {
             key_recheck: RECHECK_INTERVAL,
             conn_limits: ConnLimits::default(),
             upstream_options,
+            budget: crate::budget::BudgetFlags {
+                key: args.budget_key.clone(),
+                usd_per_day: args.budget_usd_per_day,
+            },
         })
     }
 }
@@ -175,7 +181,7 @@ pub fn build(settings: Settings) -> Result<App, RunError> {
         upstream,
         resilience: crate::resilience::Resilience::default(),
         metrics,
-        budgets: crate::budget::Budgets::default(),
+        budgets: crate::budget::Budgets::new(settings.budget),
     };
     state.budgets.register(&mut registry);
     state.budgets.observe_config(&state.config.load());

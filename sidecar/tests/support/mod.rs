@@ -15,6 +15,7 @@
 )]
 
 pub mod process;
+pub mod redis;
 pub mod tcp;
 pub mod tinyproxy;
 pub mod tls;
@@ -114,6 +115,7 @@ pub fn settings(upstream: &str) -> Settings {
         key_recheck: Duration::from_secs(3600),
         conn_limits: ConnLimits::default(),
         upstream_options: Default::default(),
+        budget: Default::default(),
     }
 }
 

@@ -1,0 +1,181 @@
+//! Shared budgets: this process's view of the store's windows, and the task that pushes
+//! what this process charged and probes the store while it is down.
+//!
+//! Per window kind the view holds the last total Redis reported (`redis`), the spend
+//! this process counted that Redis has not confirmed (`pending`: settle corrections,
+//! refunds, and every reservation made while the store was down) and what is on its way
+//! (`pushing`). Their sum is the spend admission compares with the limits while the
+//! store is down, and what `holysheep_budget_spent_usd` shows: the store's total as last
+//! seen plus what this sidecar added since. Pending spend of a window that has just
+//! ended is kept in a backlog and pushed too; a window that ended more than
+//! [`EXPIRY_GRACE`] ago is dropped (its key has expired).
+//!
+//! Not here: the Redis commands (store.rs) and the decisions (budget.rs).
+
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use tokio::task::JoinHandle;
+
+use super::store::{Delta, EXPIRY_GRACE, Link, PROBE_INTERVAL};
+use super::{State, Window};
+
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct View {
+    pub start: i64,
+    end: i64,
+    /// The window's total in Redis when last seen (micro-USD).
+    pub redis: i64,
+    /// Counted here, not yet sent.
+    pub pending: i64,
+    /// Sent, not yet confirmed.
+    pushing: i64,
+}
+
+impl View {
+    pub fn total(&self) -> i64 {
+        self.redis
+            .saturating_add(self.pending)
+            .saturating_add(self.pushing)
+    }
+}
+
+/// The store in use, this process's view of it and its task (stopped on drop).
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub link: Arc<Link>,
+    views: [View; 3],
+    backlog: Vec<(Delta, i64)>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Shared {
+    /// Starts the store task for `link`. Must be called inside a tokio runtime.
+    pub fn start(link: Arc<Link>, state: Weak<Mutex<State>>) -> Self {
+        let task = tokio::spawn(run(Arc::clone(&link), state));
+        Self {
+            link,
+            views: [View::default(); 3],
+            backlog: Vec::new(),
+            task,
+        }
+    }
+
+    /// The view of `window` at `now`; a window that ended leaves its pending spend in
+    /// the backlog.
+    pub fn view(&mut self, window: Window, now: i64) -> &mut View {
+        let (start, end) = window.bounds(now);
+        let view = &mut self.views[window.index()];
+        if view.start != start {
+            if view.pending != 0 {
+                let delta = Delta {
+                    window,
+                    start: view.start,
+                    micro: view.pending,
+                };
+                self.backlog.push((delta, view.end));
+            }
+            *view = View {
+                start,
+                end,
+                ..View::default()
+            };
+        }
+        view
+    }
+
+    /// Everything to send: marks it as on its way.
+    fn take_pending(&mut self, now: i64) -> Vec<(Delta, i64)> {
+        let mut out = std::mem::take(&mut self.backlog);
+        out.retain(|(_, end)| end.saturating_add(EXPIRY_GRACE) > now);
+        for window in Window::ALL {
+            let view = &mut self.views[window.index()];
+            if view.pending != 0 && view.end > now {
+                let delta = Delta {
+                    window,
+                    start: view.start,
+                    micro: view.pending,
+                };
+                out.push((delta, view.end));
+                view.pushing += view.pending;
+                view.pending = 0;
+            }
+        }
+        out
+    }
+
+    /// Applies the outcome of a push: the new totals, or the spend back to pending.
+    fn pushed(&mut self, sent: &[(Delta, i64)], totals: Option<&[i64]>) {
+        for (i, (delta, end)) in sent.iter().enumerate() {
+            let view = &mut self.views[delta.window.index()];
+            if view.start == delta.start {
+                view.pushing -= delta.micro;
+                match totals.and_then(|t| t.get(i)) {
+                    Some(&total) => view.redis = total,
+                    None => view.pending += delta.micro,
+                }
+            } else if totals.is_none() {
+                self.backlog.push((*delta, *end));
+            }
+        }
+    }
+}
+
+/// The store task: waits for spend to push (or, while down, for the next probe), then
+/// pushes everything pending in one pipeline.
+async fn run(link: Arc<Link>, state: Weak<Mutex<State>>) {
+    let mut first = true;
+    loop {
+        if !first {
+            if link.is_up() {
+                link.wake.notified().await;
+            } else {
+                // While down, only the timer paces the probes; pokes wait for it.
+                tokio::time::sleep(PROBE_INTERVAL).await;
+            }
+        }
+        first = false;
+        if !link.is_up() {
+            match link.probe().await {
+                Ok(()) => link.mark_up(),
+                Err(error) => {
+                    link.mark_down(&error);
+                    continue;
+                }
+            }
+        }
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let sent = {
+            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = state.clock.now_unix();
+            match state.shared.as_mut() {
+                Some(shared) if Arc::ptr_eq(&shared.link, &link) => shared.take_pending(now),
+                // Replaced by a reload: this task is about to be stopped.
+                _ => return,
+            }
+        };
+        if sent.is_empty() {
+            continue;
+        }
+        let result = link.push(&sent).await;
+        {
+            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(shared) = state.shared.as_mut() {
+                if Arc::ptr_eq(&shared.link, &link) {
+                    shared.pushed(&sent, result.as_deref().ok());
+                }
+            }
+        }
+        match result {
+            Ok(_) => link.mark_up(),
+            Err(error) => link.mark_down(&error),
+        }
+    }
+}
