@@ -26,6 +26,9 @@
 mod flags;
 mod shared;
 mod store;
+mod window;
+
+pub use window::Window;
 
 pub use flags::{
     BudgetFlags, BudgetKey, DEFAULT_BUDGET_KEY, MAX_BUDGET_KEY_BYTES, MAX_USD_PER_DAY,
@@ -43,72 +46,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::Deserialize;
 use std::sync::atomic::AtomicU64;
 
 use crate::config::Config;
 use crate::ratelimit::estimate_tokens;
-
-/// A calendar window in UTC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Window {
-    /// From minute 0 of each hour.
-    Hour,
-    /// From 00:00 UTC.
-    Day,
-    /// From 00:00 UTC on the 1st.
-    Month,
-}
-
-impl EncodeLabelValue for Window {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
-        encoder.write_str(self.name())
-    }
-}
-
-impl Window {
-    const ALL: [Self; 3] = [Self::Hour, Self::Day, Self::Month];
-
-    fn index(self) -> usize {
-        match self {
-            Self::Hour => 0,
-            Self::Day => 1,
-            Self::Month => 2,
-        }
-    }
-
-    /// The name used in the config, labels and messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Hour => "hour",
-            Self::Day => "day",
-            Self::Month => "month",
-        }
-    }
-
-    /// Start and end (unix seconds) of the window holding `now`.
-    pub fn bounds(self, now: i64) -> (i64, i64) {
-        match self {
-            Self::Hour => {
-                let start = now.div_euclid(3600) * 3600;
-                (start, start + 3600)
-            }
-            Self::Day => {
-                let start = now.div_euclid(86_400) * 86_400;
-                (start, start + 86_400)
-            }
-            Self::Month => {
-                let (y, m, _) = civil_from_days(now.div_euclid(86_400));
-                let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-                (
-                    days_from_civil(y, m, 1) * 86_400,
-                    days_from_civil(ny, nm, 1) * 86_400,
-                )
-            }
-        }
-    }
-}
 
 /// What happens to requests once a budget is spent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -611,142 +552,6 @@ impl Budgets {
             },
         })
     }
-
-    /// As [`Budgets::admit`], but with a store that answers the check and the reservation
-    /// are one atomic step in Redis, bounded by [`COMMAND_TIMEOUT`]. Without a store, or
-    /// while it is down, this is [`Budgets::admit`] and nothing waits on Redis.
-    ///
-    /// The estimate is of the model asked for: when a `downgrade` budget then sends a
-    /// cheaper one, the reservation is the dearer estimate until the request settles.
-    pub async fn admit_shared(
-        &self,
-        config: &Config,
-        model: Option<&str>,
-        body: Option<&[u8]>,
-    ) -> Result<Admission, BudgetExceeded> {
-        let Some(plan) = self.plan(config, model, body) else {
-            return self.admit(config, model, body);
-        };
-        match plan
-            .link
-            .reserve(&plan.windows, to_micro(plan.estimate))
-            .await
-        {
-            Ok((charged, before)) => {
-                plan.link.mark_up();
-                self.reserved(config, &plan, charged, &before)
-            }
-            Err(error) => {
-                plan.link.mark_down(&error);
-                self.admit(config, model, body)
-            }
-        }
-    }
-
-    /// What to ask the store, when there are budgets and a store that is up.
-    fn plan(&self, config: &Config, model: Option<&str>, body: Option<&[u8]>) -> Option<Plan> {
-        if !self.any(config) {
-            return None;
-        }
-        let (link, now) = {
-            let state = self.lock();
-            let link = state.shared.as_ref().map(|s| Arc::clone(&s.link))?;
-            (link, state.clock.now_unix())
-        };
-        if !link.is_up() {
-            return None;
-        }
-        let windows = self
-            .windows(config)
-            .map(|window| {
-                let (start, end) = window.bounds(now);
-                let reject_limit = self
-                    .all(config)
-                    .filter(|(_, b)| b.window == window && b.action == Action::Reject)
-                    .map(|(_, b)| to_micro(b.usd))
-                    .min();
-                store::WindowCharge {
-                    window,
-                    start,
-                    end,
-                    reject_limit,
-                }
-            })
-            .collect();
-        Some(Plan {
-            link,
-            windows,
-            estimate: estimate_usd(config, model, body),
-            now,
-        })
-    }
-
-    /// Decides on the spend the store had before the request (the same comparison in
-    /// micro-USD as the script's), and books the reservation locally.
-    fn reserved(
-        &self,
-        config: &Config,
-        plan: &Plan,
-        charged: bool,
-        before: &[i64],
-    ) -> Result<Admission, BudgetExceeded> {
-        let estimate = to_micro(plan.estimate);
-        let spent_before = |window: Window| {
-            let i = plan.windows.iter().position(|c| c.window == window);
-            i.and_then(|i| before.get(i)).copied().unwrap_or(0)
-        };
-        let mut state = self.lock();
-        let now = plan.now;
-        let decision = self.decide(config, now, |b| spent_before(b.window) >= to_micro(b.usd));
-        // Keep the estimate in the shared count only for an admitted request: a refusal
-        // the script did not see (it cannot happen, as both compare the same integers)
-        // is refunded, an admission it refused is charged through the pending spend.
-        let correction = match (&decision, charged) {
-            (Ok(_), true) | (Err(_), false) => 0,
-            (Ok(_), false) => estimate,
-            (Err(_), true) => -estimate,
-        };
-        let added = if charged { estimate } else { 0 };
-        let mut reservation = BudgetReservation::nothing(self);
-        reservation.estimate = plan.estimate;
-        for c in &plan.windows {
-            if let Some(shared) = state.shared.as_mut() {
-                if Arc::ptr_eq(&shared.link, &plan.link) {
-                    let view = shared.view(c.window, now);
-                    if view.start == c.start {
-                        view.redis = spent_before(c.window).saturating_add(added);
-                        view.pending += correction;
-                    }
-                }
-            }
-            if decision.is_ok() {
-                let slot = state.current(c.window, now);
-                slot.usd += plan.estimate;
-                reservation.charged.push((c.window, slot.start));
-            }
-            let spent = state.shown(c.window, now);
-            self.metrics
-                .spent
-                .get_or_create(&WindowLabels { window: c.window })
-                .set(spent);
-        }
-        if correction != 0 {
-            plan.link.wake.notify_one();
-        }
-        drop(state);
-        decision.map(|downgrade_to| Admission {
-            downgrade_to,
-            reservation,
-        })
-    }
-}
-
-/// One request's question to the store.
-struct Plan {
-    link: Arc<store::Link>,
-    windows: Vec<store::WindowCharge>,
-    estimate: f64,
-    now: i64,
 }
 
 /// The estimated tokens priced at the model's dearer rate; 0 when unpriced.
@@ -761,108 +566,6 @@ fn estimate_usd(config: &Config, model: Option<&str>, body: Option<&[u8]>) -> f6
     tokens * price.input.max(price.output) / 1_000_000.0
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day count since 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug)]
-    struct At(std::sync::atomic::AtomicI64);
-
-    impl Clock for At {
-        fn now_unix(&self) -> i64 {
-            self.0.load(std::sync::atomic::Ordering::SeqCst)
-        }
-    }
-
-    fn spent(b: &Budgets, w: Window) -> f64 {
-        let mut state = b.lock();
-        let now = state.clock.now_unix();
-        state.current(w, now).usd
-    }
-
-    #[test]
-    fn without_budgets_nothing_is_reserved() {
-        let config =
-            Config::from_yaml_str("prices:\n  m: {input: 1000000, output: 2000000}\n").unwrap();
-        let b = Budgets::default();
-        let body = br#"{"model":"m","prompt":"12345678","max_tokens":3}"#;
-        let a = b.admit(&config, Some("m"), Some(body)).unwrap();
-        assert!(a.downgrade_to.is_none());
-        assert!(!a.reservation.charges_anything());
-        assert_eq!(spent(&b, Window::Day), 0.0);
-    }
-
-    #[test]
-    fn estimates_are_reserved_refunded_and_settled_in_the_window_that_is_current() {
-        let config = Config::from_yaml_str(
-            "prices:\n  m: {input: 1000000, output: 2000000}\nbudgets:\n  - {window: day, usd: 100, action: reject}\n",
-        )
-        .unwrap();
-        let b = Budgets::default();
-        let clock = Arc::new(At(std::sync::atomic::AtomicI64::new(86_400 - 10)));
-        b.set_clock(clock.clone());
-        // 8 chars of prompt = 2 tokens, + max_tokens 3: 5 tokens at the dearer $2 each.
-        let body = br#"{"model":"m","prompt":"12345678","max_tokens":3}"#;
-        let a = b.admit(&config, Some("m"), Some(body)).unwrap();
-        assert!((spent(&b, Window::Day) - 10.0).abs() < 1e-9);
-        drop(a);
-        assert_eq!(
-            spent(&b, Window::Day),
-            0.0,
-            "a request that never ran costs nothing"
-        );
-        let a = b.admit(&config, Some("m"), Some(body)).unwrap();
-        a.reservation.settle(4.0);
-        assert!((spent(&b, Window::Day) - 4.0).abs() < 1e-9);
-        // Admitted before midnight, ended after: the new day is charged the cost.
-        let a = b.admit(&config, Some("m"), Some(body)).unwrap();
-        clock.0.store(86_400, std::sync::atomic::Ordering::SeqCst);
-        a.reservation.settle(7.0);
-        assert!((spent(&b, Window::Day) - 7.0).abs() < 1e-9);
-        // Unpriced model: nothing reserved.
-        let a = b.admit(&config, Some("free"), Some(body)).unwrap();
-        assert!((spent(&b, Window::Day) - 7.0).abs() < 1e-9);
-        drop(a);
-        assert!(b.admit(&Config::default(), None, None).is_ok());
-    }
-
-    #[test]
-    fn month_bounds_cross_years_and_leap_days() {
-        // 2024-02-29 12:00 UTC.
-        let t = 1_709_208_000;
-        let (start, end) = Window::Month.bounds(t);
-        assert_eq!(start, 1_706_745_600); // 2024-02-01
-        assert_eq!(end, 1_709_251_200); // 2024-03-01
-        // 2026-12-31 23:59:59 UTC.
-        let (start, end) = Window::Month.bounds(1_798_761_599);
-        assert_eq!(start, 1_796_083_200); // 2026-12-01
-        assert_eq!(end, 1_798_761_600); // 2027-01-01
-        assert_eq!(Window::Day.bounds(86_399), (0, 86_400));
-        assert_eq!(Window::Hour.bounds(3_600), (3_600, 7_200));
-    }
-}
+#[path = "budget/tests.rs"]
+mod tests;

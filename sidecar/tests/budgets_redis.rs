@@ -266,6 +266,51 @@ async fn a_dead_store_fails_open_and_its_spend_is_pushed_when_it_is_back() {
 }
 
 #[tokio::test]
+async fn a_store_set_by_a_reload_is_used_from_the_next_request() {
+    let redis = RedisServer::start().await;
+    let up = FakeUpstream::start(openai_like).await;
+    let clock = StoppedClock::now();
+    let key = clock.day_key("shop/reload");
+    let mut s = settings(&up.url());
+    let budgets = "budgets:\n  - {window: day, usd: 1000, action: reject}\n";
+    s.config = Config::from_yaml_str(&format!("{PRICES}{budgets}")).unwrap();
+    s.budget.key = BudgetKey::parse("shop/reload").unwrap();
+    let sidecar = Sidecar::start_with(s).await;
+    sidecar.state.budgets.set_clock(Arc::new(clock.clone()));
+    assert_eq!(chat(&sidecar).await.0, 200);
+    assert_eq!(
+        metric(&sidecar, "holysheep_budget_store_up").await,
+        Some(0.0)
+    );
+
+    // What the reload watcher does with an edited file.
+    let with_store = format!("{PRICES}{budgets}budgets_store: {}\n", redis.url());
+    let reloaded = Config::from_yaml_str(&with_store).unwrap();
+    sidecar.state.budgets.observe_config(&reloaded);
+    sidecar.state.config.store(Arc::new(reloaded));
+    wait_metric(&sidecar, "holysheep_budget_store_up", 1.0).await;
+    assert_eq!(chat(&sidecar).await.0, 200);
+    // Only the spend from the reload on is in the store.
+    wait_stored(&redis, &key, CHAT).await;
+
+    // And a reload without it stops using it.
+    let local = Config::from_yaml_str(&format!("{PRICES}{budgets}")).unwrap();
+    sidecar.state.budgets.observe_config(&local);
+    sidecar.state.config.store(Arc::new(local));
+    assert_eq!(
+        metric(&sidecar, "holysheep_budget_store_up").await,
+        Some(0.0)
+    );
+    assert_eq!(chat(&sidecar).await.0, 200);
+    eventually(Duration::from_secs(5), "spend settled", || async {
+        let (_, s) = scrape(&sidecar).await;
+        value(&s, "holysheep_budget_spent_usd", &[("window", "day")]) == Some(3.0 * 19.0)
+    })
+    .await;
+    assert_eq!(stored(&redis, &key).await, CHAT);
+}
+
+#[tokio::test]
 async fn budget_usd_per_day_adds_a_day_budget() {
     let up = FakeUpstream::start(openai_like).await;
     let args = Args::try_parse_from([

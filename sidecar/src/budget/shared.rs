@@ -16,8 +16,12 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use tokio::task::JoinHandle;
 
-use super::store::{Delta, EXPIRY_GRACE, Link, PROBE_INTERVAL};
-use super::{State, Window};
+use super::store::{self, Delta, EXPIRY_GRACE, Link, PROBE_INTERVAL};
+use super::{
+    Action, Admission, BudgetExceeded, BudgetReservation, Budgets, State, Window, WindowLabels,
+    estimate_usd, to_micro,
+};
+use crate::config::Config;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct View {
@@ -178,4 +182,144 @@ async fn run(link: Arc<Link>, state: Weak<Mutex<State>>) {
             Err(error) => link.mark_down(&error),
         }
     }
+}
+
+/// Admission through the store.
+impl Budgets {
+    /// As [`Budgets::admit`], but with a store that answers the check and the reservation
+    /// are one atomic step in Redis, bounded by [`COMMAND_TIMEOUT`]. Without a store, or
+    /// while it is down, this is [`Budgets::admit`] and nothing waits on Redis.
+    ///
+    /// The estimate is of the model asked for: when a `downgrade` budget then sends a
+    /// cheaper one, the reservation is the dearer estimate until the request settles.
+    pub async fn admit_shared(
+        &self,
+        config: &Config,
+        model: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Result<Admission, BudgetExceeded> {
+        let Some(plan) = self.plan(config, model, body) else {
+            return self.admit(config, model, body);
+        };
+        match plan
+            .link
+            .reserve(&plan.windows, to_micro(plan.estimate))
+            .await
+        {
+            Ok((charged, before)) => {
+                plan.link.mark_up();
+                self.reserved(config, &plan, charged, &before)
+            }
+            Err(error) => {
+                plan.link.mark_down(&error);
+                self.admit(config, model, body)
+            }
+        }
+    }
+
+    /// What to ask the store, when there are budgets and a store that is up.
+    fn plan(&self, config: &Config, model: Option<&str>, body: Option<&[u8]>) -> Option<Plan> {
+        if !self.any(config) || config.budgets_store.is_none() {
+            // No store: not even the lock, the local path takes it.
+            return None;
+        }
+        let (link, now) = {
+            let state = self.lock();
+            let link = state.shared.as_ref().map(|s| Arc::clone(&s.link))?;
+            (link, state.clock.now_unix())
+        };
+        if !link.is_up() {
+            return None;
+        }
+        let windows = self
+            .windows(config)
+            .map(|window| {
+                let (start, end) = window.bounds(now);
+                let reject_limit = self
+                    .all(config)
+                    .filter(|(_, b)| b.window == window && b.action == Action::Reject)
+                    .map(|(_, b)| to_micro(b.usd))
+                    .min();
+                store::WindowCharge {
+                    window,
+                    start,
+                    end,
+                    reject_limit,
+                }
+            })
+            .collect();
+        Some(Plan {
+            link,
+            windows,
+            estimate: estimate_usd(config, model, body),
+            now,
+        })
+    }
+
+    /// Decides on the spend the store had before the request (the same comparison in
+    /// micro-USD as the script's), and books the reservation locally.
+    fn reserved(
+        &self,
+        config: &Config,
+        plan: &Plan,
+        charged: bool,
+        before: &[i64],
+    ) -> Result<Admission, BudgetExceeded> {
+        let estimate = to_micro(plan.estimate);
+        let spent_before = |window: Window| {
+            let i = plan.windows.iter().position(|c| c.window == window);
+            i.and_then(|i| before.get(i)).copied().unwrap_or(0)
+        };
+        let mut state = self.lock();
+        let now = plan.now;
+        let decision = self.decide(config, now, |b| spent_before(b.window) >= to_micro(b.usd));
+        // Keep the estimate in the shared count only for an admitted request: a refusal
+        // the script did not see (it cannot happen, as both compare the same integers)
+        // is refunded, an admission it refused is charged through the pending spend.
+        let correction = match (&decision, charged) {
+            (Ok(_), true) | (Err(_), false) => 0,
+            (Ok(_), false) => estimate,
+            (Err(_), true) => -estimate,
+        };
+        let added = if charged { estimate } else { 0 };
+        let mut reservation = BudgetReservation::nothing(self);
+        reservation.estimate = plan.estimate;
+        for c in &plan.windows {
+            if let Some(shared) = state.shared.as_mut() {
+                if Arc::ptr_eq(&shared.link, &plan.link) {
+                    let view = shared.view(c.window, now);
+                    if view.start == c.start {
+                        view.redis = spent_before(c.window).saturating_add(added);
+                        view.pending += correction;
+                    }
+                }
+            }
+            if decision.is_ok() {
+                let slot = state.current(c.window, now);
+                slot.usd += plan.estimate;
+                reservation.charged.push((c.window, slot.start));
+            }
+            let spent = state.shown(c.window, now);
+            self.metrics
+                .spent
+                .get_or_create(&WindowLabels { window: c.window })
+                .set(spent);
+        }
+        if correction != 0 {
+            plan.link.wake.notify_one();
+        }
+        drop(state);
+        decision.map(|downgrade_to| Admission {
+            downgrade_to,
+            reservation,
+        })
+    }
+}
+
+/// One request's question to the store.
+struct Plan {
+    link: Arc<store::Link>,
+    windows: Vec<store::WindowCharge>,
+    estimate: f64,
+    now: i64,
 }
