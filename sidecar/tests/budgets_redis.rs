@@ -187,11 +187,17 @@ async fn two_sidecars_with_one_budget_key_share_one_budget() {
         "overshoot {} micro-USD is more than one request",
         charged - limit
     );
-    // Both sidecars show the shared total.
+    // Both sidecars show the shared total once they asked Redis again (a refused
+    // request reads it).
     for s in [&a, &b] {
-        let (_, scraped) = scrape(s).await;
-        let spent = value(&scraped, "holysheep_budget_spent_usd", &[("window", "day")]);
-        assert_eq!(spent, Some(charged as f64 / 1e6));
+        eventually(Duration::from_secs(5), "shared total shown", || async {
+            let (status, body) = chat(s).await;
+            assert_budget_exceeded(status, &body);
+            let (_, scraped) = scrape(s).await;
+            let spent = value(&scraped, "holysheep_budget_spent_usd", &[("window", "day")]);
+            spent == Some(charged as f64 / 1e6)
+        })
+        .await;
     }
 }
 

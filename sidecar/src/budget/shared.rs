@@ -174,6 +174,13 @@ async fn run(link: Arc<Link>, state: Weak<Mutex<State>>) {
             if let Some(shared) = state.shared.as_mut() {
                 if Arc::ptr_eq(&shared.link, &link) {
                     shared.pushed(&sent, result.as_deref().ok());
+                    // The totals Redis reported include the other sidecars' spend.
+                    for (delta, _) in &sent {
+                        let view = &shared.views[delta.window.index()];
+                        if view.start == delta.start {
+                            link.show_spent(delta.window, view.total() as f64 / 1e6);
+                        }
+                    }
                 }
             }
         }
@@ -322,4 +329,55 @@ struct Plan {
     windows: Vec<store::WindowCharge>,
     estimate: f64,
     now: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::{BudgetKey, StoreUrl};
+
+    /// A store nobody listens on: its task only fails its probes.
+    fn shared() -> Shared {
+        let url = StoreUrl::parse("redis://127.0.0.1:1/0").unwrap();
+        let link = Link::new(&url, &BudgetKey::default(), Arc::default()).unwrap();
+        Shared::start(Arc::new(link), Weak::new())
+    }
+
+    #[tokio::test]
+    async fn pending_spend_survives_a_failed_push_and_a_window_change() {
+        let mut s = shared();
+        let t0 = 86_400 * 20_000 + 100;
+        s.view(Window::Day, t0).pending += 5;
+        let sent = s.take_pending(t0);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0.micro, 5);
+        assert_eq!(
+            s.view(Window::Day, t0).total(),
+            5,
+            "on its way, still counted"
+        );
+        s.pushed(&sent, None);
+        let view = *s.view(Window::Day, t0);
+        assert_eq!(
+            (view.pending, view.total()),
+            (5, 5),
+            "a failed push is retried"
+        );
+
+        let sent = s.take_pending(t0);
+        s.pushed(&sent, Some(&[42]));
+        let view = *s.view(Window::Day, t0);
+        assert_eq!((view.redis, view.pending, view.total()), (42, 0, 42));
+
+        // Spend left when the day ends is still pushed, to the day it belongs to...
+        s.view(Window::Day, t0).pending += 7;
+        let next_day = t0 + 86_400;
+        assert_eq!(s.view(Window::Day, next_day).total(), 0);
+        let sent = s.take_pending(next_day);
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0].0.start, sent[0].0.micro), (t0 - 100, 7));
+        // ...unless its key has expired by then.
+        s.pushed(&sent, None);
+        assert!(s.take_pending(next_day + EXPIRY_GRACE).is_empty());
+    }
 }

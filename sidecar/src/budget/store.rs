@@ -200,6 +200,12 @@ impl Link {
         })
     }
 
+    /// Shows `usd` as a window's spend (`holysheep_budget_spent_usd`).
+    pub fn show_spent(&self, window: Window, usd: f64) {
+        let labels = super::WindowLabels { window };
+        self.metrics.spent.get_or_create(&labels).set(usd);
+    }
+
     /// The store's URL (password hidden when displayed).
     pub fn url(&self) -> &StoreUrl {
         &self.url
