@@ -1,5 +1,6 @@
-//! Local spend budgets: USD per calendar window (hour, day, month, in UTC), counted by
-//! this sidecar process alone, checked before a request goes upstream.
+//! Spend budgets: USD per calendar window (hour, day, month, in UTC), counted by this
+//! sidecar process alone or, with `budgets_store`, shared through Redis; checked before
+//! a request goes upstream. The `--budget-usd-per-day` budget comes after the file's.
 //!
 //! Spend is charged in two steps, like the token rate limit: [`Budgets::admit`] reserves
 //! an estimate (the prompt text / 4 plus the completion cap, priced at the model's

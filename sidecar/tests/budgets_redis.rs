@@ -218,6 +218,37 @@ async fn different_budget_keys_do_not_share() {
     assert_eq!(stored(&redis, &clock.day_key("shop/a")).await, CHAT);
 }
 
+#[tokio::test]
+async fn a_shared_downgrade_budget_sends_the_cheaper_model_from_every_sidecar() {
+    let redis = RedisServer::start().await;
+    let up = FakeUpstream::start(openai_like).await;
+    let clock = StoppedClock::now();
+    let budgets = "budgets:\n  - {window: day, usd: 19, action: downgrade, downgrade_to: cheap-model}\n  - {window: day, usd: 1000, action: reject}\n";
+    let config = format!(
+        "{PRICES}  cheap-model: {{input: 1, output: 1}}\n{budgets}budgets_store: {}\n",
+        redis.url()
+    );
+    let mut sidecars = Vec::new();
+    for _ in 0..2 {
+        let mut s = settings(&up.url());
+        s.config = Config::from_yaml_str(&config).unwrap();
+        s.budget.key = BudgetKey::parse("shop/downgrade").unwrap();
+        let sidecar = Sidecar::start_with(s).await;
+        sidecar.state.budgets.set_clock(Arc::new(clock.clone()));
+        wait_metric(&sidecar, "holysheep_budget_store_up", 1.0).await;
+        sidecars.push(sidecar);
+    }
+    assert_eq!(chat(&sidecars[0]).await.0, 200);
+    wait_stored(&redis, &clock.day_key("shop/downgrade"), CHAT).await;
+    // The other sidecar sees the $19 the first one spent.
+    assert_eq!(chat(&sidecars[1]).await.0, 200);
+    let seen = up.requests();
+    assert_eq!(seen[0].json()["model"], "gpt-4.1");
+    assert_eq!(seen[1].json()["model"], "cheap-model");
+    // 19 tokens of cheap-model at $1 per 1M: 19 micro-USD.
+    wait_stored(&redis, &clock.day_key("shop/downgrade"), CHAT + 19).await;
+}
+
 /// Log lines of the store at `port` with `message`.
 fn store_lines(logs: &observe::LogBuf, port: u16, message: &str) -> usize {
     let store = format!("redis://127.0.0.1:{port}/0");
