@@ -160,10 +160,11 @@ struct State {
     shared: Option<shared::Shared>,
 }
 
-/// USD as the store's integer micro-USD.
+/// USD as the store's integer micro-USD, clamped to +-1e9 USD per amount so that sums
+/// of absurd costs (a broken usage report) stay far from overflowing.
 fn to_micro(usd: f64) -> i64 {
-    // `as` saturates, and NaN gives 0: no input panics.
-    (usd * 1e6).round() as i64
+    // NaN gives 0 (`as` saturates): no input panics.
+    (usd.clamp(-1e9, 1e9) * 1e6).round() as i64
 }
 
 impl State {
@@ -318,11 +319,12 @@ impl BudgetReservation {
             if let Some(shared) = state.shared.as_mut() {
                 // The estimate is in the shared count (or pending for it): correct it.
                 let micro = if same_window {
-                    to_micro(cost) - to_micro(self.estimate)
+                    to_micro(cost).saturating_sub(to_micro(self.estimate))
                 } else {
                     to_micro(cost)
                 };
-                shared.view(window, now).pending += micro;
+                let view = shared.view(window, now);
+                view.pending = view.pending.saturating_add(micro);
             }
             let spent = state.shown(window, now);
             self.metrics
@@ -534,7 +536,8 @@ impl Budgets {
             slot.usd += estimate;
             charged.push((window, slot.start));
             if let Some(shared) = state.shared.as_mut() {
-                shared.view(window, now).pending += to_micro(estimate);
+                let view = shared.view(window, now);
+                view.pending = view.pending.saturating_add(to_micro(estimate));
                 shared.link.wake.notify_one();
             }
             let spent = state.shown(window, now);

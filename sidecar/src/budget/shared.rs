@@ -106,7 +106,7 @@ impl Shared {
                     micro: view.pending,
                 };
                 out.push((delta, view.end));
-                view.pushing += view.pending;
+                view.pushing = view.pushing.saturating_add(view.pending);
                 view.pending = 0;
             }
         }
@@ -118,10 +118,10 @@ impl Shared {
         for (i, (delta, end)) in sent.iter().enumerate() {
             let view = &mut self.views[delta.window.index()];
             if view.start == delta.start {
-                view.pushing -= delta.micro;
+                view.pushing = view.pushing.saturating_sub(delta.micro);
                 match totals.and_then(|t| t.get(i)) {
                     Some(&total) => view.redis = total,
-                    None => view.pending += delta.micro,
+                    None => view.pending = view.pending.saturating_add(delta.micro),
                 }
             } else if totals.is_none() {
                 self.backlog.push((*delta, *end));
@@ -297,7 +297,7 @@ impl Budgets {
                     let view = shared.view(c.window, now);
                     if view.start == c.start {
                         view.redis = spent_before(c.window).saturating_add(added);
-                        view.pending += correction;
+                        view.pending = view.pending.saturating_add(correction);
                     }
                 }
             }

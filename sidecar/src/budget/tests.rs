@@ -62,3 +62,12 @@ fn estimates_are_reserved_refunded_and_settled_in_the_window_that_is_current() {
     drop(a);
     assert!(b.admit(&Config::default(), None, None).is_ok());
 }
+
+#[test]
+fn micro_usd_rounds_and_never_overflows() {
+    assert_eq!(to_micro(19.0), 19_000_000);
+    assert_eq!(to_micro(0.000_001_5), 2);
+    assert_eq!(to_micro(f64::NAN), 0);
+    assert_eq!(to_micro(f64::INFINITY), 1_000_000_000_000_000);
+    assert_eq!(to_micro(-1e300), -1_000_000_000_000_000);
+}
