@@ -71,6 +71,25 @@ pub struct Args {
     /// `egress-proxy-auth` beside the API key file, never here.
     #[arg(long, env = "HOLYSHEEP_EGRESS_PROXY", value_parser = EGRESS_PROXY_PARSER)]
     pub egress_proxy: Option<HttpUrl>,
+    /// Whose spend a shared `budgets_store` counts together; the webhook sets
+    /// `<namespace>/<holysheep/budget-key, else the workload's name>`.
+    #[arg(
+        long,
+        env = "HOLYSHEEP_BUDGET_KEY",
+        default_value = crate::budget::DEFAULT_BUDGET_KEY,
+        value_parser = crate::budget::BudgetKey::parse
+    )]
+    pub budget_key: crate::budget::BudgetKey,
+    /// Adds a day budget (UTC, action reject) of this many USD to the config's budgets.
+    #[arg(
+        long,
+        env = "HOLYSHEEP_BUDGET_USD_PER_DAY",
+        value_name = "USD",
+        // So `-5` is refused by the parser's message, not as an unknown flag.
+        allow_negative_numbers = true,
+        value_parser = crate::budget::parse_usd_per_day
+    )]
+    pub budget_usd_per_day: Option<f64>,
 }
 
 /// The validated upstream base URL (`https://api.holysheep.ai/v1` -> prefix `/v1`), as
@@ -191,6 +210,9 @@ pub struct Config {
     pub budgets: Vec<crate::budget::Budget>,
     /// Model allow and deny lists (empty: every model passes).
     pub models: crate::models_policy::ModelPolicy,
+    /// Redis holding the spend shared by every sidecar with the same budget key
+    /// (`None`: each sidecar counts its own).
+    pub budgets_store: Option<crate::budget::StoreUrl>,
 }
 
 /// Retry policy knobs (the `retry` section).
@@ -314,6 +336,7 @@ impl Default for Config {
             limits: Limits::default(),
             budgets: Vec::new(),
             models: crate::models_policy::ModelPolicy::default(),
+            budgets_store: None,
         }
     }
 }

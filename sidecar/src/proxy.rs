@@ -108,7 +108,7 @@ async fn forward(
         // Retrieving one model by id: the lists hide it as they hide it from the list.
         config.models.check(id)?;
     }
-    let (body, model, reservation) = check_budgets(&state.budgets, config, body, model)?;
+    let (body, model, reservation) = check_budgets(&state.budgets, config, body, model).await?;
     if reservation.downgraded {
         check_model_allowed(config, model.as_ref())?;
     }
@@ -393,8 +393,9 @@ struct Budgeted {
 }
 
 /// Step: refuse the request when a `reject` budget is spent, or send it to the
-/// `downgrade_to` model of a spent `downgrade` budget; reserves its estimated cost.
-fn check_budgets(
+/// `downgrade_to` model of a spent `downgrade` budget; reserves its estimated cost
+/// (in the shared store when one is configured and answering).
+async fn check_budgets(
     budgets: &Budgets,
     config: &Config,
     body: OutBody,
@@ -404,7 +405,9 @@ fn check_budgets(
         OutBody::Buffered(bytes) => Some(&bytes[..]),
         OutBody::Streamed(_) => None,
     };
-    let admission = budgets.admit(config, model.as_ref().map(|m| m.name.as_str()), json)?;
+    let admission = budgets
+        .admit_shared(config, model.as_ref().map(|m| m.name.as_str()), json)
+        .await?;
     let reservation = admission.reservation;
     match (admission.downgrade_to, body, model) {
         (Some(to), OutBody::Buffered(bytes), Some(field)) if field.name != to => {

@@ -74,6 +74,8 @@ pub struct Settings {
     /// OTLP push of the metrics; `None` (off) unless an `OTEL_EXPORTER_OTLP_*ENDPOINT`
     /// is set.
     pub otlp: Option<OtlpSettings>,
+    /// `--budget-key` and `--budget-usd-per-day`.
+    pub budget: crate::budget::BudgetFlags,
 }
 
 impl Settings {
@@ -103,6 +105,10 @@ impl Settings {
             conn_limits: ConnLimits::default(),
             upstream_options,
             otlp: OtlpSettings::from_env(|name| std::env::var(name).ok())?,
+            budget: crate::budget::BudgetFlags {
+                key: args.budget_key.clone(),
+                usd_per_day: args.budget_usd_per_day,
+            },
         })
     }
 }
@@ -191,7 +197,7 @@ pub fn build(settings: Settings) -> Result<App, RunError> {
         upstream,
         resilience: crate::resilience::Resilience::default(),
         metrics,
-        budgets: crate::budget::Budgets::default(),
+        budgets: crate::budget::Budgets::new(settings.budget),
     };
     state.budgets.register(&mut registry);
     let otlp = settings

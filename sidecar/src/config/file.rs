@@ -33,6 +33,8 @@ pub(super) struct FileConfig {
     budgets: Option<Vec<BudgetFile>>,
     #[serde(default)]
     models: Option<ModelsFile>,
+    #[serde(default)]
+    budgets_store: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +175,12 @@ impl FileConfig {
                 .enumerate()
                 .map(|(i, b)| b.check(i))
                 .collect::<Result<_, _>>()?;
+        }
+        if let Some(url) = self.budgets_store {
+            cfg.budgets_store = Some(
+                crate::budget::StoreUrl::parse(&url)
+                    .map_err(|m| ConfigError::invalid("budgets_store", m))?,
+            );
         }
         if let Some(models) = self.models {
             cfg.models = ModelPolicy {

@@ -15,6 +15,7 @@
 )]
 
 pub mod process;
+pub mod redis;
 pub mod tcp;
 pub mod tinyproxy;
 pub mod tls;
@@ -115,6 +116,7 @@ pub fn settings(upstream: &str) -> Settings {
         conn_limits: ConnLimits::default(),
         upstream_options: Default::default(),
         otlp: None,
+        budget: Default::default(),
     }
 }
 
