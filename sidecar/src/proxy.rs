@@ -212,7 +212,7 @@ impl Outgoing {
     pub fn into_request(self) -> Request<UpstreamBody> {
         let body = match self.body {
             OutBody::Buffered(bytes) => Either::Left(Full::new(bytes)),
-            OutBody::Streamed(stream) => Either::Right(stream),
+            OutBody::Streamed(stream) => Either::Right(Box::pin(stream)),
         };
         let mut req = Request::new(body);
         *req.method_mut() = self.method;

@@ -17,6 +17,7 @@
 //! change by the watchers of [`Upstream::spawn_watchers`].
 
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,7 +53,9 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// A request body going upstream: buffered (JSON, replayable) or streamed (size-bounded).
-pub type UpstreamBody = Either<Full<Bytes>, Limited<ClientBody>>;
+/// The rarer streamed one is boxed: hyper's client keeps a block of 32 requests per
+/// connection in its dispatch channel, so every byte of this type counts 32 times.
+pub type UpstreamBody = Either<Full<Bytes>, Pin<Box<Limited<ClientBody>>>>;
 
 /// Why the upstream client could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -186,14 +186,29 @@ impl Connections {
                         let conn = h1.serve_connection(io, service).with_upgrades();
                         drive(conn, |c| c.graceful_shutdown(), &activity, limits, &drain).await;
                     }
+                    // Boxed, the rarer kinds: the task's future is as large as its largest
+                    // arm, and every HTTP/1 connection would carry their size.
                     Some(Protocol::Http2) => {
-                        let conn = h2.serve_connection(io, service);
-                        drive(conn, |c| c.graceful_shutdown(), &activity, limits, &drain).await;
+                        let conn = Box::pin(h2.serve_connection(io, service));
+                        drive(
+                            conn,
+                            |c| unbox(c).graceful_shutdown(),
+                            &activity,
+                            limits,
+                            &drain,
+                        )
+                        .await;
                     }
                     Some(Protocol::Unsure) => {
-                        let conn = auto.serve_connection_with_upgrades(io, service);
-                        let close = |c: Pin<&mut _>| GracefulConnection::graceful_shutdown(c);
-                        drive(conn, close, &activity, limits, &drain).await;
+                        let conn = Box::pin(auto.serve_connection_with_upgrades(io, service));
+                        drive(
+                            conn,
+                            |c| GracefulConnection::graceful_shutdown(unbox(c)),
+                            &activity,
+                            limits,
+                            &drain,
+                        )
+                        .await;
                     }
                 }
                 drop(permit);
@@ -243,6 +258,11 @@ fn classify(first: &[u8]) -> Protocol {
     } else {
         Protocol::Unsure
     }
+}
+
+/// The connection inside a boxed one.
+fn unbox<C: ?Sized>(boxed: Pin<&mut Pin<Box<C>>>) -> Pin<&mut C> {
+    boxed.get_mut().as_mut()
 }
 
 /// Serves one connection until it ends, closing it when a deadline passes or on drain.
