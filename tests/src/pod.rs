@@ -60,6 +60,33 @@ pub fn inject_template(template: &Value, settings: &Settings) -> Value {
     doc
 }
 
+/// [`inject_template`] as the webhook sees a Deployment's pods: each is created by a
+/// ReplicaSet named `<deployment>-<hash>` that labels it `pod-template-hash: <hash>` and
+/// owns it. The patch made for that pod is applied to the template itself, which has the
+/// same containers (a Deployment's template always has labels, so the label path exists).
+pub fn inject_deployment_template(
+    template: &Value,
+    deployment: &str,
+    settings: &Settings,
+) -> Value {
+    const HASH: &str = "5d8f7c9b4";
+    let mut pod = template.clone();
+    pod["metadata"]["labels"]["pod-template-hash"] = Value::from(HASH);
+    pod["metadata"]["ownerReferences"] = serde_json::json!([{
+        "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{deployment}-{HASH}"),
+        "uid": "rs-1", "controller": true, "blockOwnerDeletion": true
+    }]);
+    let pod: Pod =
+        serde_json::from_value(pod).unwrap_or_else(|e| panic!("the template is not a Pod: {e}"));
+    let patch = mutation::mutate(&pod, settings)
+        .unwrap_or_else(|e| panic!("the webhook refused the template: {e}"))
+        .unwrap_or_else(|| panic!("the webhook did not inject an opted-in template"));
+    let mut doc = template.clone();
+    json_patch::patch(&mut doc, &patch)
+        .unwrap_or_else(|e| panic!("the webhook's patch does not apply: {e}"));
+    doc
+}
+
 /// The pod's spec (panics when absent).
 pub fn spec(pod: &Pod) -> &PodSpec {
     pod.spec

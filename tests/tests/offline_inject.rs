@@ -10,7 +10,7 @@
     reason = "tests: a failure should panic"
 )]
 
-use holysheep_e2e::pod::{self, inject_template};
+use holysheep_e2e::pod::{self, inject_deployment_template};
 use holysheep_e2e::{sidecar, workspace_path};
 use holysheep_webhook::inject_cli;
 use holysheep_webhook::settings::Settings;
@@ -52,8 +52,10 @@ fn inject_example_deployment_like_the_webhook() {
             assert_eq!(before, after, "{} changed", kind(before));
             continue;
         }
-        // What the webhook would do to a pod created from this template.
-        let expected = inject_template(&before["spec"]["template"], &Settings::default());
+        // What the webhook would do to a pod its ReplicaSet creates from this template.
+        let name = before["metadata"]["name"].as_str().unwrap();
+        let expected =
+            inject_deployment_template(&before["spec"]["template"], name, &Settings::default());
         let got = &after["spec"]["template"];
         let sidecar_of = |template: &Value| {
             let pod: Pod = serde_json::from_value(template.clone()).unwrap();
