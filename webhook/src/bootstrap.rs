@@ -206,7 +206,7 @@ impl BootstrapError {
 
 /// `e: cause: cause...`, because kube's top-level message for a TLS or connect failure
 /// ("client error (Connect)") hides the useful part (e.g. `UnknownIssuer`).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

@@ -26,6 +26,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use time::OffsetDateTime;
 
+use crate::bootstrap::error_chain;
+
 pub use report::Report;
 pub use text::write_text;
 
@@ -170,7 +172,7 @@ impl CheckError {
                 detail: format!(
                     "the API server is unreachable ({}): check the kubeconfig's server and \
                      your network",
-                    chain(&other)
+                    error_chain(&other)
                 ),
             },
         }
@@ -195,19 +197,20 @@ pub async fn client(opts: &ClientOptions) -> Result<kube::Client, CheckError> {
     };
     let config = match (&opts.kubeconfig, &opts.context) {
         (Some(path), _) => {
-            let file = Kubeconfig::read_from(path).map_err(|e| CheckError::Config(chain(&e)))?;
+            let file =
+                Kubeconfig::read_from(path).map_err(|e| CheckError::Config(error_chain(&e)))?;
             kube::Config::from_custom_kubeconfig(file, &options)
                 .await
-                .map_err(|e| CheckError::Config(chain(&e)))?
+                .map_err(|e| CheckError::Config(error_chain(&e)))?
         }
         (None, Some(_)) => kube::Config::from_kubeconfig(&options)
             .await
-            .map_err(|e| CheckError::Config(chain(&e)))?,
+            .map_err(|e| CheckError::Config(error_chain(&e)))?,
         (None, None) => kube::Config::infer()
             .await
-            .map_err(|e| CheckError::Config(chain(&e)))?,
+            .map_err(|e| CheckError::Config(error_chain(&e)))?,
     };
-    kube::Client::try_from(config).map_err(|e| CheckError::Config(chain(&e)))
+    kube::Client::try_from(config).map_err(|e| CheckError::Config(error_chain(&e)))
 }
 
 /// Reads the cluster and builds the report. Only GET requests are sent.
@@ -239,19 +242,4 @@ pub fn exit_code(report: &Report) -> u8 {
 
 fn rfc3339(t: Option<&Time>) -> Option<String> {
     t.map(|t| t.0.to_string())
-}
-
-/// `e: cause: cause...`: kube's top-level messages hide the useful part.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
 }
