@@ -50,13 +50,15 @@ pub fn argv(container: &Container) -> Result<Vec<String>, String> {
     for var in container.env.iter().flatten() {
         let value = match (&var.value, &var.value_from) {
             (Some(value), _) => Some(expand(value, &defined)),
-            (None, Some(from)) => from.field_ref.as_ref().and_then(|field| {
-                match field.field_path.as_str() {
-                    "metadata.namespace" => Some(POD_NAMESPACE.to_owned()),
-                    "metadata.name" => Some(POD_NAME.to_owned()),
-                    _ => None,
-                }
-            }),
+            (None, Some(from)) => {
+                from.field_ref
+                    .as_ref()
+                    .and_then(|field| match field.field_path.as_str() {
+                        "metadata.namespace" => Some(POD_NAMESPACE.to_owned()),
+                        "metadata.name" => Some(POD_NAME.to_owned()),
+                        _ => None,
+                    })
+            }
             (None, None) => Some(String::new()),
         };
         if let Some(value) = &value {
@@ -243,7 +245,10 @@ mod tests {
     fn expands_like_the_kubelet() {
         let defined = [("NS", "shop".to_owned()), ("NS", "prod".to_owned())];
         assert_eq!(expand("$(NS)/web", &defined), "prod/web");
-        assert_eq!(expand("$$(NS) $(OTHER) $x $", &defined), "$(NS) $(OTHER) $x $");
+        assert_eq!(
+            expand("$$(NS) $(OTHER) $x $", &defined),
+            "$(NS) $(OTHER) $x $"
+        );
         assert_eq!(expand("a$(NS", &defined), "a$(NS");
         assert_eq!(expand("é$(NS)é", &defined), "éprodé");
     }

@@ -163,6 +163,9 @@ pub struct Link {
     health: AtomicU8,
     /// Pokes the store task: spend to push, or the link just went down.
     pub(super) wake: Notify,
+    /// Held from taking the pending spend until the push's outcome is applied, by the
+    /// store task and by a flush: one push at a time, so none is lost or sent twice.
+    pub(super) push_turn: tokio::sync::Mutex<()>,
     metrics: Arc<BudgetMetrics>,
 }
 
@@ -196,6 +199,7 @@ impl Link {
             script: redis::Script::new(RESERVE),
             health: AtomicU8::new(UNKNOWN),
             wake: Notify::new(),
+            push_turn: tokio::sync::Mutex::new(()),
             metrics,
         })
     }
