@@ -310,6 +310,7 @@ pub(super) fn retire(owner: &Arc<Mutex<State>>, state: &mut State, old: Shared) 
         return;
     }
     let link = Arc::clone(&old.link);
+    link.retire();
     state.retired.push(old);
     let owner = Arc::clone(owner);
     tokio::spawn(async move {

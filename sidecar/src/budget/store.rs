@@ -25,7 +25,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -166,6 +166,8 @@ pub struct Link {
     /// Held from taking the pending spend until the push's outcome is applied, by the
     /// store task and by a flush: one push at a time, so none is lost or sent twice.
     pub(super) push_turn: tokio::sync::Mutex<()>,
+    /// Replaced by a reload: its health no longer shows in `holysheep_budget_store_up`.
+    retired: AtomicBool,
     metrics: Arc<BudgetMetrics>,
 }
 
@@ -200,6 +202,7 @@ impl Link {
             health: AtomicU8::new(UNKNOWN),
             wake: Notify::new(),
             push_turn: tokio::sync::Mutex::new(()),
+            retired: AtomicBool::new(false),
             metrics,
         })
     }
@@ -225,10 +228,21 @@ impl Link {
         self.health.load(Ordering::Acquire) == UP
     }
 
+    /// From now on, its health is not the sidecar's (a reload replaced it).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    fn show_up(&self, up: bool) {
+        if !self.retired.load(Ordering::Acquire) {
+            self.metrics.store_up.set(i64::from(up));
+        }
+    }
+
     /// Records a success; logs the end of an outage once.
     pub fn mark_up(&self) {
         let before = self.health.swap(UP, Ordering::AcqRel);
-        self.metrics.store_up.set(1);
+        self.show_up(true);
         match before {
             DOWN => tracing::info!(
                 store = %self.url,
@@ -244,7 +258,7 @@ impl Link {
     pub fn mark_down(&self, error: &StoreError) {
         self.metrics.store_errors.inc();
         let before = self.health.swap(DOWN, Ordering::AcqRel);
-        self.metrics.store_up.set(0);
+        self.show_up(false);
         if before != DOWN {
             tracing::warn!(
                 store = %self.url,
