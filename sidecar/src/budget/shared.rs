@@ -112,6 +112,11 @@ impl Shared {
 
     /// Everything to send: marks it as on its way.
     fn take_pending(&mut self, now: i64) -> Vec<(Delta, i64)> {
+        // A window that ended since its last request goes to the backlog now: a retired
+        // store sees no more requests, and the store in use may see none for a while.
+        for window in Window::ALL {
+            self.view(window, now);
+        }
         let mut out = std::mem::take(&mut self.backlog);
         out.retain(|(_, end)| end.saturating_add(EXPIRY_GRACE) > now);
         for window in Window::ALL {
@@ -141,7 +146,7 @@ impl Shared {
         let views = self
             .views
             .iter()
-            .filter(|v| v.end > now)
+            .filter(|v| v.end.saturating_add(EXPIRY_GRACE) > now)
             .map(|v| v.pending.saturating_add(v.pushing));
         backlog.chain(views).fold(0, i64::saturating_add)
     }
@@ -576,5 +581,20 @@ mod tests {
         // ...unless its key has expired by then.
         s.pushed(&sent, None);
         assert!(s.take_pending(next_day + EXPIRY_GRACE).is_empty());
+    }
+
+    #[tokio::test]
+    async fn spend_of_a_window_that_ended_without_another_request_is_still_sent() {
+        let mut s = shared();
+        let t0 = 86_400 * 20_000 + 100;
+        s.view(Window::Hour, t0).pending += 3;
+        // No request since: the next push is the first to see the hour has ended.
+        let later = t0 + 3_600;
+        assert_eq!(s.unpushed(later), 3);
+        let sent = s.take_pending(later);
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0].0.start, sent[0].0.micro), (t0 - 100, 3));
+        s.pushed(&sent, Some(&[3]));
+        assert_eq!(s.unpushed(later), 0);
     }
 }

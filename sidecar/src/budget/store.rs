@@ -166,7 +166,8 @@ pub struct Link {
     /// Held from taking the pending spend until the push's outcome is applied, by the
     /// store task and by a flush: one push at a time, so none is lost or sent twice.
     pub(super) push_turn: tokio::sync::Mutex<()>,
-    /// Replaced by a reload: its health no longer shows in `holysheep_budget_store_up`.
+    /// Replaced by a reload: its health no longer shows in `holysheep_budget_store_up`
+    /// and its failures are not counted in `holysheep_budget_store_errors_total`.
     retired: AtomicBool,
     metrics: Arc<BudgetMetrics>,
 }
@@ -233,9 +234,14 @@ impl Link {
         self.retired.store(true, Ordering::Release);
     }
 
+    /// Shows a command's outcome in the store metrics, unless retired.
     fn show_up(&self, up: bool) {
-        if !self.retired.load(Ordering::Acquire) {
-            self.metrics.store_up.set(i64::from(up));
+        if self.retired.load(Ordering::Acquire) {
+            return;
+        }
+        self.metrics.store_up.set(i64::from(up));
+        if !up {
+            self.metrics.store_errors.inc();
         }
     }
 
@@ -256,7 +262,6 @@ impl Link {
     /// Records a failure; logs the start of an outage once and wakes the store task so
     /// it starts probing.
     pub fn mark_down(&self, error: &StoreError) {
-        self.metrics.store_errors.inc();
         let before = self.health.swap(DOWN, Ordering::AcqRel);
         self.show_up(false);
         if before != DOWN {
