@@ -360,9 +360,9 @@ impl State {
 /// The flush at shutdown.
 impl Budgets {
     /// Pushes the spend this sidecar counted and its stores have not confirmed (the one
-    /// in use, and any a reload is still retiring), once, for at most `bound`: call it
-    /// after the drain, so nothing is added meanwhile. Logs one line per store; without
-    /// a store, does nothing.
+    /// in use, and any a reload is still retiring), retrying while a store fails, for at
+    /// most `bound` in all: call it once, after the drain, so nothing is added meanwhile.
+    /// Logs one line per store; without a store, does nothing.
     pub async fn flush_store(&self, bound: Duration) {
         let links: Vec<Arc<Link>> = {
             let state = self.lock();
