@@ -19,7 +19,9 @@
 //! atomic step, so concurrent requests across replicas overshoot no more than within
 //! one process; settlements are pushed in the background (shared.rs, store.rs). When
 //! the store fails, admission goes on from the last shared total plus this process's
-//! own spend, which is pushed once the store answers again (fail-open).
+//! own spend, which is pushed once the store answers again (fail-open). Spend still
+//! unpushed at shutdown, or when a reload replaces or removes the store, is pushed to
+//! that store by a bounded flush (shared.rs); what it cannot push is logged, in USD.
 //!
 //! Not here: the 429 body (error.rs), rewriting the model (proxy.rs), pricing (usage.rs),
 //! the flags (flags.rs), Redis (store.rs).
@@ -35,6 +37,7 @@ pub use flags::{
     BudgetFlags, BudgetKey, DEFAULT_BUDGET_KEY, MAX_BUDGET_KEY_BYTES, MAX_USD_PER_DAY,
     parse_usd_per_day,
 };
+pub use shared::{FLUSH_TIMEOUT, RETIRE_TIMEOUT};
 pub use store::{COMMAND_TIMEOUT, EXPIRY_GRACE, PROBE_INTERVAL, StoreUrl};
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -158,6 +161,8 @@ struct State {
     spend: [Spend; 3],
     /// The store and its view, when `budgets_store` is set.
     shared: Option<shared::Shared>,
+    /// Stores a reload replaced or removed, until their pending spend is pushed to them.
+    retired: Vec<shared::Shared>,
 }
 
 /// USD as the store's integer micro-USD, clamped to +-1e9 USD per amount so that sums
@@ -346,6 +351,7 @@ impl Budgets {
                 clock: Arc::new(SystemClock),
                 spend: [Spend::default(); 3],
                 shared: None,
+                retired: Vec::new(),
             })),
             metrics: Arc::default(),
             key: Arc::new(flags.key),
@@ -443,8 +449,11 @@ impl Budgets {
         if current == wanted {
             return;
         }
-        // Dropping the old store stops its task; its unpushed spend stays in the local count.
-        state.shared = None;
+        if let Some(old) = state.shared.take() {
+            // Its spend not yet pushed goes to it in the background: a reload never
+            // waits on Redis.
+            shared::retire(&self.state, state, old);
+        }
         self.metrics.store_up.set(0);
         let Some(url) = wanted else {
             return;

@@ -5,8 +5,8 @@
 //! and HTTP/2, every request to `proxy::handle`) and the admin listener (`/healthz`,
 //! `/readyz` = a key is loaded and not draining, `/metrics`) until `shutdown` resolves;
 //! then it stops accepting, lets in-flight requests and streams finish for up to
-//! `Settings::shutdown_grace`, makes the final OTLP export when that push is on, and
-//! returns. [`run`] is both, for `main` and tests. Both listeners bound their
+//! `Settings::shutdown_grace`, pushes the shared budget's pending spend to its store
+//! (bounded), makes the final OTLP export when that push is on, and returns. [`run`] is both, for `main` and tests. Both listeners bound their
 //! connections (count, head deadline, idle timeout): see `conn`.
 //!
 //! What it does not do: parse flags or install signal handlers (`main` does), or log
@@ -318,7 +318,8 @@ pub async fn serve(
         conns.drain(ADMIN_DRAIN).await;
     });
 
-    serve_proxy(
+    let budgets = app.state.budgets.clone();
+    let drain_began = serve_proxy(
         proxy,
         app.state,
         shutdown,
@@ -327,8 +328,13 @@ pub async fn serve(
         app.conn_limits,
     )
     .await;
-    // Drained: the registry holds every request's usage. Push it before exiting, so a
-    // pod gone before its next scrape still reports its spend.
+    // Drained: no spend is added any more. The shared budget's pending spend goes to
+    // the store first, so the spend gauges of the final export are final.
+    budgets
+        .flush_store(flush_bound(drain_began, app.shutdown_grace))
+        .await;
+    // The registry holds every request's usage. Push it before exiting, so a pod gone
+    // before its next scrape still reports its spend.
     if let Some(exporter) = exporter {
         exporter.shutdown().await;
     }
@@ -341,7 +347,16 @@ pub async fn serve(
         .map_err(|e| RunError::Admin(std::io::Error::other(e)))
 }
 
-/// Accepts proxy connections until `shutdown`, then drains them up to `grace`.
+/// The budget flush's bound: [`FLUSH_TIMEOUT`](crate::budget::FLUSH_TIMEOUT), but never
+/// past 1 s after the drain's grace, so that a drain that used all of its 25 s, the
+/// flush and the final OTLP export (3 s) end inside Kubernetes' 30 s.
+fn flush_bound(drain_began: tokio::time::Instant, grace: Duration) -> Duration {
+    let left = (grace + Duration::from_secs(1)).saturating_sub(drain_began.elapsed());
+    crate::budget::FLUSH_TIMEOUT.min(left)
+}
+
+/// Accepts proxy connections until `shutdown`, then drains them up to `grace`; returns
+/// when the drain began.
 async fn serve_proxy(
     listener: TcpListener,
     state: Arc<AppState>,
@@ -349,7 +364,7 @@ async fn serve_proxy(
     draining: &AtomicBool,
     grace: Duration,
     limits: ConnLimits,
-) {
+) -> tokio::time::Instant {
     let conns = Connections::new(limits);
     let service = hyper::service::service_fn(move |req| {
         let state = Arc::clone(&state);
@@ -357,6 +372,7 @@ async fn serve_proxy(
     });
     conns.accept(&listener, shutdown, service).await;
     drop(listener);
+    let began = tokio::time::Instant::now();
     draining.store(true, Ordering::Release);
     tracing::info!(grace = ?grace, "shutting down: draining in-flight requests");
     if conns.drain(grace).await {
@@ -364,6 +380,7 @@ async fn serve_proxy(
     } else {
         tracing::warn!("grace period over; closing remaining connections");
     }
+    began
 }
 
 fn admin_router(state: AdminState) -> Router {

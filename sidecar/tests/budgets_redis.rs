@@ -2,8 +2,11 @@
 //! budget key share a day budget under 50 concurrent callers, and overshoot it by less
 //! than one request's cost; different keys do not share; a Redis killed mid-run leaves
 //! the sidecar serving on its local count (metric down, one log line) and the spend of
-//! the outage is pushed once a Redis answers again on the same port. Also the flags
-//! `--budget-usd-per-day` and `--budget-key`, and the `budgets_store` URL check.
+//! the outage is pushed once a Redis answers again on the same port. No spend is lost
+//! when the store goes away: the binary pushes what is pending on SIGTERM (retrying
+//! while Redis comes back, and exiting within the flush bound when it does not), and a
+//! reload that replaces the store pushes the spend counted for the old one to it. Also
+//! the flags `--budget-usd-per-day` and `--budget-key`, and the `budgets_store` URL check.
 
 #![allow(clippy::unwrap_used, reason = "tests: a failure should panic")]
 
@@ -15,11 +18,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use holysheep_sidecar::budget::{BudgetFlags, BudgetKey, Clock};
+use holysheep_sidecar::budget::{BudgetFlags, BudgetKey, Clock, FLUSH_TIMEOUT};
 use holysheep_sidecar::config::{Args, Config};
 use holysheep_sidecar::server::Settings;
 use observe::{capture_logs, openai_like, scrape, value};
 use serde_json::{Value, json};
+use support::process::{Launch, SidecarProcess};
 use support::redis::RedisServer;
 use support::upstream::FakeUpstream;
 use support::{Sidecar, eventually, http_client, settings};
@@ -94,17 +98,16 @@ async fn wait_metric(sidecar: &Sidecar, name: &str, want: f64) {
 
 /// One chat whose estimate covers its cost: `max_tokens` 19 plus the prompt.
 async fn chat(sidecar: &Sidecar) -> (u16, Value) {
+    chat_at(sidecar.url("/v1/chat/completions")).await
+}
+
+async fn chat_at(url: String) -> (u16, Value) {
     let body = json!({
         "model": "gpt-4.1",
         "max_tokens": 19,
         "messages": [{"role": "user", "content": "hi"}],
     });
-    let resp = http_client()
-        .post(sidecar.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = http_client().post(url).json(&body).send().await.unwrap();
     (resp.status().as_u16(), resp.json().await.unwrap())
 }
 
@@ -437,4 +440,188 @@ fn a_bad_budgets_store_is_refused_naming_the_key() {
     }
     let ok = Config::from_yaml_str("budgets_store: redis://redis.shop.svc:6379/0\n").unwrap();
     assert!(ok.budgets_store.is_some());
+}
+
+/// The sidecar binary on `redis` with budget key `key` and a day budget of $1000; the
+/// config file lives in the returned dir.
+async fn sidecar_process(
+    up: &FakeUpstream,
+    redis: &RedisServer,
+    key: &str,
+) -> (SidecarProcess, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    let budgets = "budgets:\n  - {window: day, usd: 1000, action: reject}\n";
+    let store = format!("budgets_store: {}\n", redis.url());
+    std::fs::write(&config, format!("{PRICES}{budgets}{store}")).unwrap();
+    let launch = Launch::default()
+        .arg("--upstream", up.url())
+        .arg("--config", config.as_os_str())
+        .arg("--budget-key", key);
+    let process = SidecarProcess::start(launch, |_| {}).await;
+    wait_process_metric(&process, "holysheep_budget_store_up", &[], 1.0).await;
+    (process, dir)
+}
+
+async fn process_metric(p: &SidecarProcess, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let text = http_client()
+        .get(format!("http://{}/metrics", p.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scraped = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    value(&scraped, name, labels)
+}
+
+async fn wait_process_metric(p: &SidecarProcess, name: &str, labels: &[(&str, &str)], want: f64) {
+    eventually(Duration::from_secs(10), name, || async {
+        process_metric(p, name, labels).await == Some(want)
+    })
+    .await;
+}
+
+/// The micro-USD of every day key of `budget_key` (the binary runs on the real clock).
+async fn stored_days(redis: &RedisServer, budget_key: &str) -> i64 {
+    let mut conn = redis.client().await;
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("holysheep:budget:{{{budget_key}}}:day:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut total = 0;
+    for key in keys {
+        total += stored(redis, &key).await;
+    }
+    total
+}
+
+/// The JSON log lines of `output` whose message is `message`.
+fn lines_with(output: &str, message: &str) -> Vec<Value> {
+    output
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == message)
+        .collect()
+}
+
+const FLUSHED: &str = "budget spend pushed to the store before exit";
+const NOT_FLUSHED: &str =
+    "budget store did not take the pending spend before exit; it stays unshared";
+const RETIRED: &str = "budget store replaced by a reload; the spend counted for it is pushed";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_pending_at_sigterm_is_pushed_to_the_store_before_exit() {
+    let mut redis = RedisServer::start().await;
+    let up = FakeUpstream::start(openai_like).await;
+    let (mut s, _dir) = sidecar_process(&up, &redis, "shop/sigterm").await;
+    let url = s.url("/v1/chat/completions");
+    assert_eq!(chat_at(url.clone()).await.0, 200);
+    eventually(Duration::from_secs(10), "first chat pushed", || async {
+        stored_days(&redis, "shop/sigterm").await == CHAT
+    })
+    .await;
+
+    // Two chats while Redis is down: their spend is pending, only counted here.
+    redis.stop();
+    for _ in 0..2 {
+        assert_eq!(chat_at(url.clone()).await.0, 200);
+    }
+    let day = [("window", "day")];
+    wait_process_metric(&s, "holysheep_budget_spent_usd", &day, 3.0 * 19.0).await;
+
+    // SIGTERM first, then Redis comes back (empty, on the same port): the flush at exit
+    // retries until it answers. Without it, the process is gone before Redis is up.
+    s.signal_term();
+    let redis = redis.restart().await;
+    let status = tokio::task::block_in_place(|| s.wait_exit());
+    let output = s.output();
+    assert!(status.success(), "{status}: {output}");
+    assert_eq!(
+        stored_days(&redis, "shop/sigterm").await,
+        2 * CHAT,
+        "{output}"
+    );
+    let flushed = lines_with(&output, FLUSHED);
+    assert_eq!(flushed.len(), 1, "{output}");
+    assert_eq!(flushed[0]["fields"]["pushed_usd"], 38.0, "{output}");
+    assert!(lines_with(&output, NOT_FLUSHED).is_empty(), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_store_down_exits_within_the_flush_bound_and_says_what_is_lost() {
+    let mut redis = RedisServer::start().await;
+    let up = FakeUpstream::start(openai_like).await;
+    let (mut s, _dir) = sidecar_process(&up, &redis, "shop/down").await;
+    redis.stop();
+    assert_eq!(chat_at(s.url("/v1/chat/completions")).await.0, 200);
+    let day = [("window", "day")];
+    wait_process_metric(&s, "holysheep_budget_spent_usd", &day, 19.0).await;
+
+    let began = std::time::Instant::now();
+    let status = tokio::task::block_in_place(|| s.terminate());
+    let took = began.elapsed();
+    let output = s.output();
+    assert!(status.success(), "{status}: {output}");
+    // Not a speed test: the flush gives up at its bound, and the margin is the exit of
+    // a debug build on a busy machine, far below the pod's 30 s grace.
+    assert!(
+        took < FLUSH_TIMEOUT + Duration::from_secs(5),
+        "exit took {took:?}: {output}"
+    );
+    let lost = lines_with(&output, NOT_FLUSHED);
+    assert_eq!(lost.len(), 1, "{output}");
+    assert_eq!(lost[0]["fields"]["unshared_usd"], 19.0, "{output}");
+    assert_eq!(lost[0]["level"], "WARN", "{output}");
+    assert!(lines_with(&output, FLUSHED).is_empty(), "{output}");
+}
+
+#[tokio::test]
+async fn a_store_replaced_by_a_reload_gets_the_spend_counted_for_it() {
+    let logs = capture_logs();
+    let mut old = RedisServer::start().await;
+    let new = RedisServer::start().await;
+    let old_port = old.port;
+    let up = FakeUpstream::start(openai_like).await;
+    let clock = StoppedClock::now();
+    let key = clock.day_key("shop/moved");
+    let s = sidecar(&up, &old, "shop/moved", 1000, &clock).await;
+    assert_eq!(chat(&s).await.0, 200);
+    wait_stored(&old, &key, CHAT).await;
+
+    // Two chats the old store has not taken yet (it is down)...
+    old.stop();
+    for _ in 0..2 {
+        assert_eq!(chat(&s).await.0, 200);
+    }
+    eventually(Duration::from_secs(5), "spend settled", || async {
+        let (_, scraped) = scrape(&s).await;
+        value(&scraped, "holysheep_budget_spent_usd", &[("window", "day")]) == Some(3.0 * 19.0)
+    })
+    .await;
+
+    // ...then a reload moves the budget to another store, and the old one comes back
+    // (empty, on the same port): the spend counted for it still goes to it.
+    let budgets = "budgets:\n  - {window: day, usd: 1000, action: reject}\n";
+    let moved = format!("{PRICES}{budgets}budgets_store: {}\n", new.url());
+    let reloaded = Config::from_yaml_str(&moved).unwrap();
+    s.state.budgets.observe_config(&reloaded);
+    s.state.config.store(Arc::new(reloaded));
+    let old = old.restart().await;
+    wait_stored(&old, &key, 2 * CHAT).await;
+    eventually(
+        Duration::from_secs(10),
+        "retired store log line",
+        || async { store_lines(&logs, old_port, RETIRED) == 1 },
+    )
+    .await;
+
+    // The new store is used from the next request, and the old one gets nothing more.
+    wait_metric(&s, "holysheep_budget_store_up", 1.0).await;
+    assert_eq!(chat(&s).await.0, 200);
+    wait_stored(&new, &key, CHAT).await;
+    assert_eq!(stored(&old, &key).await, 2 * CHAT);
+    assert_eq!(store_lines(&logs, old_port, RETIRED), 1, "{}", logs.text());
 }

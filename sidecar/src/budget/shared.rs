@@ -10,18 +10,35 @@
 //! ended is kept in a backlog and pushed too; a window that ended more than
 //! [`EXPIRY_GRACE`] ago is dropped (its key has expired).
 //!
+//! Nothing counted is dropped with the store: at shutdown [`Budgets::flush_store`] pushes
+//! what is pending, bounded by [`FLUSH_TIMEOUT`]; a store a reload replaces or removes
+//! is kept aside until a background flush (bounded by [`RETIRE_TIMEOUT`]) has pushed its
+//! pending spend to it. One push at a time per store (`Link::push_turn`), so a flush
+//! and the store task never send the same spend twice.
+//!
 //! Not here: the Redis commands (store.rs) and the decisions (budget.rs).
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use super::store::{self, Delta, EXPIRY_GRACE, Link, PROBE_INTERVAL};
+use super::store::{self, COMMAND_TIMEOUT, Delta, EXPIRY_GRACE, Link, PROBE_INTERVAL, StoreError};
 use super::{
     Action, Admission, BudgetExceeded, BudgetReservation, Budgets, State, Window, WindowLabels,
     estimate_usd, to_micro,
 };
 use crate::config::Config;
+
+/// Bound on the push at shutdown. The drain (25 s), this and the final OTLP export (3 s)
+/// stay inside Kubernetes' 30 s grace (server.rs shortens it after a drain that used its
+/// whole grace).
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a store replaced or removed by a reload is given to take its pending spend.
+pub const RETIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between the push attempts of a flush while the store fails.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct View {
@@ -95,6 +112,11 @@ impl Shared {
 
     /// Everything to send: marks it as on its way.
     fn take_pending(&mut self, now: i64) -> Vec<(Delta, i64)> {
+        // A window that ended since its last request goes to the backlog now: a retired
+        // store sees no more requests, and the store in use may see none for a while.
+        for window in Window::ALL {
+            self.view(window, now);
+        }
         let mut out = std::mem::take(&mut self.backlog);
         out.retain(|(_, end)| end.saturating_add(EXPIRY_GRACE) > now);
         for window in Window::ALL {
@@ -111,6 +133,22 @@ impl Shared {
             }
         }
         out
+    }
+
+    /// What [`Shared::take_pending`] would send plus what is on its way: the spend the
+    /// store has not confirmed.
+    fn unpushed(&self, now: i64) -> i64 {
+        let backlog = self
+            .backlog
+            .iter()
+            .filter(|(_, end)| end.saturating_add(EXPIRY_GRACE) > now)
+            .map(|(d, _)| d.micro);
+        let views = self
+            .views
+            .iter()
+            .filter(|v| v.end.saturating_add(EXPIRY_GRACE) > now)
+            .map(|v| v.pending.saturating_add(v.pushing));
+        backlog.chain(views).fold(0, i64::saturating_add)
     }
 
     /// Applies the outcome of a push: the new totals, or the spend back to pending.
@@ -131,7 +169,7 @@ impl Shared {
 }
 
 /// The store task: waits for spend to push (or, while down, for the next probe), then
-/// pushes everything pending in one pipeline.
+/// pushes everything pending in one pipeline. It ends when its store is dropped.
 async fn run(link: Arc<Link>, state: Weak<Mutex<State>>) {
     let mut first = true;
     loop {
@@ -156,37 +194,201 @@ async fn run(link: Arc<Link>, state: Weak<Mutex<State>>) {
         let Some(state) = state.upgrade() else {
             return;
         };
+        let _turn = link.push_turn.lock().await;
         let sent = {
             let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
             let now = state.clock.now_unix();
-            match state.shared.as_mut() {
-                Some(shared) if Arc::ptr_eq(&shared.link, &link) => shared.take_pending(now),
-                // Replaced by a reload: this task is about to be stopped.
-                _ => return,
+            match state.store_of(&link) {
+                Some(shared) => shared.take_pending(now),
+                // Dropped: this task is about to be stopped.
+                None => return,
             }
         };
         if sent.is_empty() {
             continue;
         }
         let result = link.push(&sent).await;
-        {
-            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(shared) = state.shared.as_mut() {
-                if Arc::ptr_eq(&shared.link, &link) {
-                    shared.pushed(&sent, result.as_deref().ok());
-                    // The totals Redis reported include the other sidecars' spend.
-                    for (delta, _) in &sent {
-                        let view = &shared.views[delta.window.index()];
-                        if view.start == delta.start {
-                            link.show_spent(delta.window, view.total() as f64 / 1e6);
-                        }
-                    }
-                }
-            }
-        }
+        apply(&state, &link, &sent, result.as_deref().ok());
         match result {
             Ok(_) => link.mark_up(),
             Err(error) => link.mark_down(&error),
+        }
+    }
+}
+
+/// Applies a push's outcome to `link`'s store; the totals Redis reported (which include
+/// the other sidecars' spend) are shown when it is the store in use.
+fn apply(state: &Mutex<State>, link: &Arc<Link>, sent: &[(Delta, i64)], totals: Option<&[i64]>) {
+    let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+    let in_use = state
+        .shared
+        .as_ref()
+        .is_some_and(|s| Arc::ptr_eq(&s.link, link));
+    let Some(shared) = state.store_of(link) else {
+        return;
+    };
+    shared.pushed(sent, totals);
+    if in_use {
+        for (delta, _) in sent {
+            let view = &shared.views[delta.window.index()];
+            if view.start == delta.start {
+                link.show_spent(delta.window, view.total() as f64 / 1e6);
+            }
+        }
+    }
+}
+
+/// What a flush did, in micro-USD.
+#[derive(Debug)]
+struct Flushed {
+    pushed: i64,
+    /// Counted here and still not in the store.
+    unshared: i64,
+    /// The last failure, when the store did not take everything.
+    error: Option<StoreError>,
+}
+
+/// Pushes everything `link`'s store has pending, again every [`RETRY_PAUSE`] while the
+/// store fails; no attempt starts later than `bound` minus one [`COMMAND_TIMEOUT`], so
+/// it returns within `bound`.
+async fn flush(state: &Mutex<State>, link: &Arc<Link>, bound: Duration) -> Flushed {
+    let last_start = Instant::now() + bound.saturating_sub(COMMAND_TIMEOUT);
+    let mut pushed = 0_i64;
+    let mut error = None;
+    loop {
+        // Waits for the store task's push in flight, if any (one bounded command).
+        let Ok(turn) = tokio::time::timeout_at(last_start, link.push_turn.lock()).await else {
+            break;
+        };
+        let sent = {
+            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = state.clock.now_unix();
+            state
+                .store_of(link)
+                .map_or_else(Vec::new, |shared| shared.take_pending(now))
+        };
+        if sent.is_empty() {
+            break;
+        }
+        let result = link.push(&sent).await;
+        apply(state, link, &sent, result.as_deref().ok());
+        drop(turn);
+        match result {
+            Ok(_) => {
+                link.mark_up();
+                let micro = sent
+                    .iter()
+                    .fold(0, |sum, (d, _)| d.micro.saturating_add(sum));
+                pushed = pushed.saturating_add(micro);
+                error = None;
+            }
+            Err(e) => {
+                link.mark_down(&e);
+                error = Some(e);
+                if Instant::now() + RETRY_PAUSE >= last_start {
+                    break;
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+    let unshared = {
+        let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = state.clock.now_unix();
+        state
+            .store_of(link)
+            .map_or(0, |shared| shared.unpushed(now))
+    };
+    Flushed {
+        pushed,
+        unshared,
+        error,
+    }
+}
+
+/// Keeps `old`, just replaced or removed by a reload, until a background flush of at
+/// most [`RETIRE_TIMEOUT`] has pushed its pending spend to it, then drops it (which
+/// stops its task). Logs one line.
+pub(super) fn retire(owner: &Arc<Mutex<State>>, state: &mut State, old: Shared) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        // Without a runtime nothing can push: its spend stays in the local count.
+        return;
+    }
+    let link = Arc::clone(&old.link);
+    link.retire();
+    state.retired.push(old);
+    let owner = Arc::clone(owner);
+    tokio::spawn(async move {
+        let flushed = flush(&owner, &link, RETIRE_TIMEOUT).await;
+        owner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retired
+            .retain(|s| !Arc::ptr_eq(&s.link, &link));
+        if flushed.unshared == 0 {
+            tracing::info!(
+                store = %link.url(),
+                pushed_usd = usd(flushed.pushed),
+                "budget store replaced by a reload; the spend counted for it is pushed"
+            );
+        } else {
+            tracing::warn!(
+                store = %link.url(),
+                pushed_usd = usd(flushed.pushed),
+                unshared_usd = usd(flushed.unshared),
+                error = flushed.error.as_ref().map(tracing::field::display),
+                "budget store replaced by a reload did not take the spend counted for it; that spend stays unshared"
+            );
+        }
+    });
+}
+
+fn usd(micro: i64) -> f64 {
+    micro as f64 / 1e6
+}
+
+impl State {
+    /// The store of `link`: the one in use or a retired one.
+    fn store_of(&mut self, link: &Arc<Link>) -> Option<&mut Shared> {
+        self.shared
+            .iter_mut()
+            .chain(self.retired.iter_mut())
+            .find(|s| Arc::ptr_eq(&s.link, link))
+    }
+}
+
+/// The flush at shutdown.
+impl Budgets {
+    /// Pushes the spend this sidecar counted and its stores have not confirmed (the one
+    /// in use, and any a reload is still retiring), retrying while a store fails, for at
+    /// most `bound` in all: call it once, after the drain, so nothing is added meanwhile.
+    /// Logs one line per store; without a store, does nothing.
+    pub async fn flush_store(&self, bound: Duration) {
+        let links: Vec<Arc<Link>> = {
+            let state = self.lock();
+            let stores = state.shared.iter().chain(&state.retired);
+            stores.map(|s| Arc::clone(&s.link)).collect()
+        };
+        let flushes = links.iter().map(|link| async move {
+            let flushed = flush(&self.state, link, bound).await;
+            (link, flushed)
+        });
+        for (link, flushed) in futures_util::future::join_all(flushes).await {
+            if flushed.unshared == 0 {
+                tracing::info!(
+                    store = %link.url(),
+                    pushed_usd = usd(flushed.pushed),
+                    "budget spend pushed to the store before exit"
+                );
+            } else {
+                tracing::warn!(
+                    store = %link.url(),
+                    pushed_usd = usd(flushed.pushed),
+                    unshared_usd = usd(flushed.unshared),
+                    error = flushed.error.as_ref().map(tracing::field::display),
+                    "budget store did not take the pending spend before exit; it stays unshared"
+                );
+            }
         }
     }
 }
@@ -379,5 +581,20 @@ mod tests {
         // ...unless its key has expired by then.
         s.pushed(&sent, None);
         assert!(s.take_pending(next_day + EXPIRY_GRACE).is_empty());
+    }
+
+    #[tokio::test]
+    async fn spend_of_a_window_that_ended_without_another_request_is_still_sent() {
+        let mut s = shared();
+        let t0 = 86_400 * 20_000 + 100;
+        s.view(Window::Hour, t0).pending += 3;
+        // No request since: the next push is the first to see the hour has ended.
+        let later = t0 + 3_600;
+        assert_eq!(s.unpushed(later), 3);
+        let sent = s.take_pending(later);
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0].0.start, sent[0].0.micro), (t0 - 100, 3));
+        s.pushed(&sent, Some(&[3]));
+        assert_eq!(s.unpushed(later), 0);
     }
 }

@@ -25,7 +25,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -163,6 +163,12 @@ pub struct Link {
     health: AtomicU8,
     /// Pokes the store task: spend to push, or the link just went down.
     pub(super) wake: Notify,
+    /// Held from taking the pending spend until the push's outcome is applied, by the
+    /// store task and by a flush: one push at a time, so none is lost or sent twice.
+    pub(super) push_turn: tokio::sync::Mutex<()>,
+    /// Replaced by a reload: its health no longer shows in `holysheep_budget_store_up`
+    /// and its failures are not counted in `holysheep_budget_store_errors_total`.
+    retired: AtomicBool,
     metrics: Arc<BudgetMetrics>,
 }
 
@@ -196,6 +202,8 @@ impl Link {
             script: redis::Script::new(RESERVE),
             health: AtomicU8::new(UNKNOWN),
             wake: Notify::new(),
+            push_turn: tokio::sync::Mutex::new(()),
+            retired: AtomicBool::new(false),
             metrics,
         })
     }
@@ -221,10 +229,26 @@ impl Link {
         self.health.load(Ordering::Acquire) == UP
     }
 
+    /// From now on, its health is not the sidecar's (a reload replaced it).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    /// Shows a command's outcome in the store metrics, unless retired.
+    fn show_up(&self, up: bool) {
+        if self.retired.load(Ordering::Acquire) {
+            return;
+        }
+        self.metrics.store_up.set(i64::from(up));
+        if !up {
+            self.metrics.store_errors.inc();
+        }
+    }
+
     /// Records a success; logs the end of an outage once.
     pub fn mark_up(&self) {
         let before = self.health.swap(UP, Ordering::AcqRel);
-        self.metrics.store_up.set(1);
+        self.show_up(true);
         match before {
             DOWN => tracing::info!(
                 store = %self.url,
@@ -238,9 +262,8 @@ impl Link {
     /// Records a failure; logs the start of an outage once and wakes the store task so
     /// it starts probing.
     pub fn mark_down(&self, error: &StoreError) {
-        self.metrics.store_errors.inc();
         let before = self.health.swap(DOWN, Ordering::AcqRel);
-        self.metrics.store_up.set(0);
+        self.show_up(false);
         if before != DOWN {
             tracing::warn!(
                 store = %self.url,

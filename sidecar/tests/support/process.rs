@@ -178,9 +178,19 @@ impl SidecarProcess {
     /// Sends SIGTERM (as the kubelet does) and waits for the process to exit; blocking,
     /// so call it from `block_in_place` on a multi-thread runtime.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal_term();
+        self.wait_exit()
+    }
+
+    /// Sends SIGTERM (as the kubelet does) without waiting.
+    pub fn signal_term(&self) {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(sent.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Waits for the process to exit; blocking, as [`SidecarProcess::terminate`].
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let status = self.child.wait().unwrap();
         for reader in self.readers.drain(..) {
             let _ = reader.join();
