@@ -14,6 +14,7 @@
     reason = "test support: a failed setup should panic with its message"
 )]
 
+pub mod daemon;
 pub mod process;
 pub mod redis;
 pub mod tcp;

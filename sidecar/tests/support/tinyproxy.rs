@@ -6,55 +6,23 @@
 //! those lines are ignored by tinyproxy itself. Its log is how a test proves traffic went
 //! through it: one `Request (...): CONNECT host:port` line per tunnel.
 //!
-//! tinyproxy cannot listen on port 0 or take a listener, so a free port is found by
-//! binding 127.0.0.1:0 and releasing it; if another process takes it first, tinyproxy
-//! exits without its "Accepting connections" line and the start is retried on a new port.
-//! A missing tinyproxy fails the test with the command that installs it.
+//! tinyproxy cannot listen on port 0 or take a listener: the port is chosen as `daemon`
+//! describes. A missing tinyproxy fails the test with the command that installs it.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
-/// Bound on one start (a fresh tinyproxy is up in milliseconds).
-const START: Duration = Duration::from_secs(20);
-const ATTEMPTS: usize = 5;
+use super::daemon::{self, Daemon, START};
+
 const READY: &str = "Accepting connections";
 
 /// The running proxy; see the module docs.
 pub struct Tinyproxy {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
+    daemon: Daemon,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Tinyproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-    }
-}
-
-/// Where tinyproxy is, or a failure that says how to install it.
-fn binary() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/bin".into(), "/usr/sbin".into()])
-        .map(|dir| dir.join("tinyproxy"))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "tinyproxy is not installed: the egress proxy tests need it \
-                 (apt-get install tinyproxy)"
-            )
-        })
 }
 
 impl Tinyproxy {
@@ -69,23 +37,16 @@ impl Tinyproxy {
     }
 
     async fn start_with(auth: Option<(&str, &str)>) -> Self {
-        let binary = binary();
-        let mut failures = Vec::new();
-        for _ in 0..ATTEMPTS {
-            match Self::try_start(&binary, auth).await {
-                Ok(proxy) => return proxy,
-                Err(log) => failures.push(log),
-            }
-        }
-        panic!("tinyproxy did not start in {ATTEMPTS} attempts; its output: {failures:#?}");
+        let binary = daemon::binary("tinyproxy", "tinyproxy", "the egress proxy tests");
+        daemon::with_free_port("tinyproxy", |port| Self::try_start(&binary, port, auth)).await
     }
 
-    /// One start on a fresh port: `Err` with its output when it exited or never got ready.
-    async fn try_start(binary: &PathBuf, auth: Option<(&str, &str)>) -> Result<Self, String> {
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
+    /// One start on `port`: `Err` with its output when it exited or never got ready.
+    async fn try_start(
+        binary: &PathBuf,
+        port: u16,
+        auth: Option<(&str, &str)>,
+    ) -> Result<Self, String> {
         let dir = tempfile::tempdir().unwrap();
         let mut conf = format!(
             "User nobody\nGroup nogroup\nPort {port}\nListen 127.0.0.1\nTimeout 30\n\
@@ -99,60 +60,18 @@ impl Tinyproxy {
         std::fs::write(&conf_path, conf).unwrap();
 
         // Without `LogFile` tinyproxy logs to stdout; its own errors go to stderr.
-        let mut child = Command::new(binary)
-            .arg("-d")
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<bool>();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let reader = std::thread::spawn({
-            let log = Arc::clone(&log);
-            move || {
-                let mut ready_tx = Some(ready_tx);
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if line.contains(READY) {
-                        ready_tx.take().map(|tx| tx.send(true));
-                    }
-                    log.lock().unwrap().push(line);
-                }
-                // stdout closed: the process is gone. Its stderr says why.
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    log.lock().unwrap().push(line);
-                }
-                ready_tx.take().map(|tx| tx.send(false));
-            }
-        });
-        let mut proxy = Self {
+        let mut command = Command::new(binary);
+        command.arg("-d").arg("-c").arg(&conf_path);
+        Ok(Self {
             url: format!("http://127.0.0.1:{port}"),
-            child,
-            log,
-            reader: Some(reader),
+            daemon: Daemon::start(command, READY).await?,
             _dir: dir,
-        };
-        match tokio::time::timeout(START, ready_rx).await {
-            Ok(Ok(true)) => Ok(proxy),
-            _ => {
-                let _ = proxy.child.kill();
-                let _ = proxy.child.wait();
-                if let Some(reader) = proxy.reader.take() {
-                    let _ = reader.join();
-                }
-                Err(proxy.log().join("\n"))
-            }
-        }
+        })
     }
 
     /// Everything tinyproxy logged so far.
     pub fn log(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
+        self.daemon.log()
     }
 
     /// Waits (bounded) until it has logged at least `n` tunnels to `authority`: a line is
