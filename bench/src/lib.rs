@@ -11,5 +11,6 @@ pub mod payloads;
 pub mod report;
 pub mod soak;
 pub mod stats;
+pub mod tls;
 pub mod ttfb;
 pub mod upstream;

@@ -32,7 +32,7 @@ use crate::keys::{ApiKey, KeyStore};
 use crate::metrics::{Metrics, RateLimitKind, RequestMeter, Route};
 use crate::models::{self, ModelField};
 use crate::resilience::{Answer, IdleTimeout, Resilience, SseErrorTail, is_event_stream};
-use crate::upstream::{ClientBody, ReadFailure, Upstream, UpstreamBody};
+use crate::upstream::{ClientBody, ReadFailure, Upstream, UpstreamBody, UpstreamIncoming};
 use crate::usage::{self, StreamUsage};
 
 mod target;
@@ -364,7 +364,7 @@ fn check_model_allowed(config: &Config, model: Option<&ModelField>) -> Result<()
 /// Step: a successful `/v1/models` answer lists only the models the `models` lists
 /// allow. The list is small; it is read whole (up to `limits.max_body_bytes`).
 async fn filter_model_list(
-    resp: Response<Incoming>,
+    resp: Response<UpstreamIncoming>,
     config: &Config,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if !resp.status().is_success() {
@@ -536,7 +536,7 @@ async fn send(
 
 /// Step: stream the upstream response back unchanged but for hop-by-hop headers.
 /// The seam where the usage tap wraps the body (it must forward frames unchanged).
-fn stream_back(resp: Response<Incoming>) -> Response<ResponseBody> {
+fn stream_back(resp: Response<UpstreamIncoming>) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // The client connection has its own version; hyper frames the body for it.

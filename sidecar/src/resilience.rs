@@ -25,10 +25,10 @@ pub use stream_idle::IdleTimeout;
 
 use std::time::SystemTime;
 
+use crate::upstream::UpstreamIncoming;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -61,7 +61,7 @@ pub struct Resilience {
 #[derive(Debug)]
 pub struct Answer {
     /// The upstream response, body not yet read.
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamIncoming>,
     /// The model this response came from (after aliases and fallbacks), when the request
     /// named one.
     pub model: Option<String>,

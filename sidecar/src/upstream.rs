@@ -2,8 +2,8 @@
 //!
 //! What it does: owns the one [`Connector`] (TCP or a CONNECT tunnel through the egress
 //! proxy, then rustls with the live trust roots and ALPN) that every request kind uses:
-//! buffered requests go through the own pool (`pool.rs`: HTTP/1.1 connections, or one
-//! multiplexed HTTP/2 connection when the upstream picks h2), streamed request bodies
+//! buffered requests go through the own pool (`pool.rs`: HTTP/1.1 connections, or
+//! multiplexed HTTP/2 connections when the upstream picks h2), streamed request bodies
 //! through hyper-util's client on the same connector (HTTP/2 when offered), and protocol
 //! upgrades ([`send_upgrade`]) through a second hyper-util client whose connector offers
 //! only HTTP/1.1 (an upgrade cannot ride HTTP/2). It maps a relative `/v1/<rest>` target
@@ -38,6 +38,7 @@ mod client_body;
 mod connect;
 pub mod egress;
 mod pool;
+mod response;
 pub mod trust;
 
 pub use client_body::{ClientBody, ReadFailure, describe_read_error};
@@ -45,6 +46,7 @@ pub use connect::ConnectError;
 use connect::{Alpn, Connector, ProxyRoute};
 use egress::{DirectReason, ProxyAuth, Route};
 use pool::Pool;
+pub use response::UpstreamIncoming;
 use trust::{CaStatus, Trust};
 
 /// How long an idle pooled upstream connection is kept.
@@ -97,7 +99,7 @@ pub struct Upstream {
     trust: Arc<Trust>,
     route: Route,
     proxy_auth: Option<Arc<ProxyAuth>>,
-    /// Buffered requests: HTTP/1.1 queue or one HTTP/2 connection. `None` only if the
+    /// Buffered requests: HTTP/1.1 queue or HTTP/2 connections. `None` only if the
     /// base URL could not make a Host header (it always can once validated): then the
     /// client below takes them.
     pool: Option<Arc<Pool>>,
@@ -318,7 +320,7 @@ pub async fn send_once(
     req: Request<UpstreamBody>,
     attempt_timeout: Duration,
     body_limit: u64,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<UpstreamIncoming>, ProxyError> {
     if let (Some(pool), Either::Left(_)) = (&upstream.pool, req.body()) {
         return match tokio::time::timeout(attempt_timeout, pool.send(req)).await {
             Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
@@ -331,7 +333,7 @@ pub async fn send_once(
         Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
             after: attempt_timeout,
         }),
-        Ok(Ok(resp)) => Ok(resp),
+        Ok(Ok(resp)) => Ok(resp.map(|b| UpstreamIncoming::new(b, None))),
         Ok(Err(e)) => Err(classify(e, body_limit)),
     }
 }

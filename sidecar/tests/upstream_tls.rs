@@ -20,7 +20,7 @@ use holysheep_sidecar::error::ProxyError;
 use holysheep_sidecar::reload::ReloadOptions;
 use holysheep_sidecar::upstream::egress::{self, Route};
 use holysheep_sidecar::upstream::trust::Trust;
-use holysheep_sidecar::upstream::{Upstream, UpstreamOptions, send_once};
+use holysheep_sidecar::upstream::{Upstream, UpstreamIncoming, UpstreamOptions, send_once};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -177,7 +177,7 @@ fn base(url: &str) -> UpstreamBase {
     url.parse().unwrap()
 }
 
-async fn call(up: &Upstream) -> Result<Response<hyper::body::Incoming>, ProxyError> {
+async fn call(up: &Upstream) -> Result<Response<UpstreamIncoming>, ProxyError> {
     let mut req = Request::new(Either::Left(Full::new(Bytes::from_static(b"{}"))));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = up.uri_for("/chat/completions", None).unwrap();
@@ -269,6 +269,106 @@ async fn concurrent_requests_over_h2_share_one_multiplexed_connection() {
         resp.into_body().collect().await.unwrap();
     }
     assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
+
+/// An HTTP/2-only TLS upstream that lets `max_streams` streams be open at once per
+/// connection and answers every request with headers and a body that never ends (a long
+/// chat stream). Counts accepted connections.
+async fn long_streams_upstream(
+    max_streams: u32,
+) -> (u16, CertificateDer<'static>, Arc<AtomicUsize>, AbortOnDrop) {
+    let (cert, private) = localhost_cert(false);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], private)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            conns.spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| {
+                    let never = futures_util::stream::pending::<
+                        Result<hyper::body::Frame<Bytes>, Infallible>,
+                    >();
+                    async move {
+                        Ok::<_, Infallible>(Response::new(http_body_util::StreamBody::new(never)))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(max_streams)
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (port, cert, accepted, AbortOnDrop(task))
+}
+
+/// `n` concurrent calls, every response kept (its stream stays open).
+async fn open_streams(up: &Upstream, n: usize) -> Vec<Response<UpstreamIncoming>> {
+    let answers = futures_util::future::join_all((0..n).map(|_| call(up))).await;
+    let failed: Vec<String> = answers
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {n} failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    answers.into_iter().map(Result::unwrap).collect()
+}
+
+/// A server caps the streams open at once on one HTTP/2 connection, and a client queues
+/// requests past that cap until a stream ends: behind chat streams that last minutes.
+/// Against a server allowing the 100 streams RFC 9113 recommends, 250 long streams on a
+/// warm pool all get their headers, on 3 connections, and the slots freed by ended
+/// streams are used again.
+#[tokio::test]
+async fn streams_past_a_connections_cap_open_another_connection_instead_of_queueing() {
+    let (port, cert, accepted, _server) = long_streams_upstream(100).await;
+    let up = Upstream::with_tls(
+        base(&format!("https://localhost:{port}/v1")),
+        &Limits::default(),
+        trusting(cert),
+    );
+    drop(open_streams(&up, 1).await);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    let held = open_streams(&up, 250).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    drop(held);
+    // The reset streams free their slots: the next ones go on the open connections.
+    let _again = open_streams(&up, 150).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+/// A burst on a cold pool opens the HTTP/2 connections one at a time, each taking its
+/// share of streams, instead of one TLS connection per request.
+#[tokio::test]
+async fn a_cold_burst_opens_as_many_connections_as_its_streams_need() {
+    let (port, cert, accepted, _server) = long_streams_upstream(100).await;
+    let up = Upstream::with_tls(
+        base(&format!("https://localhost:{port}/v1")),
+        &Limits::default(),
+        trusting(cert),
+    );
+    let _held = open_streams(&up, 250).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]

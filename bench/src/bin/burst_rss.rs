@@ -3,6 +3,8 @@
 //! streams at once (one connection each, as many apps would), reads the RSS once all are
 //! open and again when they have ended, and prints one line per phase.
 //!
+//! With `--tls` the fake upstream speaks HTTPS and offers `h2`, as production does.
+//!
 //! It isolates the "N concurrent streams" figure of the soak run so a change to buffers or
 //! per-connection state can be measured in a minute, A/B against another build
 //! (`--sidecar`). Not part of the test suite.
@@ -37,6 +39,11 @@ struct Args {
     /// Bursts, one after the other (the second and later show whether memory is kept).
     #[arg(long, default_value_t = 2)]
     bursts: u32,
+    /// Serve the fake upstream over TLS (a fresh private CA, trusted with
+    /// `--upstream-ca-file`), offering `h2` by ALPN: the production path, where the streams
+    /// share multiplexed connections.
+    #[arg(long)]
+    tls: bool,
     /// Where the sidecar's log goes.
     #[arg(long, default_value = "bench/out/burst-rss")]
     out: PathBuf,
@@ -64,11 +71,27 @@ fn mib(sample: Sample) -> String {
 async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let out = args.out.canonicalize()?;
-    let (upstream, _counts) = chaos::spawn(ChaosConfig {
+    let tls = match args.tls {
+        true => Some(holysheep_bench::tls::acceptor(&out.join("tls"), true)?),
+        false => None,
+    };
+    let config = ChaosConfig {
         chunk_delay: Duration::ZERO,
         stall: Duration::from_secs(1),
-    })
-    .await?;
+    };
+    let (upstream, _counts) = chaos::spawn_with(config, tls).await?;
+    let mut upstream_flags = vec![format!("--upstream=http://{upstream}/v1")];
+    if args.tls {
+        upstream_flags = vec![
+            format!("--upstream=https://localhost:{}/v1", upstream.port()),
+            format!(
+                "--upstream-ca-file={}",
+                out.join("tls")
+                    .join(holysheep_certs::CA_CERT_FILE)
+                    .display()
+            ),
+        ];
+    }
     // A fresh key volume each run (a rerun into the same directory must not fail).
     let _ = std::fs::remove_dir_all(out.join("secret"));
     let key = Volume::create(&out.join("secret"), "api-key", "sk-burst")?;
@@ -79,9 +102,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &[
             format!("--listen={listen}"),
             format!("--admin-listen={admin}"),
-            format!("--upstream=http://{upstream}/v1"),
             format!("--api-key-file={}", key.path().display()),
-        ],
+        ]
+        .into_iter()
+        .chain(upstream_flags)
+        .collect::<Vec<_>>(),
         &[("RUST_LOG", "warn".to_owned())],
         &out.join("sidecar.log"),
     )?;

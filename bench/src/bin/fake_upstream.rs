@@ -12,9 +12,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use holysheep_bench::upstream::{self, UpstreamConfig};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
 
 /// Fast fake OpenAI upstream for the proxy benchmark.
 #[derive(Debug, Parser)]
@@ -70,7 +67,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("failed to bind --listen {}", args.listen))?;
     if let Some(dir) = &args.tls_dir {
-        let acceptor = tls_acceptor(dir, !args.tls_http1_only)?;
+        let acceptor = holysheep_bench::tls::acceptor(dir, !args.tls_http1_only)?;
         let tls_addr = upstream::spawn_tls(args.tls_listen, Arc::clone(&state), acceptor)
             .await
             .with_context(|| format!("failed to bind --tls-listen {}", args.tls_listen))?;
@@ -103,37 +100,4 @@ fn write_addr(path: &Path, addr: SocketAddr, flag: &str) -> anyhow::Result<()> {
         .with_context(|| format!("failed to write {flag} {}", tmp.display()))?;
     std::fs::rename(&tmp, path)
         .with_context(|| format!("failed to write {flag} {}", path.display()))
-}
-
-/// A new CA and a serving certificate for `localhost` (the certs crate names a Service
-/// `S` in `N`; its SANs include the bare `S`), written to `dir`, as a TLS acceptor
-/// offering `h2` (when `h2`) and `http/1.1`.
-fn tls_acceptor(dir: &Path, h2: bool) -> anyhow::Result<TlsAcceptor> {
-    const YEAR: Duration = Duration::from_secs(365 * 24 * 60 * 60);
-    let ca = holysheep_certs::generate_ca("holysheep-bench-upstream-ca", YEAR)
-        .context("failed to generate the --tls-dir CA")?;
-    let serving = ca
-        .issue_serving("localhost", "bench", YEAR)
-        .context("failed to issue the --tls-dir serving certificate")?;
-    holysheep_certs::write_to_dir(dir, ca.cert_pem(), &serving)
-        .with_context(|| format!("failed to write --tls-dir {}", dir.display()))?;
-    let certs = CertificateDer::pem_slice_iter(serving.cert_pem().as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .context("failed to read back the serving certificate")?;
-    let key = PrivateKeyDer::from_pem_slice(serving.key_pem().as_bytes())
-        .context("failed to read back the serving key")?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("failed to set the TLS protocol versions")?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .context("failed to build the TLS server config")?;
-    config.alpn_protocols = if h2 {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }

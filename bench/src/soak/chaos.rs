@@ -26,9 +26,10 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::payloads;
 
@@ -78,6 +79,15 @@ struct ChatRequest {
 pub async fn spawn(
     config: ChaosConfig,
 ) -> std::io::Result<(std::net::SocketAddr, Arc<ChaosCounts>)> {
+    spawn_with(config, None).await
+}
+
+/// Like [`spawn`]; with `tls`, over TLS, speaking HTTP/2 when the client picked `h2` by
+/// ALPN (as a production upstream does), else HTTP/1.1.
+pub async fn spawn_with(
+    config: ChaosConfig,
+    tls: Option<TlsAcceptor>,
+) -> std::io::Result<(std::net::SocketAddr, Arc<ChaosCounts>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let counts = Arc::new(ChaosCounts::default());
@@ -91,14 +101,30 @@ pub async fn spawn(
             };
             let _ = stream.set_nodelay(true);
             let counts = Arc::clone(&served);
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
                     let counts = Arc::clone(&counts);
                     async move { Ok::<_, Infallible>(answer(req, &counts, config).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let Some(acceptor) = tls else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                    return;
+                };
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                if tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                }
             });
         }
     });

@@ -85,7 +85,9 @@ pub(super) async fn tunnel(
 
     let mut resp = upstream::send_upgrade(upstream, req, timeout).await?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(super::stream_back(resp));
+        return Ok(super::stream_back(
+            resp.map(|b| crate::upstream::UpstreamIncoming::new(b, None)),
+        ));
     }
     let upstream_side = hyper::upgrade::on(&mut resp);
     tokio::spawn(async move {

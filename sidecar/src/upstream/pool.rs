@@ -10,9 +10,9 @@
 //! BENCHMARKS.md).
 //!
 //! HTTP/2: connections come from the shared [`Connector`], which offers `h2, http/1.1` by
-//! ALPN. When the upstream picks h2, the connection is kept as the pool's one multiplexed
-//! HTTP/2 sender and every later request rides it, concurrently, until it closes; then the
-//! next request connects again. The FIFO queue then stays empty.
+//! ALPN. When the upstream picks h2, the connection is kept and later requests ride it,
+//! concurrently, up to a stream cap per connection; past it another connection is opened
+//! (`pool/h2.rs`). The FIFO queue then stays empty.
 //!
 //! What it does not do: protocol upgrades or streamed request bodies: those take
 //! hyper-util's client over the same connector (`upstream.rs` decides). A request that
@@ -32,7 +32,13 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::UpstreamBody;
 use super::connect::Connector;
+use super::response::UpstreamIncoming;
 use crate::error::ProxyError;
+
+mod h2;
+
+pub(crate) use h2::StreamSlot;
+use h2::{Gate, H2Conns, Pick};
 
 /// Most HTTP/1.1 connections kept in the queue; one past that is closed after its response.
 const MAX_POOLED: usize = 256;
@@ -47,17 +53,17 @@ pub(super) struct Pool {
     idle_timeout: Duration,
     h2_keep_alive: Duration,
     conns: Mutex<VecDeque<Pooled>>,
-    /// The multiplexed connection, once the upstream chose HTTP/2.
-    h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+    /// The multiplexed connections, once the upstream chose HTTP/2.
+    h2: H2Conns,
 }
 
 /// What a look into the queue found.
 enum Checkout {
-    /// The HTTP/2 connection (shared).
-    H2(http2::SendRequest<UpstreamBody>),
+    /// An HTTP/2 connection with room for another stream.
+    H2(http2::SendRequest<UpstreamBody>, StreamSlot),
     /// An idle HTTP/1.1 connection, taken out of the queue.
     Ready(http1::SendRequest<UpstreamBody>),
-    /// Only connections still busy with a response.
+    /// Only connections still busy with a response (or HTTP/2 ones, all full).
     Busy,
     /// No connection at all.
     Empty,
@@ -66,7 +72,7 @@ enum Checkout {
 /// A new connection, by the protocol ALPN chose.
 enum Fresh {
     H1(http1::SendRequest<UpstreamBody>),
-    H2(http2::SendRequest<UpstreamBody>),
+    H2(http2::SendRequest<UpstreamBody>, StreamSlot),
 }
 
 #[derive(Debug)]
@@ -102,6 +108,11 @@ impl Pool {
             Some(port) if port != default_port => format!("{}:{port}", authority.host()),
             _ => authority.host().to_owned(),
         };
+        let h2 = H2Conns::new(idle_timeout);
+        if *scheme != http::uri::Scheme::HTTPS {
+            // HTTP/2 comes only by ALPN: a plain-http upstream speaks HTTP/1.1.
+            h2.saw_http1();
+        }
         Some(Self {
             connector,
             origin,
@@ -109,7 +120,7 @@ impl Pool {
             idle_timeout,
             h2_keep_alive,
             conns: Mutex::new(VecDeque::new()),
-            h2: Mutex::new(None),
+            h2,
         })
     }
 
@@ -117,23 +128,39 @@ impl Pool {
     pub(super) async fn send(
         &self,
         mut req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpstreamIncoming>, ProxyError> {
         let mut yielded = false;
         loop {
-            let mut tx = match self.checkout() {
-                Checkout::H2(mut tx) => match send_h2(&mut tx, req).await {
-                    Ok(resp) => return Ok(resp),
+            match self.checkout() {
+                Checkout::H2(mut tx, slot) => match send_h2(&mut tx, req).await {
+                    Ok(resp) => return Ok(resp.map(|b| UpstreamIncoming::new(b, Some(slot)))),
                     Err(mut e) => match e.take_message() {
                         // Never sent: the connection is going away; forget it.
                         Some(unsent) => {
-                            self.forget_h2();
+                            self.h2.forget(&slot);
                             req = unsent;
                             continue;
                         }
                         None => return Err(failed(e.into_error())),
                     },
                 },
-                Checkout::Ready(tx) => tx,
+                Checkout::Ready(mut tx) => {
+                    origin_form(&mut req, &self.host_header);
+                    match tx.try_send_request(req).await {
+                        Ok(resp) => {
+                            self.checkin(tx);
+                            return Ok(resp.map(|b| UpstreamIncoming::new(b, None)));
+                        }
+                        Err(mut e) => match e.take_message() {
+                            // Never written: the connection closed while idle; use another.
+                            Some(unsent) => {
+                                req = unsent;
+                                continue;
+                            }
+                            None => return Err(failed(e.into_error())),
+                        },
+                    }
+                }
                 Checkout::Busy if !yielded => {
                     // A connection whose response just ended becomes ready once its task
                     // has run: give it that chance before opening another one.
@@ -141,49 +168,42 @@ impl Pool {
                     tokio::task::yield_now().await;
                     continue;
                 }
-                Checkout::Busy | Checkout::Empty => break,
+                Checkout::Busy | Checkout::Empty => {}
+            }
+            let guard = match self.h2.gate().await {
+                Gate::Connect(guard) => guard,
+                // Another request opened a connection meanwhile: look again.
+                Gate::Wait => continue,
             };
-            origin_form(&mut req, &self.host_header);
-            match tx.try_send_request(req).await {
-                Ok(resp) => {
-                    self.checkin(tx);
-                    return Ok(resp);
-                }
-                Err(mut e) => match e.take_message() {
-                    // Never written: the connection closed while idle; use another.
-                    Some(unsent) => req = unsent,
-                    None => return Err(failed(e.into_error())),
-                },
-            }
-        }
-        match self.connect().await? {
-            Fresh::H2(mut tx) => send_h2(&mut tx, req)
-                .await
-                .map_err(|e| failed(e.into_error())),
-            Fresh::H1(mut tx) => {
-                origin_form(&mut req, &self.host_header);
-                match tx.try_send_request(req).await {
-                    Ok(resp) => {
-                        self.checkin(tx);
-                        Ok(resp)
+            let fresh = self.connect().await;
+            drop(guard);
+            return match fresh? {
+                Fresh::H2(mut tx, slot) => send_h2(&mut tx, req)
+                    .await
+                    .map(|resp| resp.map(|b| UpstreamIncoming::new(b, Some(slot))))
+                    .map_err(|e| failed(e.into_error())),
+                Fresh::H1(mut tx) => {
+                    origin_form(&mut req, &self.host_header);
+                    match tx.try_send_request(req).await {
+                        Ok(resp) => {
+                            self.checkin(tx);
+                            Ok(resp.map(|b| UpstreamIncoming::new(b, None)))
+                        }
+                        Err(e) => Err(failed(e.into_error())),
                     }
-                    Err(e) => Err(failed(e.into_error())),
                 }
-            }
+            };
         }
     }
 
-    /// The HTTP/2 connection if open, else the first queued HTTP/1.1 connection that is
-    /// idle; closed and expired ones are dropped, busy ones (response still streaming)
-    /// stay queued.
+    /// An HTTP/2 connection with room if there is one, else the first queued HTTP/1.1
+    /// connection that is idle; closed and expired ones are dropped, busy ones (response
+    /// still streaming) stay queued.
     fn checkout(&self) -> Checkout {
-        {
-            let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
-            match h2.as_ref() {
-                Some(tx) if !tx.is_closed() => return Checkout::H2(tx.clone()),
-                Some(_) => *h2 = None,
-                None => {}
-            }
+        match self.h2.pick() {
+            Pick::Room(tx, slot) => return Checkout::H2(tx, slot),
+            Pick::Full => return Checkout::Busy,
+            Pick::None => {}
         }
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         for _ in 0..conns.len() {
@@ -220,10 +240,6 @@ impl Pool {
         }
     }
 
-    fn forget_h2(&self) {
-        *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = None;
-    }
-
     async fn connect(&self) -> Result<Fresh, ProxyError> {
         let unreachable =
             |source: crate::error::BoxError| ProxyError::UpstreamUnreachable { source };
@@ -244,11 +260,10 @@ impl Pool {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
                 }
             });
-            // Concurrent first requests may each have connected: the last one stays
-            // shared, the others close once their request is done.
-            *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx.clone());
-            return Ok(Fresh::H2(tx));
+            let slot = self.h2.add(tx.clone());
+            return Ok(Fresh::H2(tx, slot));
         }
+        self.h2.saw_http1();
         let (tx, conn) = http1::handshake(io)
             .await
             .map_err(|e| unreachable(Box::new(e)))?;
