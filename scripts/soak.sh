@@ -12,6 +12,9 @@
 # parallel 2.7-2.9 MB reviews with and without port collisions, a 4.5 MB review). RSS,
 # CPU time and open descriptors of both processes are sampled every 5 s.
 #
+# Extra flags go to `soak`: `--tls` serves the fake upstream over HTTPS offering h2 (the
+# production path).
+#
 # Output: bench/out/soak-<run id>/ (samples.csv, summary.md, both logs), git-ignored.
 # Binds only 127.0.0.1 and stops everything it started on exit. Not part of the test suite.
 set -euo pipefail

@@ -71,27 +71,13 @@ fn mib(sample: Sample) -> String {
 async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let out = args.out.canonicalize()?;
-    let tls = match args.tls {
-        true => Some(holysheep_bench::tls::acceptor(&out.join("tls"), true)?),
-        false => None,
-    };
     let config = ChaosConfig {
         chunk_delay: Duration::ZERO,
         stall: Duration::from_secs(1),
     };
-    let (upstream, _counts) = chaos::spawn_with(config, tls).await?;
-    let mut upstream_flags = vec![format!("--upstream=http://{upstream}/v1")];
-    if args.tls {
-        upstream_flags = vec![
-            format!("--upstream=https://localhost:{}/v1", upstream.port()),
-            format!(
-                "--upstream-ca-file={}",
-                out.join("tls")
-                    .join(holysheep_certs::CA_CERT_FILE)
-                    .display()
-            ),
-        ];
-    }
+    let tls_dir = out.join("tls");
+    let (_counts, upstream_flags) =
+        chaos::spawn_for_sidecar(config, args.tls.then_some(tls_dir.as_path())).await?;
     // A fresh key volume each run (a rerun into the same directory must not fail).
     let _ = std::fs::remove_dir_all(out.join("secret"));
     let key = Volume::create(&out.join("secret"), "api-key", "sk-burst")?;

@@ -49,6 +49,10 @@ struct Args {
     /// keeping its high-water mark.
     #[arg(long, default_value_t = 3)]
     bursts: u32,
+    /// Serve the fake upstream over HTTPS offering `h2` (a fresh private CA, trusted with
+    /// `--upstream-ca-file`): the production path.
+    #[arg(long)]
+    tls: bool,
     /// Where the logs, samples.csv and summary.md go.
     #[arg(long)]
     out: PathBuf,
@@ -107,11 +111,13 @@ struct Events {
 async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let out = args.out.canonicalize()?;
-    let (upstream, counts) = chaos::spawn(ChaosConfig {
+    let chaos_config = ChaosConfig {
         chunk_delay: Duration::from_millis(2),
         stall: Duration::from_secs(4),
-    })
-    .await?;
+    };
+    let tls_dir = out.join("tls");
+    let (counts, upstream_flags) =
+        chaos::spawn_for_sidecar(chaos_config, args.tls.then_some(tls_dir.as_path())).await?;
 
     // Sidecar, with key and config in the kubelet's layout.
     let mut key = Volume::create(&out.join("secret"), "api-key", "sk-soak-0")?;
@@ -122,10 +128,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &[
             format!("--listen={listen}"),
             format!("--admin-listen={admin}"),
-            format!("--upstream=http://{upstream}/v1"),
             format!("--api-key-file={}", key.path().display()),
             format!("--config={}", config.path().display()),
-        ],
+        ]
+        .into_iter()
+        .chain(upstream_flags)
+        .collect::<Vec<_>>(),
         &[("RUST_LOG", args.log.clone())],
         &out.join("sidecar.log"),
     )?;

@@ -131,6 +131,29 @@ pub async fn spawn_with(
     Ok((addr, counts))
 }
 
+/// Starts the chaos upstream for a sidecar and returns the sidecar flags that reach it:
+/// plain http, or with `tls_dir` HTTPS offering `h2` (the production path) on a fresh
+/// private CA written to that directory and trusted through `--upstream-ca-file`.
+pub async fn spawn_for_sidecar(
+    config: ChaosConfig,
+    tls_dir: Option<&std::path::Path>,
+) -> anyhow::Result<(Arc<ChaosCounts>, Vec<String>)> {
+    let Some(dir) = tls_dir else {
+        let (addr, counts) = spawn(config).await?;
+        return Ok((counts, vec![format!("--upstream=http://{addr}/v1")]));
+    };
+    let acceptor = crate::tls::acceptor(dir, true)?;
+    let (addr, counts) = spawn_with(config, Some(acceptor)).await?;
+    let ca = dir.join(holysheep_certs::CA_CERT_FILE);
+    Ok((
+        counts,
+        vec![
+            format!("--upstream=https://localhost:{}/v1", addr.port()),
+            format!("--upstream-ca-file={}", ca.display()),
+        ],
+    ))
+}
+
 async fn answer(
     req: Request<Incoming>,
     counts: &ChaosCounts,
