@@ -21,7 +21,7 @@
 )]
 mod fake_apiserver;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -741,4 +741,122 @@ async fn rbac_refusals_and_a_missing_kubeconfig_exit_2_with_a_clear_message() {
         run.stderr
     );
     assert!(run.stderr.contains("KUBECONFIG"), "{}", run.stderr);
+}
+
+/// `verb group resource namespace name` of one request as the fake API server logged it
+/// (`GET /path STATUS`).
+fn access(request: &str) -> (String, String, String, Option<String>, Option<String>) {
+    let path = request.split(' ').nth(1).unwrap();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts[0] {
+        "api" => ("", &parts[2..]),
+        "apis" => (parts[1], &parts[3..]),
+        other => panic!("not an API path: {other} in {request}"),
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some((*ns).to_owned()), rest),
+        _ => (None, rest),
+    };
+    let name = rest.get(1).map(|n| (*n).to_owned());
+    let verb = if name.is_some() { "get" } else { "list" };
+    (
+        verb.to_owned(),
+        group.to_owned(),
+        rest[0].to_owned(),
+        namespace,
+        name,
+    )
+}
+
+/// The rules of `manifests/check-rbac/rbac.yaml`: (the Role's namespace, or `None` for the
+/// ClusterRole, rule), each role checked to be bound to the shipped group.
+fn check_rbac_rules() -> Vec<(Option<String>, Value)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/check-rbac/rbac.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .collect();
+    let bound = |kind: &str, ns: Option<&str>| {
+        docs.iter().any(|d| {
+            d["kind"] == kind
+                && d["roleRef"]["name"] == "holysheep-check"
+                && d["metadata"]["namespace"].as_str() == ns
+                && d["subjects"][0]["name"] == "holysheep:check"
+        })
+    };
+    let mut rules = Vec::new();
+    for doc in &docs {
+        let ns = doc["metadata"]["namespace"].as_str();
+        match doc["kind"].as_str().unwrap() {
+            "ClusterRole" => assert!(bound("ClusterRoleBinding", None)),
+            "Role" => assert!(bound("RoleBinding", ns)),
+            _ => continue,
+        }
+        for rule in doc["rules"].as_array().unwrap() {
+            rules.push((ns.map(str::to_owned), rule.clone()));
+        }
+    }
+    rules
+}
+
+fn allows(rule: &Value, verb: &str, group: &str, resource: &str, name: Option<&str>) -> bool {
+    let has = |key: &str, want: &str| {
+        rule[key]
+            .as_array()
+            .is_some_and(|list| list.iter().any(|v| v == want))
+    };
+    let names_ok = match rule["resourceNames"].as_array() {
+        None => true,
+        Some(names) => name.is_some_and(|n| names.iter().any(|v| v == n)),
+    };
+    has("apiGroups", group) && has("resources", resource) && has("verbs", verb) && names_ok
+}
+
+/// The shipped read-only RBAC for `check` allows every request it makes, over all
+/// namespaces and over one, and grants nothing but get and list (the only Secret being the
+/// webhook's TLS Secret, by name).
+#[tokio::test]
+async fn the_shipped_check_rbac_allows_every_request_check_makes_and_only_reads() {
+    let rules = check_rbac_rules();
+    for (_, rule) in &rules {
+        for verb in rule["verbs"].as_array().unwrap() {
+            assert!(verb == "get" || verb == "list", "{rule}");
+        }
+        if rule["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "secrets")
+        {
+            assert_eq!(
+                rule["resourceNames"],
+                json!(["holysheep-webhook-tls"]),
+                "{rule}"
+            );
+        }
+    }
+
+    let server = healthy_cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &server);
+    let mut seen = BTreeSet::new();
+    for args in [&["-A", "-o", "json"][..], &["-n", "shop", "-o", "json"]] {
+        server.clear_log();
+        let run = check(&config, args).await;
+        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+        seen.extend(server.requests().iter().map(|r| access(r)));
+    }
+    // Namespaces (list and get), pods (all and one namespace), 4 apps kinds, jobs, and the
+    // webhook's Deployment, configuration and Secret.
+    assert!(seen.len() >= 15, "{seen:?}");
+    for (verb, group, resource, ns, name) in &seen {
+        let allowed = rules.iter().any(|(role_ns, rule)| {
+            (role_ns.is_none() || role_ns == ns)
+                && allows(rule, verb, group, resource, name.as_deref())
+        });
+        assert!(
+            allowed,
+            "not allowed: {verb} {group}/{resource} in {ns:?} named {name:?}"
+        );
+    }
 }

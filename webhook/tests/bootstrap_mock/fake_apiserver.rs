@@ -384,7 +384,8 @@ async fn replace_secret(
 
 async fn get_mwc(State(s): State<FakeApiServer>, Path(name): Path<String>) -> Response {
     let mut inner = s.lock();
-    let path = format!("/mutatingwebhookconfigurations/{name}");
+    let path =
+        format!("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}");
     if let Some(r) = record(&mut inner, Method::GET, path) {
         return r;
     }
@@ -408,7 +409,8 @@ async fn patch_mwc(
     axum::Json(patch): axum::Json<Value>,
 ) -> Response {
     let mut inner = s.lock();
-    let path = format!("/mutatingwebhookconfigurations/{name}");
+    let path =
+        format!("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}");
     if let Some(r) = record(&mut inner, Method::PATCH, path) {
         return r;
     }
