@@ -90,16 +90,25 @@ async fn tls_upstream_with(
     (cert, private): (CertificateDer<'static>, PrivateKeyDer<'static>),
     alpn: &[&[u8]],
 ) -> TestUpstream {
+    let acceptor = acceptor(cert.clone(), private, alpn);
+    serve(Some(acceptor), Some(cert)).await
+}
+
+/// A TLS acceptor serving `cert` and offering `alpn`.
+fn acceptor(
+    cert: CertificateDer<'static>,
+    private: PrivateKeyDer<'static>,
+    alpn: &[&[u8]],
+) -> tokio_rustls::TlsAcceptor {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], private)
+        .with_single_cert(vec![cert], private)
         .unwrap();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    serve(Some(acceptor), Some(cert)).await
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 /// Starts a plain-http upstream.
@@ -273,20 +282,10 @@ async fn concurrent_requests_over_h2_share_one_multiplexed_connection() {
 
 /// An HTTP/2-only TLS upstream that lets `max_streams` streams be open at once per
 /// connection and answers every request with headers and a body that never ends (a long
-/// chat stream). Counts accepted connections.
-async fn long_streams_upstream(
-    max_streams: u32,
-) -> (u16, CertificateDer<'static>, Arc<AtomicUsize>, AbortOnDrop) {
+/// chat stream). Returns a client trusting it and the count of accepted connections.
+async fn long_streams_upstream(max_streams: u32) -> (Upstream, Arc<AtomicUsize>, AbortOnDrop) {
     let (cert, private) = localhost_cert(false);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], private)
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = acceptor(cert.clone(), private, &[b"h2"]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -315,7 +314,12 @@ async fn long_streams_upstream(
             });
         }
     });
-    (port, cert, accepted, AbortOnDrop(task))
+    let up = Upstream::with_tls(
+        base(&format!("https://localhost:{port}/v1")),
+        &Limits::default(),
+        trusting(cert),
+    );
+    (up, accepted, AbortOnDrop(task))
 }
 
 /// `n` concurrent calls, every response kept (its stream stays open).
@@ -341,12 +345,7 @@ async fn open_streams(up: &Upstream, n: usize) -> Vec<Response<UpstreamIncoming>
 /// streams are used again.
 #[tokio::test]
 async fn streams_past_a_connections_cap_open_another_connection_instead_of_queueing() {
-    let (port, cert, accepted, _server) = long_streams_upstream(100).await;
-    let up = Upstream::with_tls(
-        base(&format!("https://localhost:{port}/v1")),
-        &Limits::default(),
-        trusting(cert),
-    );
+    let (up, accepted, _server) = long_streams_upstream(100).await;
     drop(open_streams(&up, 1).await);
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
     let held = open_streams(&up, 250).await;
@@ -361,12 +360,7 @@ async fn streams_past_a_connections_cap_open_another_connection_instead_of_queue
 /// share of streams, instead of one TLS connection per request.
 #[tokio::test]
 async fn a_cold_burst_opens_as_many_connections_as_its_streams_need() {
-    let (port, cert, accepted, _server) = long_streams_upstream(100).await;
-    let up = Upstream::with_tls(
-        base(&format!("https://localhost:{port}/v1")),
-        &Limits::default(),
-        trusting(cert),
-    );
+    let (up, accepted, _server) = long_streams_upstream(100).await;
     let _held = open_streams(&up, 250).await;
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }
