@@ -365,6 +365,46 @@ async fn a_cold_burst_opens_as_many_connections_as_its_streams_need() {
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }
 
+/// An upstream whose TLS handshake never completes (a black hole): while connects fail,
+/// concurrent requests do not queue behind one another's connect but each fails within
+/// its connect timeout as unreachable, well before its attempt timeout.
+#[tokio::test]
+async fn while_connects_fail_requests_do_not_wait_for_one_another() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _silent = AbortOnDrop(tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    }));
+    let limits = Limits {
+        connect_timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let (cert, _) = localhost_cert(false);
+    let up = Upstream::with_tls(
+        base(&format!("https://localhost:{port}/v1")),
+        &limits,
+        trusting(cert),
+    );
+    // One after another these 20 connects would take 4 s, twice the attempt timeout.
+    let answers = futures_util::future::join_all((0..20).map(|_| {
+        let mut req = Request::new(Either::Left(Full::new(Bytes::from_static(b"{}"))));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = up.uri_for("/chat/completions", None).unwrap();
+        send_once(&up, req, Duration::from_secs(2), 1024)
+    }))
+    .await;
+    for answer in answers {
+        let err = answer.unwrap_err();
+        assert!(
+            matches!(err, ProxyError::UpstreamUnreachable { .. }),
+            "{err}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn untrusted_certificate_is_a_502_naming_the_unknown_issuer_and_the_key_stays() {
     let mut server = tls_upstream(&[b"h2", b"http/1.1"]).await;

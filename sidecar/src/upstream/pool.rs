@@ -176,6 +176,9 @@ impl Pool {
                 Gate::Wait => continue,
             };
             let fresh = self.connect().await;
+            if fresh.is_err() {
+                self.h2.connect_failed();
+            }
             drop(guard);
             return match fresh? {
                 Fresh::H2(mut tx, slot) => send_h2(&mut tx, req)

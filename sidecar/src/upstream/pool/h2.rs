@@ -9,8 +9,11 @@
 //!
 //! Only one connection is opened at a time while the upstream speaks (or may speak)
 //! HTTP/2: requests that find every connection full wait for it instead of each opening
-//! their own, so a burst of 1,000 streams opens 10 connections, not 1,000. Spare
-//! connections (all but the first) close after carrying nothing for the idle timeout.
+//! their own, so a burst of 1,000 streams opens 10 connections, not 1,000. After a failed
+//! connect, requests connect on their own again until one succeeds, so an unreachable
+//! upstream fails each request within its connect timeout instead of queueing them behind
+//! one another. Spare connections (all but the first) close after carrying nothing for
+//! the idle timeout.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -73,6 +76,8 @@ pub(super) struct H2Conns {
     proto: AtomicU8,
     connecting: AtomicBool,
     connected: Notify,
+    /// The last connect failed: requests no longer wait for one another.
+    failing: AtomicBool,
 }
 
 /// Whether to open a connection or wait for the one being opened.
@@ -103,6 +108,7 @@ impl H2Conns {
             proto: AtomicU8::new(PROTO_UNKNOWN),
             connecting: AtomicBool::new(false),
             connected: Notify::new(),
+            failing: AtomicBool::new(false),
         }
     }
 
@@ -138,6 +144,7 @@ impl H2Conns {
     /// Keeps a new connection and takes its first slot.
     pub(super) fn add(&self, tx: SendRequest<UpstreamBody>) -> StreamSlot {
         self.proto.store(PROTO_H2, Ordering::Release);
+        self.failing.store(false, Ordering::Release);
         let open = Arc::new(AtomicUsize::new(0));
         let slot = StreamSlot::take(&open);
         self.conns
@@ -154,6 +161,12 @@ impl H2Conns {
     /// The upstream picked HTTP/1.1: connections are no longer opened one at a time.
     pub(super) fn saw_http1(&self) {
         self.proto.store(PROTO_H1, Ordering::Release);
+        self.failing.store(false, Ordering::Release);
+    }
+
+    /// A connect failed (before the upstream answered ALPN).
+    pub(super) fn connect_failed(&self) {
+        self.failing.store(true, Ordering::Release);
     }
 
     /// Drops the connection `slot` is on: it handed a request back unsent (going away).
@@ -164,10 +177,11 @@ impl H2Conns {
             .retain(|c| !Arc::ptr_eq(&c.open, &slot.0));
     }
 
-    /// Whether this request may connect now. Over HTTP/1.1 every request may; otherwise
-    /// only one at a time, and the others wait (bounded by the caller's attempt timeout).
+    /// Whether this request may connect now. Over HTTP/1.1, or while connects fail, every
+    /// request may; otherwise only one at a time, and the others wait (bounded by the
+    /// caller's attempt timeout).
     pub(super) async fn gate(&self) -> Gate<'_> {
-        if self.proto.load(Ordering::Acquire) == PROTO_H1 {
+        if self.proto.load(Ordering::Acquire) == PROTO_H1 || self.failing.load(Ordering::Acquire) {
             return Gate::Connect(ConnectGuard(None));
         }
         let notified = self.connected.notified();
