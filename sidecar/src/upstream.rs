@@ -2,11 +2,10 @@
 //!
 //! What it does: owns the one [`Connector`] (TCP or a CONNECT tunnel through the egress
 //! proxy, then rustls with the live trust roots and ALPN) that every request kind uses:
-//! buffered requests go through the own pool (`pool.rs`: HTTP/1.1 connections, or
-//! multiplexed HTTP/2 connections when the upstream picks h2), streamed request bodies
-//! through hyper-util's client on the same connector (HTTP/2 when offered), and protocol
-//! upgrades ([`send_upgrade`]) through a second hyper-util client whose connector offers
-//! only HTTP/1.1 (an upgrade cannot ride HTTP/2). It maps a relative `/v1/<rest>` target
+//! every request goes through the own pool (`pool.rs`: HTTP/1.1 connections, or
+//! multiplexed HTTP/2 connections when the upstream picks h2), buffered and streamed
+//! bodies alike, except protocol upgrades ([`send_upgrade`]), which take a hyper-util
+//! client whose connector offers only HTTP/1.1 (an upgrade cannot ride HTTP/2). It maps a relative `/v1/<rest>` target
 //! onto the upstream base URL and sends ONE attempt ([`send_once`]) bounded by the attempt
 //! timeout, turning client failures into [`ProxyError`]s whose messages carry the cause
 //! (see `connect.rs`).
@@ -99,11 +98,11 @@ pub struct Upstream {
     trust: Arc<Trust>,
     route: Route,
     proxy_auth: Option<Arc<ProxyAuth>>,
-    /// Buffered requests: HTTP/1.1 queue or HTTP/2 connections. `None` only if the
-    /// base URL could not make a Host header (it always can once validated): then the
+    /// Every request but upgrades: HTTP/1.1 queue or HTTP/2 connections. `None` only if
+    /// the base URL could not make a Host header (it always can once validated): then the
     /// client below takes them.
     pool: Option<Arc<Pool>>,
-    /// Streamed request bodies: HTTP/2 when the upstream offers it, else HTTP/1.1.
+    /// The fallback for a missing pool (see above): HTTP/2 when offered, else HTTP/1.1.
     client: HttpClient,
     /// HTTP/1.1 only: protocol upgrades (WebSocket) need an HTTP/1.1 connection of their own.
     upgrade_client: HttpClient,
@@ -321,11 +320,17 @@ pub async fn send_once(
     attempt_timeout: Duration,
     body_limit: u64,
 ) -> Result<Response<UpstreamIncoming>, ProxyError> {
-    if let (Some(pool), Either::Left(_)) = (&upstream.pool, req.body()) {
+    if let Some(pool) = &upstream.pool {
         return match tokio::time::timeout(attempt_timeout, pool.send(req)).await {
             Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
                 after: attempt_timeout,
             }),
+            // A streamed body that went over the limit while being sent.
+            Ok(Err(ProxyError::UpstreamFailed { source }))
+                if source_chain(source.as_ref()).any(|s| s.is::<LengthLimitError>()) =>
+            {
+                Err(ProxyError::BodyTooLarge { limit: body_limit })
+            }
             Ok(result) => result,
         };
     }

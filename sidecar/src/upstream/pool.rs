@@ -1,5 +1,6 @@
-//! The own upstream pool for buffered (JSON) requests, over hyper's low-level clients
-//! (`hyper::client::conn`), for every upstream: plain http and TLS alike.
+//! The own upstream pool for every request but protocol upgrades (buffered JSON and
+//! streamed bodies alike), over hyper's low-level clients (`hyper::client::conn`), for
+//! every upstream: plain http and TLS alike.
 //!
 //! Why: hyper-util's legacy client spends a pool lookup keyed by scheme and host plus one
 //! spawned task per request (to hand the connection back when the response ends) on top
@@ -14,11 +15,11 @@
 //! concurrently, up to a stream cap per connection; past it another connection is opened
 //! (`pool/h2.rs`). The FIFO queue then stays empty.
 //!
-//! What it does not do: protocol upgrades or streamed request bodies: those take
-//! hyper-util's client over the same connector (`upstream.rs` decides). A request that
-//! hyper hands back unsent (the connection closed while idle) is tried again on the next
-//! connection, as the legacy client does; nothing that may have reached the upstream is
-//! re-sent.
+//! What it does not do: protocol upgrades: those take hyper-util's client over an
+//! HTTP/1.1-only connector (`upstream.rs`). A request that hyper hands back unsent (the
+//! connection closed while idle) is tried again on the next connection, as the legacy
+//! client does; its body, streamed or not, was never read, and nothing that may have
+//! reached the upstream is re-sent.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
