@@ -473,11 +473,6 @@ impl Budgets {
         }
     }
 
-    /// A reservation with no window charged (no budgets configured).
-    fn nothing_charged(&self) -> BudgetReservation {
-        BudgetReservation::nothing(self)
-    }
-
     /// Applies the budgets to `spent` (whether a budget is spent): the first spent
     /// `reject` budget refuses; else the first spent `downgrade` one names the model.
     fn decide(
@@ -540,7 +535,7 @@ impl Budgets {
             // The common case, on every request: no lock, no clock, no body parse.
             return Ok(Admission {
                 downgrade_to: None,
-                reservation: self.nothing_charged(),
+                reservation: BudgetReservation::nothing(self),
             });
         }
         let mut state = self.lock();

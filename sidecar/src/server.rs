@@ -6,8 +6,9 @@
 //! `/readyz` = a key is loaded and not draining, `/metrics`) until `shutdown` resolves;
 //! then it stops accepting, lets in-flight requests and streams finish for up to
 //! `Settings::shutdown_grace`, pushes the shared budget's pending spend to its store
-//! (bounded), makes the final OTLP export when that push is on, and returns. [`run`] is both, for `main` and tests. Both listeners bound their
-//! connections (count, head deadline, idle timeout): see `conn`.
+//! (bounded), makes the final OTLP export when that push is on, and returns. [`run`] is
+//! both, for `main` and tests. Both listeners bound their connections (count, head
+//! deadline, idle timeout): see `conn`.
 //!
 //! What it does not do: parse flags or install signal handlers (`main` does), or log
 //! per request (`proxy::handle` logs failures once).

@@ -464,16 +464,7 @@ async fn sidecar_process(
 }
 
 async fn process_metric(p: &SidecarProcess, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let text = http_client()
-        .get(format!("http://{}/metrics", p.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let scraped = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    value(&scraped, name, labels)
+    value(&p.scrape().await.1, name, labels)
 }
 
 async fn wait_process_metric(p: &SidecarProcess, name: &str, labels: &[(&str, &str)], want: f64) {

@@ -72,15 +72,7 @@ async fn chat(sidecar: &SidecarProcess) {
 }
 
 async fn scrape(sidecar: &SidecarProcess) -> Scrape {
-    let text = http_client()
-        .get(format!("http://{}/metrics", sidecar.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
+    sidecar.scrape().await.1
 }
 
 fn attrs(kvs: &[KeyValue]) -> BTreeMap<String, String> {

@@ -248,6 +248,23 @@ struct Flushed {
     error: Option<StoreError>,
 }
 
+impl Flushed {
+    /// One line: `pushed` (info) when the store took everything, else `unshared` (warn).
+    fn log(&self, link: &Link, pushed: &str, unshared: &str) {
+        if self.unshared == 0 {
+            tracing::info!(store = %link.url(), pushed_usd = usd(self.pushed), "{pushed}");
+        } else {
+            tracing::warn!(
+                store = %link.url(),
+                pushed_usd = usd(self.pushed),
+                unshared_usd = usd(self.unshared),
+                error = self.error.as_ref().map(tracing::field::display),
+                "{unshared}"
+            );
+        }
+    }
+}
+
 /// Pushes everything `link`'s store has pending, again every [`RETRY_PAUSE`] while the
 /// store fails; no attempt starts later than `bound` minus one [`COMMAND_TIMEOUT`], so
 /// it returns within `bound`.
@@ -325,21 +342,11 @@ pub(super) fn retire(owner: &Arc<Mutex<State>>, state: &mut State, old: Shared) 
             .unwrap_or_else(PoisonError::into_inner)
             .retired
             .retain(|s| !Arc::ptr_eq(&s.link, &link));
-        if flushed.unshared == 0 {
-            tracing::info!(
-                store = %link.url(),
-                pushed_usd = usd(flushed.pushed),
-                "budget store replaced by a reload; the spend counted for it is pushed"
-            );
-        } else {
-            tracing::warn!(
-                store = %link.url(),
-                pushed_usd = usd(flushed.pushed),
-                unshared_usd = usd(flushed.unshared),
-                error = flushed.error.as_ref().map(tracing::field::display),
-                "budget store replaced by a reload did not take the spend counted for it; that spend stays unshared"
-            );
-        }
+        flushed.log(
+            &link,
+            "budget store replaced by a reload; the spend counted for it is pushed",
+            "budget store replaced by a reload did not take the spend counted for it; that spend stays unshared",
+        );
     });
 }
 
@@ -374,21 +381,11 @@ impl Budgets {
             (link, flushed)
         });
         for (link, flushed) in futures_util::future::join_all(flushes).await {
-            if flushed.unshared == 0 {
-                tracing::info!(
-                    store = %link.url(),
-                    pushed_usd = usd(flushed.pushed),
-                    "budget spend pushed to the store before exit"
-                );
-            } else {
-                tracing::warn!(
-                    store = %link.url(),
-                    pushed_usd = usd(flushed.pushed),
-                    unshared_usd = usd(flushed.unshared),
-                    error = flushed.error.as_ref().map(tracing::field::display),
-                    "budget store did not take the pending spend before exit; it stays unshared"
-                );
-            }
+            flushed.log(
+                link,
+                "budget spend pushed to the store before exit",
+                "budget store did not take the pending spend before exit; it stays unshared",
+            );
         }
     }
 }

@@ -16,7 +16,7 @@ use prometheus_parse::{Scrape, Value};
 use tokio::sync::mpsc;
 
 use crate::support::upstream::{Reply, Seen};
-use crate::support::{Sidecar, eventually, fixture, http_client};
+use crate::support::{Sidecar, eventually, fixture, scrape_metrics};
 
 /// Usage the fake upstream reports for every streamed chat call.
 pub const STREAM_PROMPT_TOKENS: u64 = 12;
@@ -102,15 +102,7 @@ pub fn openai_like(seen: &Seen) -> Reply {
 
 /// `/metrics` as text and parsed.
 pub async fn scrape(sidecar: &Sidecar) -> (String, Scrape) {
-    let resp = http_client()
-        .get(sidecar.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let text = resp.text().await.unwrap();
-    let parsed = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    (text, parsed)
+    scrape_metrics(&sidecar.admin_url("/metrics")).await
 }
 
 /// The value of the one sample `name{labels}` (counter or gauge), or of a histogram's

@@ -229,6 +229,15 @@ impl Drop for Sidecar {
     }
 }
 
+/// `/metrics` at `url` (a sidecar's admin listener) as text and parsed; asserts 200.
+pub async fn scrape_metrics(url: &str) -> (String, prometheus_parse::Scrape) {
+    let resp = http_client().get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    (text, parsed)
+}
+
 /// A plain HTTP client for loopback tests: TLS config built with the ring provider (the
 /// workspace compiles no process-wide default), no proxy from the environment.
 pub fn http_client() -> reqwest::Client {

@@ -170,6 +170,11 @@ impl SidecarProcess {
         format!("http://{}{path}", self.proxy)
     }
 
+    /// Its `/metrics`, as text and parsed.
+    pub async fn scrape(&self) -> (String, prometheus_parse::Scrape) {
+        super::scrape_metrics(&format!("http://{}/metrics", self.admin)).await
+    }
+
     /// The path of its key file.
     pub fn key_file(&self) -> PathBuf {
         self.key_dir.path().join("api-key")
