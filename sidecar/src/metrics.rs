@@ -45,7 +45,7 @@ pub use models::{
     EXTRA_MODEL_CAP, MAX_MODEL_LABEL_LEN, ModelLabels, ModelName, NO_MODEL, OTHER_MODEL,
     log_safe_model,
 };
-pub use record::{RequestRecord, TokenRecord};
+pub use record::{RequestRecord, RequestSeries, TokenRecord};
 
 /// `gen_ai.provider.name` (and the older `gen_ai.system`) reported for every call.
 pub const GEN_AI_PROVIDER: &str = "holysheep";

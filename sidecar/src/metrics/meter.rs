@@ -178,7 +178,7 @@ impl RequestMeter {
                 .first_byte_at
                 .map(|t| t.saturating_duration_since(self.started)),
         };
-        metrics.record_request(&rec);
+        let series = metrics.record_request(&rec);
         let kind = match report.mode {
             TapMode::Json => UnparsedKind::JsonBody,
             TapMode::Off | TapMode::Sse | TapMode::SseStripInjected => UnparsedKind::SseEvent,
@@ -192,6 +192,7 @@ impl RequestMeter {
                 .and_then(|m| config.prices.get(m));
             cost = price.map(|p| cost_usd(&usage, p));
             metrics.record_tokens(
+                &series,
                 &rec,
                 &TokenRecord {
                     input: usage.input_tokens,
@@ -247,7 +248,7 @@ impl RequestMeter {
             duration: self.started.elapsed(),
             ttfb: None,
         };
-        self.metrics.record_request(&rec);
+        let _series = self.metrics.record_request(&rec);
         RequestLog {
             request_id: &self.request_id,
             request: rec,

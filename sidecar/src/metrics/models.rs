@@ -3,7 +3,6 @@
 //! everything else into one value, so a client cannot create series or put text in a
 //! label. It does not register or record metrics.
 
-use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -45,11 +44,12 @@ impl EncodeLabelValue for ModelName {
 /// Configured names (aliases, their targets, fallbacks, prices) always keep their name;
 /// the first [`EXTRA_MODEL_CAP`] other well-formed names too; everything else is
 /// [`OTHER_MODEL`]. Well-formed means a short id of ASCII letters, digits and `.-_:/@`,
-/// so a prompt pasted into the `model` field never becomes a label.
+/// so a prompt pasted into the `model` field never becomes a label. The sets hash with
+/// foldhash (seeded per process): they are read for every request.
 #[derive(Debug)]
 pub struct ModelLabels {
-    known: ArcSwap<HashSet<Arc<str>>>,
-    extra: Mutex<HashSet<Arc<str>>>,
+    known: ArcSwap<foldhash::HashSet<Arc<str>>>,
+    extra: Mutex<foldhash::HashSet<Arc<str>>>,
     other: ModelName,
     none: ModelName,
 }
@@ -57,8 +57,8 @@ pub struct ModelLabels {
 impl Default for ModelLabels {
     fn default() -> Self {
         Self {
-            known: ArcSwap::from_pointee(HashSet::new()),
-            extra: Mutex::new(HashSet::new()),
+            known: ArcSwap::from_pointee(foldhash::HashSet::default()),
+            extra: Mutex::new(foldhash::HashSet::default()),
             other: ModelName(Arc::from(OTHER_MODEL)),
             none: ModelName(Arc::from(NO_MODEL)),
         }
@@ -73,7 +73,7 @@ impl ModelLabels {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let set: HashSet<Arc<str>> = names
+        let set: foldhash::HashSet<Arc<str>> = names
             .into_iter()
             .filter(|name| is_well_formed(name.as_ref()))
             .map(|name| Arc::from(name.as_ref()))

@@ -35,6 +35,14 @@ pub struct RequestRecord<'a> {
     pub ttfb: Option<Duration>,
 }
 
+/// The bounded label values of one finished request and their cached handles: looked up
+/// once per request (label bounding and the cache lookup hash every model name).
+#[derive(Debug)]
+pub struct RequestSeries {
+    key: SeriesKey,
+    series: Arc<Series>,
+}
+
 /// Token counts and cost of one response, as recorded.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TokenRecord {
@@ -57,9 +65,11 @@ impl TokenRecord {
 
 impl Metrics {
     /// Records a finished request: count, latency, time to first byte, and the GenAI
-    /// operation duration for GenAI routes.
-    pub fn record_request(&self, rec: &RequestRecord<'_>) {
-        let (key, s) = self.series(rec);
+    /// operation duration for GenAI routes. Returns its resolved series, for
+    /// [`Metrics::record_tokens`].
+    pub fn record_request(&self, rec: &RequestRecord<'_>) -> RequestSeries {
+        let resolved = self.series(rec);
+        let RequestSeries { key, series: s } = &resolved;
         s.requests
             .get_or_init(|| {
                 self.0
@@ -99,19 +109,26 @@ impl Metrics {
                         _ => "",
                     };
                     let labels = GenAiDurationLabels {
-                        common: gen_ai_labels(operation, &key),
+                        common: gen_ai_labels(operation, key),
                         error_type,
                     };
                     self.0.gen_ai_duration.get_or_create(&labels).clone()
                 })
                 .observe(rec.duration.as_secs_f64());
         }
+        resolved
     }
 
-    /// Records the tokens of a response and its cost; returns the cost in USD, `None` when
+    /// Records the tokens of a response and its cost, under the series
+    /// [`Metrics::record_request`] resolved for it; returns the cost in USD, `None` when
     /// the upstream model is unpriced (its tokens then also go to the unpriced counter).
-    pub fn record_tokens(&self, rec: &RequestRecord<'_>, tokens: &TokenRecord) -> Option<f64> {
-        let (key, s) = self.series(rec);
+    pub fn record_tokens(
+        &self,
+        resolved: &RequestSeries,
+        rec: &RequestRecord<'_>,
+        tokens: &TokenRecord,
+    ) -> Option<f64> {
+        let RequestSeries { key, series: s } = resolved;
         let cost = tokens.cost_usd();
         for (i, ty, n) in [
             (0, TokenType::Input, tokens.input),
@@ -156,7 +173,7 @@ impl Metrics {
                 s.gen_ai_tokens[i]
                     .get_or_init(|| {
                         let labels = GenAiTokenLabels {
-                            common: gen_ai_labels(operation, &key),
+                            common: gen_ai_labels(operation, key),
                             gen_ai_token_type: ty,
                         };
                         self.0.gen_ai_tokens.get_or_create(&labels).clone()
@@ -252,7 +269,7 @@ impl Metrics {
     }
 
     /// The bounded label values of `rec` and their cached handles.
-    fn series(&self, rec: &RequestRecord<'_>) -> (SeriesKey, Arc<Series>) {
+    fn series(&self, rec: &RequestRecord<'_>) -> RequestSeries {
         let models = &self.0.models;
         let model = models.label(rec.upstream_model);
         let response = match rec.response_model {
@@ -267,7 +284,7 @@ impl Metrics {
             response,
         };
         let series = self.0.series.get(&key);
-        (key, series)
+        RequestSeries { key, series }
     }
 }
 

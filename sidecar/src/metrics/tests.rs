@@ -64,8 +64,9 @@ fn design_metric_names_are_exposed_and_parse() {
         let s = scrape(&registry);
         assert_eq!(counter(&s, "holysheep_inflight_requests", &[]), 1.0);
     }
-    metrics.record_request(&rec);
+    let series = metrics.record_request(&rec);
     let cost = metrics.record_tokens(
+        &series,
         &rec,
         &TokenRecord {
             input: 1_000,
@@ -149,8 +150,9 @@ fn gen_ai_semantic_convention_metrics() {
         .models()
         .set_known(["gpt-4", "gpt-4.1", "text-embedding-3-small"]);
     let chat = record(Route::ChatCompletions, "gpt-4", "gpt-4.1");
-    metrics.record_request(&chat);
+    let series = metrics.record_request(&chat);
     metrics.record_tokens(
+        &series,
         &chat,
         &TokenRecord {
             input: 10,
@@ -165,8 +167,9 @@ fn gen_ai_semantic_convention_metrics() {
     );
     emb.response_model = None;
     emb.status = 503;
-    metrics.record_request(&emb);
+    let series = metrics.record_request(&emb);
     metrics.record_tokens(
+        &series,
         &emb,
         &TokenRecord {
             input: 7,
@@ -309,8 +312,8 @@ fn client_text_never_reaches_a_label() {
         secret_prompt,
     );
     rec.response_model = Some(secret_prompt);
-    metrics.record_request(&rec);
-    metrics.record_tokens(&rec, &TokenRecord::default());
+    let series = metrics.record_request(&rec);
+    metrics.record_tokens(&series, &rec, &TokenRecord::default());
     for i in 0..(EXTRA_MODEL_CAP + 10) {
         metrics.record_attempt(&format!("random-{i}"), AttemptOutcome::Success);
     }
