@@ -93,7 +93,91 @@ struct Envelope<'a> {
 }
 
 /// Parses the usage out of one JSON document; `Err` when it is not a JSON object.
+///
+/// The members read (`model`, `usage`, `response`, `choices`) are found by a walk over
+/// the object's members ([`scan::each_member`]), and only they are parsed (with serde):
+/// the rest, the generated text or the embeddings, is stepped over, not parsed. Whatever
+/// the walk cannot follow, or a member read that does not parse, goes to the full parse,
+/// which also gives the error; so a malformed value the tap never reads does not make a
+/// body unparsed. Why: the full parse was the largest part of the sidecar's own work per
+/// request (callgrind: 6.5k of 75k instructions for a 281-byte chat completion).
 pub fn parse_usage(json: &[u8]) -> Result<Parsed, serde_json::Error> {
+    match walk_usage(json) {
+        Some(parsed) => Ok(parsed),
+        None => parse_usage_whole(json),
+    }
+}
+
+/// The members [`parse_usage`] reads, as found by the walk.
+#[derive(Default)]
+struct Members<'a> {
+    model: Option<&'a [u8]>,
+    usage: Option<&'a [u8]>,
+    response: Option<&'a [u8]>,
+    choices: Option<&'a [u8]>,
+}
+
+impl<'a> Members<'a> {
+    /// `None` when the walk fails or a member read appears twice (an error for serde).
+    fn find(json: &'a [u8]) -> Option<Self> {
+        let mut found = Self::default();
+        scan::each_member(json, |key, value| {
+            let slot = match key {
+                b"model" => &mut found.model,
+                b"usage" => &mut found.usage,
+                b"response" => &mut found.response,
+                b"choices" => &mut found.choices,
+                _ => return Some(()),
+            };
+            slot.replace(value).is_none().then_some(())
+        })?;
+        Some(found)
+    }
+}
+
+/// [`parse_usage`] by the walk; `None` sends the document to the full parse.
+fn walk_usage(json: &[u8]) -> Option<Parsed> {
+    let top = Members::find(json)?;
+    let nested = match top.response {
+        None | Some(b"null") => Members::default(),
+        Some(object) if object.first() == Some(&b'{') => Members::find(object)?,
+        Some(_) => return None,
+    };
+    let top_usage = parse_member::<RawUsage>(top.usage)?;
+    let has_top_usage = top_usage.is_some();
+    let usage = match top_usage {
+        Some(usage) => Some(usage),
+        None => parse_member::<RawUsage>(nested.usage)?,
+    };
+    let model = match parse_member::<String>(top.model)? {
+        Some(model) => Some(model),
+        None => parse_member::<String>(nested.model)?,
+    };
+    let choices_empty = match top.choices {
+        None | Some(b"null") => false,
+        Some(array) if array.first() == Some(&b'[') => {
+            array[1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b']')
+        }
+        Some(_) => return None,
+    };
+    Some(Parsed {
+        usage: usage.map(RawUsage::into_usage),
+        model,
+        usage_only_chunk: has_top_usage && choices_empty,
+    })
+}
+
+/// A member's value as `Option<T>` (absent or `null`: `None`); `None` when it does not
+/// parse as that.
+fn parse_member<'de, T: Deserialize<'de>>(value: Option<&'de [u8]>) -> Option<Option<T>> {
+    match value {
+        None => Some(None),
+        Some(value) => serde_json::from_slice::<Option<T>>(value).ok(),
+    }
+}
+
+/// [`parse_usage`] by serde over the whole document.
+fn parse_usage_whole(json: &[u8]) -> Result<Parsed, serde_json::Error> {
     let env: Envelope<'_> = serde_json::from_slice(json)?;
     let (nested_model, nested_usage) = match env.response {
         Some(n) => (n.model, n.usage),

@@ -58,27 +58,19 @@ pub(crate) fn usage_member(json: &[u8]) -> UsageMember {
 }
 
 /// Index one past the end of the JSON value (object, array or string) starting at
-/// `start`, tracking strings so braces inside text do not count.
+/// `start`, stepping over strings so braces inside text do not count.
 fn value_end(bytes: &[u8], start: usize) -> Option<usize> {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for (i, &b) in bytes.iter().enumerate().skip(start) {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-                if depth == 0 {
-                    return Some(i + 1);
-                }
-            }
-            continue;
-        }
+    let mut i = start;
+    while let Some(&b) = bytes.get(i) {
         match b {
-            b'"' => in_string = true,
+            b'"' => {
+                i = string_end(bytes, i)?;
+                if depth == 0 {
+                    return Some(i);
+                }
+                continue;
+            }
             b'{' | b'[' => depth += 1,
             b'}' | b']' => {
                 depth = depth.checked_sub(1)?;
@@ -88,8 +80,79 @@ fn value_end(bytes: &[u8], start: usize) -> Option<usize> {
             }
             _ => {}
         }
+        i += 1;
     }
     None
+}
+
+/// Index one past the closing quote of the string whose opening quote is at `start`.
+/// Jumps from quote or backslash to the next with memchr: strings are most of a body.
+fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', bytes.get(i..)?)?;
+        if bytes[i] == b'"' {
+            return Some(i + 1);
+        }
+        // A backslash: the byte after it is escaped, whatever it is.
+        i += 2;
+    }
+}
+
+/// Calls `visit` with each member of the JSON object `json`: the key's bytes (without
+/// its quotes) and the value's bytes. `None` when `json` is not an object this walk can
+/// follow: an escaped key, a missing `:` or `,`, an unbalanced value, bytes after the
+/// object, or `visit` returning `None`. Values are delimited, not validated: an object,
+/// array or string by its balanced end, a number or literal by the next delimiter.
+pub(crate) fn each_member<'a>(
+    json: &'a [u8],
+    mut visit: impl FnMut(&'a [u8], &'a [u8]) -> Option<()>,
+) -> Option<()> {
+    let mut i = skip_ws(json, 0);
+    if json.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(json, i + 1);
+    if json.get(i) == Some(&b'}') {
+        return (skip_ws(json, i + 1) == json.len()).then_some(());
+    }
+    loop {
+        if json.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_start = i + 1;
+        let key_end = string_end(json, i)? - 1;
+        if json[key_start..key_end].contains(&b'\\') {
+            return None;
+        }
+        i = skip_ws(json, key_end + 1);
+        if json.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(json, i + 1);
+        let end = match json.get(start)? {
+            b'{' | b'[' | b'"' => value_end(json, start)?,
+            _ => scalar_end(json, start),
+        };
+        if end == start {
+            return None;
+        }
+        visit(&json[key_start..key_end], &json[start..end])?;
+        i = skip_ws(json, end);
+        match json.get(i)? {
+            b',' => i = skip_ws(json, i + 1),
+            b'}' => return (skip_ws(json, i + 1) == json.len()).then_some(()),
+            _ => return None,
+        }
+    }
+}
+
+/// Index one past a number or literal starting at `start`.
+fn scalar_end(bytes: &[u8], start: usize) -> usize {
+    bytes[start..]
+        .iter()
+        .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+        .map_or(bytes.len(), |n| start + n)
 }
 
 /// The last `"usage": {...}` object in `window` (e.g. the tail of a large body), as the

@@ -57,6 +57,69 @@ fn parses_every_response_shape() {
 }
 
 #[test]
+fn the_member_walk_agrees_with_the_full_parse() {
+    let docs: &[&[u8]] = &[
+        br#"{"id":"c1","object":"chat.completion","created":1,"model":"gpt-4.1","choices":[{"index":0,"message":{"role":"assistant","content":"say \"usage\": {\"prompt_tokens\": 9} }]"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#,
+        br#" { "model" : "m" , "usage" : { "input_tokens" : 1 } , "choices" : [ ] } "#,
+        br#"{"choices":[],"usage":{"prompt_tokens":1}}"#,
+        br#"{"choices":[ {"delta":{}} ],"usage":{"prompt_tokens":1}}"#,
+        br#"{"type":"response.completed","response":{"id":"r","model":"m2","output":[{"content":[{"text":"}"}]}],"usage":{"input_tokens":1,"output_tokens":2}}}"#,
+        br#"{"model":"top","response":{"model":"nested","usage":{"input_tokens":4}}}"#,
+        br#"{"model":null,"usage":null,"response":null,"choices":null}"#,
+        br#"{"data":[{"embedding":[0.1,-2e-3,3E+2]}],"model":"e","usage":{"prompt_tokens":8,"total_tokens":8},"x":true,"y":false,"z":null}"#,
+        br#"{"model":"caf\u00e9","usage":{"prompt_tokens":2,"completion_tokens":1}}"#,
+        br#"{}"#,
+        // Errors: every one of these goes to the full parse and stays an error.
+        br#"{"model":"a","model":"b"}"#,
+        br#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}"#,
+        br#"{"model":5}"#,
+        br#"{"usage":"many"}"#,
+        br#"{"usage":{"prompt_tokens":-1}}"#,
+        br#"{"choices":{}}"#,
+        br#"{"response":[]}"#,
+        br#"{"model":"m"} trailing"#,
+        br#"{"model":"m""#,
+        br#"[1,2]"#,
+        br#""#,
+    ];
+    for doc in docs {
+        let text = String::from_utf8_lossy(doc);
+        let whole = parse_usage_whole(doc).ok();
+        assert_eq!(parse_usage(doc).ok(), whole, "{text}");
+        if let Some(walked) = walk_usage(doc) {
+            assert_eq!(Some(walked), whole, "{text}");
+        }
+    }
+    // The walk itself took the common shapes (not the full parse by another road).
+    for doc in &docs[..10] {
+        assert!(
+            walk_usage(doc).is_some(),
+            "{}",
+            String::from_utf8_lossy(doc)
+        );
+    }
+    // An escaped key is left to the full parse, which reads it as `model`.
+    let escaped = br#"{"mod\u0065l":"m","usage":{"prompt_tokens":3}}"#;
+    assert!(walk_usage(escaped).is_none());
+    assert_eq!(parse_usage(escaped).unwrap().model.as_deref(), Some("m"));
+}
+
+#[test]
+fn a_malformed_value_the_tap_never_reads_does_not_hide_the_usage() {
+    let json = br#"{"id":x-not-json,"model":"m","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":5,"completion_tokens":1}}"#;
+    assert!(parse_usage_whole(json).is_err());
+    let parsed = parse_usage(json).unwrap();
+    assert_eq!(
+        parsed.usage,
+        Some(Usage {
+            input_tokens: 5,
+            output_tokens: 1
+        })
+    );
+    assert_eq!(parsed.model.as_deref(), Some("m"));
+}
+
+#[test]
 fn cost_from_price_per_million() {
     let usage = Usage {
         input_tokens: 1_000_000,
