@@ -32,6 +32,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -279,11 +281,24 @@ async fn drive<C, E>(
     E: std::fmt::Display,
 {
     tokio::pin!(conn);
+    // The watchdog is polled only when its own timer or notification fired, not on
+    // every wake-up of the connection (several per request): a FuturesUnordered polls
+    // a future only after that future's waker was called. Polling it along with the
+    // connection on each wake-up was about 2% of the instructions per request
+    // (callgrind).
+    let mut watchdog = FuturesUnordered::new();
+    watchdog.push(async {
+        tokio::select! {
+            () = activity.expired(&limits) => true,
+            () = drain.cancelled() => false,
+        }
+    });
     let timed_out = tokio::select! {
+        biased;
         result = conn.as_mut() => return log_end(result),
-        () = activity.expired(&limits) => true,
-        () = drain.cancelled() => false,
+        Some(timed_out) = watchdog.next() => timed_out,
     };
+    drop(watchdog);
     close(conn.as_mut());
     if timed_out {
         tracing::debug!("closing a connection: no request head in time, or idle");

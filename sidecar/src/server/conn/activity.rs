@@ -1,7 +1,7 @@
 //! What one connection is doing, observed without waking anyone per request: requests
 //! in flight (a guard held until the response body is done), when it went idle, and, for
 //! HTTP/1, when the next request head began (the first byte read while idle). The
-//! watchdog in `conn` turns that into a deadline.
+//! watchdog in `conn` turns that into a deadline, waking only on its own timer.
 //!
 //! What it does not do: close anything (the watchdog does), or look at the bytes.
 
@@ -17,7 +17,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::ConnLimits;
@@ -40,8 +39,6 @@ pub(super) struct Activity {
     /// disarms it and stamps `head_since`.
     head_watch: AtomicBool,
     head_since: AtomicU64,
-    /// Wakes the watchdog when a head begins (once per idle spell).
-    wake: Notify,
 }
 
 const NEVER: u64 = u64::MAX;
@@ -56,7 +53,6 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             head_watch: AtomicBool::new(false),
             head_since: AtomicU64::new(NEVER),
-            wake: Notify::new(),
         }
     }
 
@@ -92,7 +88,6 @@ impl Activity {
         if self.head_watch.load(Ordering::Relaxed) && self.head_watch.swap(false, Ordering::AcqRel)
         {
             self.head_since.store(self.now(), Ordering::Release);
-            self.wake.notify_one();
         }
     }
 
@@ -111,24 +106,31 @@ impl Activity {
         }
     }
 
-    /// Resolves once a deadline has passed with no request in flight. Requests starting
-    /// and ending do not wake it (only a head beginning does, as that may bring the
-    /// deadline closer): it re-checks at the deadline and at least every idle timeout,
-    /// so an idle spell that began meanwhile is still closed on time.
+    /// Resolves once a deadline has passed with no request in flight. Nothing wakes it
+    /// but its own timer: it sleeps until the deadline it can see, and never longer than
+    /// the shortest deadline that could appear meanwhile (a head beginning on an HTTP/1
+    /// connection, or the connection going idle), so every deadline is still kept
+    /// exactly. Waking it when a head began instead cost a timer re-arm per request.
     pub(super) async fn expired(&self, limits: &ConnLimits) {
         loop {
-            let wake = self.wake.notified();
             let now = Instant::now();
-            let recheck = now + limits.idle_timeout;
-            let sleep = match self.deadline(limits) {
+            let recheck = now + self.recheck_within(limits);
+            match self.deadline(limits) {
                 Some(at) if at <= now => return,
-                Some(at) => tokio::time::sleep_until(at.min(recheck)),
-                None => tokio::time::sleep_until(recheck),
-            };
-            tokio::select! {
-                () = sleep => {}
-                () = wake => {}
+                Some(at) => tokio::time::sleep_until(at.min(recheck)).await,
+                None => tokio::time::sleep_until(recheck).await,
             }
+        }
+    }
+
+    /// The soonest a deadline not yet visible could fall: a head beginning now on an
+    /// HTTP/1 connection is due after the head timeout; going idle now, after the idle
+    /// timeout. (HTTP/2 reads are not heads.)
+    fn recheck_within(&self, limits: &ConnLimits) -> Duration {
+        if self.http1.load(Ordering::Acquire) || !self.served.load(Ordering::Acquire) {
+            limits.head_timeout.min(limits.idle_timeout)
+        } else {
+            limits.idle_timeout
         }
     }
 }
@@ -336,6 +338,31 @@ mod tests {
             a.deadline(&LIMITS),
             Some(Instant::now() + LIMITS.idle_timeout)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_begun_while_idle_is_cut_at_its_own_deadline_though_nothing_woke_the_watchdog() {
+        let limits = ConnLimits {
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_connections: 1,
+        };
+        let a = Arc::new(Activity::new());
+        drop(a.request_started(Version::HTTP_11));
+        let idle_from = Instant::now();
+        let watchdog = {
+            let a = Arc::clone(&a);
+            tokio::spawn(async move {
+                a.expired(&limits).await;
+                Instant::now()
+            })
+        };
+        tokio::task::yield_now().await;
+        // Idle for 37s (past three head timeouts), then a head begins and stalls.
+        tokio::time::advance(Duration::from_secs(37)).await;
+        a.on_read();
+        let fired = watchdog.await.unwrap();
+        assert_eq!(fired - idle_from, Duration::from_secs(47));
     }
 
     #[tokio::test(start_paused = true)]
