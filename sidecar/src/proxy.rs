@@ -125,7 +125,9 @@ async fn forward(
     let (body, model) = ask_for_usage(body, model, meter);
     let tokens = state.resilience.admit(config, &body)?;
     // Tokens over the estimate are charged once the response reported its usage.
-    meter.on_tokens(move |used| tokens.settle(used));
+    if tokens.counts_tokens() {
+        meter.on_tokens(move |used| tokens.settle(used));
+    }
     // Spend is charged at the cost the meter reports (the one in holysheep_cost_usd_total).
     if reservation.charges_anything() {
         meter.on_cost(move |usd| reservation.settle(usd));

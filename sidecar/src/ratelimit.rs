@@ -221,6 +221,11 @@ impl<C: Clock + Clone> TokenReservation<C> {
         self.estimated
     }
 
+    /// Whether settling charges anything: false when no token limit was in force.
+    pub fn counts_tokens(&self) -> bool {
+        self.buckets.tokens.is_some() && self.buckets.config.tokens_per_minute.is_some()
+    }
+
     /// Charges the tokens used beyond the estimate (input + output as reported by the
     /// upstream). The request already ran, so a bucket that cannot take them all is
     /// not an error: later requests simply wait longer.

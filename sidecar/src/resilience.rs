@@ -178,25 +178,24 @@ impl Resilience {
                 }
             };
             // The model this attempt went to (a fallback decision moves the plan on).
-            let tried = plan.model().map(str::to_owned);
-            let counted_as = tried.as_deref().unwrap_or("");
+            let tried = plan.model_index();
             meter
                 .metrics()
-                .record_attempt(counted_as, attempt_outcome(outcome));
+                .record_attempt(plan.model_at(tried).unwrap_or(""), attempt_outcome(outcome));
             let decision = plan.decide(outcome, Instant::now(), &mut rand::rng());
             match decision {
                 Decision::Return => {
                     plan.commit();
                     return result.map(|response| Answer {
                         response,
-                        model: tried,
+                        model: plan.take_model(tried),
                         gave_up: false,
                     });
                 }
                 Decision::Retry { after } => {
                     retry_due = Some(retry_reason(outcome));
                     tracing::info!(
-                        model = tried.as_deref().unwrap_or(""),
+                        model = plan.model_at(tried).unwrap_or(""),
                         attempt,
                         outcome = outcome_name(outcome),
                         wait_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
@@ -211,10 +210,11 @@ impl Resilience {
                     model: next,
                     reason,
                 } => {
-                    meter.metrics().record_fallback(counted_as, &next);
+                    let from = plan.model_at(tried).unwrap_or("");
+                    meter.metrics().record_fallback(from, &next);
                     meter.set_upstream_model(&next);
                     tracing::info!(
-                        from = tried.as_deref().unwrap_or(""),
+                        from,
                         to = %next,
                         reason = reason.as_str(),
                         "falling back to the next model"
@@ -228,7 +228,7 @@ impl Resilience {
                 }
                 Decision::GiveUp(reason) => {
                     tracing::warn!(
-                        model = tried.as_deref().unwrap_or(""),
+                        model = plan.model_at(tried).unwrap_or(""),
                         attempts,
                         outcome = outcome_name(outcome),
                         reason = reason.as_str(),
@@ -238,7 +238,7 @@ impl Resilience {
                     return match result {
                         Ok(response) => Ok(Answer {
                             response,
-                            model: tried,
+                            model: plan.take_model(tried),
                             gave_up: true,
                         }),
                         Err(last) => Err(gave_up(reason, config, &outgoing.uri, attempts, last)),

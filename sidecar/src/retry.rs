@@ -137,8 +137,8 @@ impl GiveUpReason {
 
 /// The retry state of one client request, from the first attempt to the answer.
 #[derive(Debug)]
-pub struct RequestRetry {
-    policy: RetryConfig,
+pub struct RequestRetry<'a> {
+    policy: &'a RetryConfig,
     budget: Arc<RetryBudget>,
     chain: Vec<String>,
     model_index: usize,
@@ -148,12 +148,12 @@ pub struct RequestRetry {
     committed: bool,
 }
 
-impl RequestRetry {
+impl<'a> RequestRetry<'a> {
     /// Starts a request that will try the models of `chain` in order (see
     /// [`fallback_chain`]); `replayable` says the body is buffered and can be resent.
     /// Counts the request into `budget`, which is what later retries are paid from.
     pub fn new(
-        policy: &RetryConfig,
+        policy: &'a RetryConfig,
         budget: Arc<RetryBudget>,
         chain: Vec<String>,
         replayable: bool,
@@ -163,7 +163,7 @@ impl RequestRetry {
         Self {
             // A deadline too far to represent is as good as none.
             deadline: now.checked_add(policy.deadline).unwrap_or(now + FAR_FUTURE),
-            policy: policy.clone(),
+            policy,
             budget,
             chain,
             model_index: 0,
@@ -177,6 +177,23 @@ impl RequestRetry {
     /// means "leave the request's model alone").
     pub fn model(&self) -> Option<&str> {
         self.chain.get(self.model_index).map(String::as_str)
+    }
+
+    /// Where [`Self::model`] is in the chain: the model of the attempt about to be made,
+    /// for [`Self::model_at`] after [`Self::decide`] moved on.
+    pub fn model_index(&self) -> usize {
+        self.model_index
+    }
+
+    /// The model at `index` of the chain.
+    pub fn model_at(&self, index: usize) -> Option<&str> {
+        self.chain.get(index).map(String::as_str)
+    }
+
+    /// Hands over the model at `index` once the plan is done with it (the answer names
+    /// it); the chain keeps an empty name there.
+    pub fn take_model(&mut self, index: usize) -> Option<String> {
+        self.chain.get_mut(index).map(std::mem::take)
     }
 
     /// True once the request moved to a fallback model.

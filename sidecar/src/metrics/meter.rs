@@ -106,9 +106,11 @@ impl RequestMeter {
         self.upstream_model = upstream.map(str::to_owned);
     }
 
-    /// A fallback switched the upstream model.
+    /// A fallback switched the upstream model (the same name again changes nothing).
     pub fn set_upstream_model(&mut self, upstream: &str) {
-        self.upstream_model = Some(upstream.to_owned());
+        if self.upstream_model.as_deref() != Some(upstream) {
+            self.upstream_model = Some(upstream.to_owned());
+        }
     }
 
     /// What the request side did about stream usage.

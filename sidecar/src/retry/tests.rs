@@ -6,6 +6,9 @@ use rand::rngs::StdRng;
 
 const MS: Duration = Duration::from_millis(1);
 
+/// [`policy`] for the tests that do not change it (a plan borrows its policy).
+static POLICY: std::sync::LazyLock<RetryConfig> = std::sync::LazyLock::new(policy);
+
 fn policy() -> RetryConfig {
     RetryConfig {
         max_attempts: 3,
@@ -43,9 +46,9 @@ fn status_after(code: u16, after: Duration) -> Outcome {
     }
 }
 
-fn start(models: &[&str]) -> (RequestRetry, Instant, StdRng) {
+fn start(models: &[&str]) -> (RequestRetry<'static>, Instant, StdRng) {
     let now = Instant::now();
-    let retry = RequestRetry::new(&policy(), generous(), chain(models), true, now);
+    let retry = RequestRetry::new(&POLICY, generous(), chain(models), true, now);
     (retry, now, StdRng::seed_from_u64(7))
 }
 
@@ -235,18 +238,12 @@ fn spent_budget_stops_retries_and_fallbacks() {
     while budget.withdraw() {}
     let now = Instant::now();
     let mut rng = StdRng::seed_from_u64(3);
-    let mut retry = RequestRetry::new(
-        &policy(),
-        Arc::clone(&budget),
-        chain(&["a", "b"]),
-        true,
-        now,
-    );
+    let mut retry = RequestRetry::new(&POLICY, Arc::clone(&budget), chain(&["a", "b"]), true, now);
     assert_eq!(
         retry.decide(status(503), now, &mut rng),
         Decision::GiveUp(GiveUpReason::BudgetExhausted)
     );
-    let mut retry = RequestRetry::new(&policy(), budget, chain(&["a", "b"]), true, now);
+    let mut retry = RequestRetry::new(&POLICY, budget, chain(&["a", "b"]), true, now);
     assert_eq!(
         retry.decide(status_after(429, 9000 * MS), now, &mut rng),
         Decision::GiveUp(GiveUpReason::BudgetExhausted)
@@ -257,7 +254,7 @@ fn spent_budget_stops_retries_and_fallbacks() {
 fn unreplayable_bodies_and_sent_responses_are_never_retried() {
     let now = Instant::now();
     let mut rng = StdRng::seed_from_u64(4);
-    let mut retry = RequestRetry::new(&policy(), generous(), chain(&["a", "b"]), false, now);
+    let mut retry = RequestRetry::new(&POLICY, generous(), chain(&["a", "b"]), false, now);
     assert_eq!(
         retry.decide(status(503), now, &mut rng),
         Decision::GiveUp(GiveUpReason::NotReplayable)
