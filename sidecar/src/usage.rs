@@ -13,7 +13,7 @@
 mod body;
 mod json;
 pub mod request;
-mod scan;
+pub(crate) mod scan;
 mod sse;
 
 use std::borrow::Cow;
@@ -49,7 +49,7 @@ pub struct Parsed {
     pub usage_only_chunk: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct RawUsage {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
@@ -143,11 +143,11 @@ fn walk_usage(json: &[u8]) -> Option<Parsed> {
         Some(object) if object.first() == Some(&b'{') => Members::find(object)?,
         Some(_) => return None,
     };
-    let top_usage = parse_member::<RawUsage>(top.usage)?;
+    let top_usage = parse_usage_member(top.usage)?;
     let has_top_usage = top_usage.is_some();
     let usage = match top_usage {
         Some(usage) => Some(usage),
-        None => parse_member::<RawUsage>(nested.usage)?,
+        None => parse_usage_member(nested.usage)?,
     };
     let model = match parse_member::<String>(top.model)? {
         Some(model) => Some(model),
@@ -165,6 +165,52 @@ fn walk_usage(json: &[u8]) -> Option<Parsed> {
         model,
         usage_only_chunk: has_top_usage && choices_empty,
     })
+}
+
+/// A `usage` object's counts by the member walk: each a plain unsigned integer or `null`
+/// (members it does not read are stepped over); `None` for anything else, which then
+/// goes to serde.
+fn walk_raw_usage(object: &[u8]) -> Option<RawUsage> {
+    let mut usage = RawUsage::default();
+    let mut seen = 0_u8;
+    scan::each_member(object, |key, value| {
+        let (bit, slot) = match key {
+            b"prompt_tokens" => (1, &mut usage.prompt_tokens),
+            b"completion_tokens" => (2, &mut usage.completion_tokens),
+            b"input_tokens" => (4, &mut usage.input_tokens),
+            b"output_tokens" => (8, &mut usage.output_tokens),
+            b"total_tokens" => (16, &mut usage.total_tokens),
+            _ => return Some(()),
+        };
+        // A repeated member is an error for serde: let it say so.
+        if seen & bit != 0 {
+            return None;
+        }
+        seen |= bit;
+        let count = match value {
+            b"null" => None,
+            // JSON allows no leading zero; anything but digits is left to serde.
+            [b'1'..=b'9', rest @ ..] if rest.iter().all(u8::is_ascii_digit) => {
+                Some(std::str::from_utf8(value).ok()?.parse().ok()?)
+            }
+            b"0" => Some(0),
+            _ => return None,
+        };
+        *slot = count;
+        Some(())
+    })?;
+    Some(usage)
+}
+
+/// The `usage` member's value: by the walk when it can, else by serde.
+fn parse_usage_member(value: Option<&[u8]>) -> Option<Option<RawUsage>> {
+    match value {
+        Some(object) if object.first() == Some(&b'{') => match walk_raw_usage(object) {
+            Some(usage) => Some(Some(usage)),
+            None => parse_member(value),
+        },
+        _ => parse_member(value),
+    }
 }
 
 /// A member's value as `Option<T>` (absent or `null`: `None`); `None` when it does not

@@ -69,6 +69,16 @@ fn the_member_walk_agrees_with_the_full_parse() {
         br#"{"data":[{"embedding":[0.1,-2e-3,3E+2]}],"model":"e","usage":{"prompt_tokens":8,"total_tokens":8},"x":true,"y":false,"z":null}"#,
         br#"{"model":"caf\u00e9","usage":{"prompt_tokens":2,"completion_tokens":1}}"#,
         br#"{}"#,
+        br#"{"usage":{"prompt_tokens":0,"completion_tokens":null,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":3}}}"#,
+        br#"{"usage":{"input_tokens":18446744073709551615,"output_tokens":2}}"#,
+        // Left to serde by the walk, with the same result.
+        br#"{"usage":{"prompt_tokens":1.0}}"#,
+        br#"{"usage":{"prompt_tokens":1e2}}"#,
+        br#"{"usage":{"prompt_tokens":012}}"#,
+        br#"{"usage":{"prompt_tokens":-0}}"#,
+        br#"{"usage":{"prompt_tokens":18446744073709551616}}"#,
+        br#"{"usage":{"prompt_tokens":null,"prompt_tokens":4}}"#,
+        br#"{"usage":{"prompt_tokens":"4"}}"#,
         // Errors: every one of these goes to the full parse and stays an error.
         br#"{"model":"a","model":"b"}"#,
         br#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}"#,
@@ -91,7 +101,7 @@ fn the_member_walk_agrees_with_the_full_parse() {
         }
     }
     // The walk itself took the common shapes (not the full parse by another road).
-    for doc in &docs[..10] {
+    for doc in &docs[..12] {
         assert!(
             walk_usage(doc).is_some(),
             "{}",
