@@ -162,6 +162,11 @@ impl Resilience {
             let result =
                 upstream::send_once(upstream, request, timeout, config.limits.max_body_bytes).await;
             let outcome = match result {
+                // A status never retried is returned as it is: its retry hints would go
+                // unread (three header lookups and a clock read per request).
+                Ok(ref resp) if !config.retry.on_status.contains(&resp.status().as_u16()) => {
+                    Outcome::final_response(resp.status())
+                }
                 Ok(ref resp) => {
                     Outcome::from_response(resp.status(), resp.headers(), SystemTime::now())
                 }

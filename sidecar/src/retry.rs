@@ -69,6 +69,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// A response whose status the policy never retries: its hints do not matter.
+    pub fn final_response(status: StatusCode) -> Self {
+        Self::Response {
+            status,
+            retry_after: None,
+            should_retry: None,
+        }
+    }
+
     /// Reads what the policy needs from an upstream response's status and headers;
     /// `now` is the wall clock, for HTTP-date `Retry-After` values.
     pub fn from_response(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Self {
