@@ -340,23 +340,30 @@ mod tests {
         );
     }
 
+    /// Limits with these timeouts, in seconds.
+    fn timeouts(head: u64, idle: u64) -> ConnLimits {
+        ConnLimits {
+            head_timeout: Duration::from_secs(head),
+            idle_timeout: Duration::from_secs(idle),
+            max_connections: 1,
+        }
+    }
+
+    /// The watchdog of `a` in its own task, answering when it fired.
+    fn watch(a: &Arc<Activity>, limits: ConnLimits) -> tokio::task::JoinHandle<Instant> {
+        let a = Arc::clone(a);
+        tokio::spawn(async move {
+            a.expired(&limits).await;
+            Instant::now()
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_head_begun_while_idle_is_cut_at_its_own_deadline_though_nothing_woke_the_watchdog() {
-        let limits = ConnLimits {
-            head_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(120),
-            max_connections: 1,
-        };
         let a = Arc::new(Activity::new());
         drop(a.request_started(Version::HTTP_11));
         let idle_from = Instant::now();
-        let watchdog = {
-            let a = Arc::clone(&a);
-            tokio::spawn(async move {
-                a.expired(&limits).await;
-                Instant::now()
-            })
-        };
+        let watchdog = watch(&a, timeouts(10, 120));
         tokio::task::yield_now().await;
         // Idle for 37s (past three head timeouts), then a head begins and stalls.
         tokio::time::advance(Duration::from_secs(37)).await;
@@ -367,20 +374,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_watchdog_fires_at_the_idle_deadline_even_after_a_long_first_wait() {
-        let limits = ConnLimits {
-            head_timeout: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(2),
-            max_connections: 1,
-        };
         let a = Arc::new(Activity::new());
         let start = Instant::now();
-        let watchdog = {
-            let a = Arc::clone(&a);
-            tokio::spawn(async move {
-                a.expired(&limits).await;
-                Instant::now()
-            })
-        };
+        let watchdog = watch(&a, timeouts(60, 2));
         // Let the watchdog start waiting for the first head before the request comes.
         tokio::task::yield_now().await;
         tokio::time::advance(Duration::from_secs(1)).await;
