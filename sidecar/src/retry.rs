@@ -255,7 +255,7 @@ impl<'a> RequestRetry<'a> {
                 retry_after: Some(after),
                 ..
             } => after,
-            _ => backoff(&self.policy, self.attempt, rng),
+            _ => backoff(self.policy, self.attempt, rng),
         };
         // A pause that ends at the deadline leaves no time for the attempt itself.
         // Another model answering right away may still make it.
