@@ -5,8 +5,8 @@
 //! every request goes through the own pool (`pool.rs`: HTTP/1.1 connections, or
 //! multiplexed HTTP/2 connections when the upstream picks h2), buffered and streamed
 //! bodies alike, except protocol upgrades ([`send_upgrade`]), which take a hyper-util
-//! client whose connector offers only HTTP/1.1 (an upgrade cannot ride HTTP/2). It maps a relative `/v1/<rest>` target
-//! onto the upstream base URL and sends ONE attempt ([`send_once`]) bounded by the attempt
+//! client whose connector offers only HTTP/1.1 (an upgrade cannot ride HTTP/2). It maps
+//! a relative `/v1/<rest>` target onto the upstream base URL and sends ONE attempt ([`send_once`]) bounded by the attempt
 //! timeout, turning client failures into [`ProxyError`]s whose messages carry the cause
 //! (see `connect.rs`).
 //!
@@ -26,7 +26,7 @@ use http::{Request, Response, Uri};
 use http_body_util::{Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinHandle;
 
 use crate::config::{Limits, UpstreamBase};
@@ -64,6 +64,11 @@ pub enum UpstreamError {
     /// rustls refused the protocol versions (should not happen with `ring`).
     #[error("failed to build the TLS client config: {0}")]
     Tls(#[from] rustls::Error),
+    /// The base URL makes no origin URI or Host header (a validated URL always does).
+    #[error(
+        "the upstream URL {0} makes no valid Host header; give a plain host name or IP address"
+    )]
+    Origin(String),
 }
 
 /// Beyond the base URL: extra trust and the route, as resolved from flags and env.
@@ -98,12 +103,8 @@ pub struct Upstream {
     trust: Arc<Trust>,
     route: Route,
     proxy_auth: Option<Arc<ProxyAuth>>,
-    /// Every request but upgrades: HTTP/1.1 queue or HTTP/2 connections. `None` only if
-    /// the base URL could not make a Host header (it always can once validated): then the
-    /// client below takes them.
-    pool: Option<Arc<Pool>>,
-    /// The fallback for a missing pool (see above): HTTP/2 when offered, else HTTP/1.1.
-    client: HttpClient,
+    /// Every request but upgrades: HTTP/1.1 queue or HTTP/2 connections.
+    pool: Arc<Pool>,
     /// HTTP/1.1 only: protocol upgrades (WebSocket) need an HTTP/1.1 connection of their own.
     upgrade_client: HttpClient,
 }
@@ -134,18 +135,22 @@ impl Upstream {
     ) -> Result<Self, UpstreamError> {
         let (roots, source) = trust::platform_roots();
         let trust = Trust::new(roots, source, options.ca_file)?;
-        Ok(Self::build(
+        Self::build(
             base,
             limits,
             Arc::new(trust),
             options.route,
             options.proxy_auth_file,
-        ))
+        )
     }
 
     /// Direct, with a caller-made TLS config (e.g. a private CA). ALPN is set here to
     /// `h2, http/1.1`, so HTTP/2 is used whenever the upstream offers it.
-    pub fn with_tls(base: UpstreamBase, limits: &Limits, tls: rustls::ClientConfig) -> Self {
+    pub fn with_tls(
+        base: UpstreamBase,
+        limits: &Limits,
+        tls: rustls::ClientConfig,
+    ) -> Result<Self, UpstreamError> {
         let options = UpstreamOptions::default();
         Self::build(
             base,
@@ -163,7 +168,7 @@ impl Upstream {
         trust: Arc<Trust>,
         route: Route,
         proxy_auth_file: PathBuf,
-    ) -> Self {
+    ) -> Result<Self, UpstreamError> {
         let (proxy, proxy_auth) = match &route {
             Route::Proxy(proxy) => {
                 let auth = Arc::new(ProxyAuth::new(proxy_auth_file, proxy.url_auth.clone()));
@@ -183,14 +188,6 @@ impl Upstream {
                 alpn,
             )
         };
-        // The pool timer makes the idle timeout effective; the h2 keep-alive pings find
-        // dead multiplexed connections before a request is sent on them.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .http2_keep_alive_interval(H2_KEEP_ALIVE)
-            .build(connector(Alpn::H2OrH1));
         // Upgraded connections leave the pool, so this client keeps nothing idle.
         let upgrade_client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
@@ -201,16 +198,16 @@ impl Upstream {
             &base.authority,
             POOL_IDLE_TIMEOUT,
             H2_KEEP_ALIVE,
-        );
-        Self {
-            pool: pool.map(Arc::new),
+        )
+        .ok_or_else(|| UpstreamError::Origin(base.to_string()))?;
+        Ok(Self {
+            pool: Arc::new(pool),
             base: Arc::new(base),
             trust,
             route,
             proxy_auth,
-            client,
             upgrade_client,
-        }
+        })
     }
 
     /// Starts the watchers of the CA file and of the proxy auth file (only those in use).
@@ -320,26 +317,17 @@ pub async fn send_once(
     attempt_timeout: Duration,
     body_limit: u64,
 ) -> Result<Response<UpstreamIncoming>, ProxyError> {
-    if let Some(pool) = &upstream.pool {
-        return match tokio::time::timeout(attempt_timeout, pool.send(req)).await {
-            Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
-                after: attempt_timeout,
-            }),
-            // A streamed body that went over the limit while being sent.
-            Ok(Err(ProxyError::UpstreamFailed { source }))
-                if source_chain(source.as_ref()).any(|s| s.is::<LengthLimitError>()) =>
-            {
-                Err(ProxyError::BodyTooLarge { limit: body_limit })
-            }
-            Ok(result) => result,
-        };
-    }
-    match tokio::time::timeout(attempt_timeout, upstream.client.request(req)).await {
+    match tokio::time::timeout(attempt_timeout, upstream.pool.send(req)).await {
         Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
             after: attempt_timeout,
         }),
-        Ok(Ok(resp)) => Ok(resp.map(|b| UpstreamIncoming::new(b, None))),
-        Ok(Err(e)) => Err(classify(e, body_limit)),
+        // A streamed body that went over the limit while being sent.
+        Ok(Err(ProxyError::UpstreamFailed { source }))
+            if source_chain(source.as_ref()).any(|s| s.is::<LengthLimitError>()) =>
+        {
+            Err(ProxyError::BodyTooLarge { limit: body_limit })
+        }
+        Ok(result) => result,
     }
 }
 
@@ -356,16 +344,13 @@ pub async fn send_upgrade(
             after: attempt_timeout,
         }),
         Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => Err(classify(e, 0)),
+        Ok(Err(e)) => Err(classify(e)),
     }
 }
 
-/// Maps a client error: the streamed body went over the limit (413), no connection
-/// (502 unreachable), or the exchange broke (502).
-fn classify(e: hyper_util::client::legacy::Error, body_limit: u64) -> ProxyError {
-    if source_chain(&e).any(|s| s.is::<LengthLimitError>()) {
-        return ProxyError::BodyTooLarge { limit: body_limit };
-    }
+/// Maps an upgrade client's error: no connection (502 unreachable), or the exchange
+/// broke (502). An upgrade request has no body, so no body limit can trip.
+fn classify(e: hyper_util::client::legacy::Error) -> ProxyError {
     if e.is_connect() {
         ProxyError::UpstreamUnreachable {
             source: Box::new(e),

@@ -211,7 +211,8 @@ async fn https_upstream_offering_h2_gets_http2() {
         base(&format!("https://localhost:{}/v1", server.port)),
         &Limits::default(),
         trusting(server.cert.clone().unwrap()),
-    );
+    )
+    .unwrap();
 
     for _ in 0..2 {
         let resp = call(&up).await.unwrap();
@@ -232,7 +233,8 @@ async fn https_upstream_without_h2_gets_http1() {
         base(&format!("https://localhost:{}/v1", server.port)),
         &Limits::default(),
         trusting(server.cert.clone().unwrap()),
-    );
+    )
+    .unwrap();
 
     let resp = call(&up).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
@@ -246,7 +248,8 @@ async fn buffered_requests_over_tls_http1_reuse_one_pooled_connection() {
         base(&format!("https://localhost:{}/v1", server.port)),
         &Limits::default(),
         trusting(server.cert.clone().unwrap()),
-    );
+    )
+    .unwrap();
     for _ in 0..5 {
         let resp = call(&up).await.unwrap();
         assert_eq!(resp.version(), Version::HTTP_11);
@@ -262,7 +265,8 @@ async fn concurrent_requests_over_h2_share_one_multiplexed_connection() {
         base(&format!("https://localhost:{}/v1", server.port)),
         &Limits::default(),
         trusting(server.cert.clone().unwrap()),
-    );
+    )
+    .unwrap();
     // The first request opens the connection; the next ones ride it at once.
     call(&up)
         .await
@@ -318,7 +322,8 @@ async fn long_streams_upstream(max_streams: u32) -> (Upstream, Arc<AtomicUsize>,
         base(&format!("https://localhost:{port}/v1")),
         &Limits::default(),
         trusting(cert),
-    );
+    )
+    .unwrap();
     (up, accepted, AbortOnDrop(task))
 }
 
@@ -387,7 +392,8 @@ async fn while_connects_fail_requests_do_not_wait_for_one_another() {
         base(&format!("https://localhost:{port}/v1")),
         &limits,
         trusting(cert),
-    );
+    )
+    .unwrap();
     // One after another these 20 connects would take 4 s, twice the attempt timeout.
     let answers = futures_util::future::join_all((0..20).map(|_| {
         let mut req = Request::new(Either::Left(Full::new(Bytes::from_static(b"{}"))));
@@ -435,7 +441,8 @@ async fn name_mismatch_is_a_502_naming_it() {
         base(&format!("https://127.0.0.1:{}/v1", server.port)),
         &Limits::default(),
         trusting(server.cert.clone().unwrap()),
-    );
+    )
+    .unwrap();
     let (status, message) = answer(call(&up).await.unwrap_err()).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(
@@ -453,7 +460,8 @@ async fn expired_certificate_is_a_502_naming_it() {
         base(&format!("https://localhost:{}/v1", server.port)),
         &Limits::default(),
         trusting(server.cert.clone().unwrap()),
-    );
+    )
+    .unwrap();
     let (status, message) = answer(call(&up).await.unwrap_err()).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(message.contains("expired"), "{message}");
@@ -578,7 +586,7 @@ fn through_proxy(
         Some(cert) => Trust::fixed(trusting(cert)),
         None => Trust::fixed(trusting(localhost_cert(false).0)),
     };
-    Upstream::build(base, &Limits::default(), Arc::new(trust), route, auth_file)
+    Upstream::build(base, &Limits::default(), Arc::new(trust), route, auth_file).unwrap()
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! proxy, then rustls (for an https upstream) with the live config and its ALPN list.
 //!
 //! What it does: [`Connector::connect`] for the own pool, and the same as a tower
-//! `Service<Uri>` for hyper-util's client (streamed bodies, upgrades). The whole connect
+//! `Service<Uri>` for hyper-util's client (upgrades). The whole connect
 //! (TCP, CONNECT, handshake) is bounded by `limits.connect_timeout`. Failures become a
 //! [`ConnectError`] whose message says what failed and the fix: unknown issuer, a name
 //! mismatch, an expired certificate, the proxy's answer to CONNECT (`407` names the auth
