@@ -680,7 +680,7 @@ mod tests {
     }
 
     #[test]
-    fn request_headers_are_stripped_in_one_pass_whatever_their_case_and_count() {
+    fn hop_by_hop_host_key_expect_and_encoding_headers_go_whatever_their_case() {
         let key = ApiKey::new("sk-real").unwrap();
         let headers = {
             let mut h = HeaderMap::new();

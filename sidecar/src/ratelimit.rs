@@ -223,7 +223,7 @@ impl<C: Clock + Clone> TokenReservation<C> {
 
     /// Whether settling charges anything: false when no token limit was in force.
     pub fn counts_tokens(&self) -> bool {
-        self.buckets.tokens.is_some() && self.buckets.config.tokens_per_minute.is_some()
+        self.buckets.tokens.is_some()
     }
 
     /// Charges the tokens used beyond the estimate (input + output as reported by the

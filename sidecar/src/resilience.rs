@@ -23,8 +23,6 @@ mod stream_idle;
 pub use stream_error::{SseErrorTail, is_event_stream};
 pub use stream_idle::IdleTimeout;
 
-use std::time::SystemTime;
-
 use crate::upstream::UpstreamIncoming;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response};
@@ -162,14 +160,7 @@ impl Resilience {
             let result =
                 upstream::send_once(upstream, request, timeout, config.limits.max_body_bytes).await;
             let outcome = match result {
-                // A status never retried is returned as it is: its retry hints would go
-                // unread (three header lookups and a clock read per request).
-                Ok(ref resp) if !config.retry.on_status.contains(&resp.status().as_u16()) => {
-                    Outcome::final_response(resp.status())
-                }
-                Ok(ref resp) => {
-                    Outcome::from_response(resp.status(), resp.headers(), SystemTime::now())
-                }
+                Ok(ref resp) => plan.response_outcome(resp.status(), resp.headers()),
                 Err(ProxyError::UpstreamTimeout { .. }) => Outcome::AttemptTimeout,
                 // No response: refused, reset or closed before headers.
                 Err(ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamFailed { .. }) => {

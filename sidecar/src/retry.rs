@@ -69,15 +69,6 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// A response whose status the policy never retries: its hints do not matter.
-    pub fn final_response(status: StatusCode) -> Self {
-        Self::Response {
-            status,
-            retry_after: None,
-            should_retry: None,
-        }
-    }
-
     /// Reads what the policy needs from an upstream response's status and headers;
     /// `now` is the wall clock, for HTTP-date `Retry-After` values.
     pub fn from_response(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Self {
@@ -203,6 +194,21 @@ impl<'a> RequestRetry<'a> {
     /// it); the chain keeps an empty name there.
     pub fn take_model(&mut self, index: usize) -> Option<String> {
         self.chain.get_mut(index).map(std::mem::take)
+    }
+
+    /// The outcome of a response under this plan's policy. Its retry hints are read only
+    /// when the policy retries its status: [`Self::decide`] returns any other status as
+    /// it is, so on a 200 they would go unread (three header lookups and a clock read).
+    pub fn response_outcome(&self, status: StatusCode, headers: &HeaderMap) -> Outcome {
+        if self.policy.on_status.contains(&status.as_u16()) {
+            Outcome::from_response(status, headers, SystemTime::now())
+        } else {
+            Outcome::Response {
+                status,
+                retry_after: None,
+                should_retry: None,
+            }
+        }
     }
 
     /// True once the request moved to a fallback model.

@@ -351,6 +351,28 @@ fn outcome_from_response_reads_the_hints() {
 }
 
 #[test]
+fn a_plan_reads_hints_only_from_statuses_it_retries() {
+    let (retry, _, _) = start(&["a"]);
+    let mut headers = HeaderMap::new();
+    headers.insert("retry-after", http::HeaderValue::from_static("2"));
+    headers.insert("x-should-retry", http::HeaderValue::from_static("false"));
+    let hinted =
+        |code: u16| match retry.response_outcome(StatusCode::from_u16(code).unwrap(), &headers) {
+            Outcome::Response {
+                retry_after,
+                should_retry,
+                ..
+            } => (retry_after, should_retry),
+            other => panic!("{other:?}"),
+        };
+    assert_eq!(hinted(429), (Some(Duration::from_secs(2)), Some(false)));
+    assert_eq!(hinted(503), (Some(Duration::from_secs(2)), Some(false)));
+    // Returned as it is whatever the hints say, so they are not read.
+    assert_eq!(hinted(200), (None, None));
+    assert_eq!(hinted(400), (None, None));
+}
+
+#[test]
 fn fallback_chains() {
     let fallbacks: std::collections::BTreeMap<String, Vec<String>> = [
         (

@@ -281,11 +281,9 @@ async fn drive<C, E>(
     E: std::fmt::Display,
 {
     tokio::pin!(conn);
-    // The watchdog is polled only when its own timer or notification fired, not on
+    // The watchdog is polled only when its own timer or the drain signal fired, not on
     // every wake-up of the connection (several per request): a FuturesUnordered polls
-    // a future only after that future's waker was called. Polling it along with the
-    // connection on each wake-up was about 2% of the instructions per request
-    // (callgrind).
+    // a future only after that future's waker was called.
     let mut watchdog = FuturesUnordered::new();
     watchdog.push(async {
         tokio::select! {
