@@ -208,30 +208,27 @@ pub(crate) fn remove_top_level_null_usage(json: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Object/array nesting depth at byte `pos` (outside strings), `None` if `pos` is inside
-/// a string.
+/// a string. Steps over strings like [`value_end`]: it runs for every SSE event that
+/// carries a `"usage": null`.
 fn depth_at(bytes: &[u8], pos: usize) -> Option<usize> {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in &bytes[..pos] {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+    let mut i = 0;
+    while i < pos {
+        match bytes[i] {
+            b'"' => {
+                i = string_end(bytes, i)?;
+                if i > pos {
+                    return None;
+                }
+                continue;
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'{' | b'[' => depth += 1,
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
-    (!in_string).then_some(depth)
+    Some(depth)
 }
 
 #[cfg(test)]
@@ -264,13 +261,19 @@ mod tests {
 
     #[test]
     fn removes_only_a_top_level_null_usage() {
-        let cases: [(&[u8], Option<&[u8]>); 6] = [
+        let cases: [(&[u8], Option<&[u8]>); 8] = [
             (br#"{"id":"a","usage":null}"#, Some(br#"{"id":"a"}"#)),
             (br#"{"usage":null,"id":"a"}"#, Some(br#"{"id":"a"}"#)),
             (br#"{"id":"a", "usage": null }"#, Some(br#"{"id":"a" }"#)),
             (br#"{"id":"a","usage":{"prompt_tokens":1}}"#, None),
             (br#"{"choices":[{"usage":null}]}"#, None),
             (br#"{"content":"\"usage\":null"}"#, None),
+            // An escaped backslash ends the string; an escaped quote does not.
+            (
+                br#"{"content":"a\\","usage":null}"#,
+                Some(br#"{"content":"a\\"}"#),
+            ),
+            (br#"{"content":"a\",\"usage\":null}"}"#, None),
         ];
         for (input, want) in cases {
             let got = remove_top_level_null_usage(input);
