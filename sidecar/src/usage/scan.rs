@@ -26,11 +26,7 @@ fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
 }
 
 fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    haystack
-        .get(from..)?
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|p| p + from)
+    memchr::memmem::find(haystack.get(from..)?, needle).map(|p| p + from)
 }
 
 /// Position of the value after `"usage"` `:` at `key_at`, if it is a member.
