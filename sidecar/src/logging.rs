@@ -53,8 +53,10 @@ pub fn init() -> Result<(), LoggingError> {
 /// Everything the per-request line says.
 #[derive(Clone, Debug)]
 pub struct RequestLog<'a> {
-    /// The client's `x-request-id` when well-formed, else one of ours.
-    pub request_id: &'a str,
+    /// The client's `x-request-id` when well-formed. `None`: the line gets a random id
+    /// of ours, drawn only when the line is written (nothing else reads it, so a line the
+    /// filter drops costs none).
+    pub client_request_id: Option<&'a str>,
     /// Route, models, status and timings: the same record the metrics get.
     pub request: RequestRecord<'a>,
     /// Upstream attempts made (0 when the sidecar answered itself).
@@ -81,7 +83,7 @@ impl RequestLog<'_> {
             ($level:ident) => {
                 tracing::$level!(
                     target: REQUEST_TARGET,
-                    request_id = self.request_id,
+                    request_id = %RequestId(self.client_request_id),
                     route = r.route.as_str(),
                     requested_model = r.requested_model.map(log_safe_model),
                     model = r.upstream_model.map(log_safe_model),
@@ -103,6 +105,26 @@ impl RequestLog<'_> {
             line!(warn);
         } else {
             line!(info);
+        }
+    }
+}
+
+/// The `request_id` field: the client's, or a random (v4) UUID in simple form drawn as
+/// it is written. Drawn from the thread-local userspace CSPRNG rather than
+/// `Uuid::new_v4`, which makes one getrandom(2) syscall per call.
+struct RequestId<'a>(Option<&'a str>);
+
+impl std::fmt::Display for RequestId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => f.write_str(id),
+            None => {
+                let bytes: [u8; 16] = rand::random();
+                uuid::Builder::from_random_bytes(bytes)
+                    .into_uuid()
+                    .simple()
+                    .fmt(f)
+            }
         }
     }
 }
@@ -150,7 +172,7 @@ mod tests {
 
     fn sample() -> RequestLog<'static> {
         RequestLog {
-            request_id: "req-1",
+            client_request_id: Some("req-1"),
             request: RequestRecord {
                 route: Route::ChatCompletions,
                 requested_model: Some("gpt-4"),
@@ -210,5 +232,24 @@ mod tests {
         assert_eq!(lines[0]["fields"]["end"], "client_gone");
         assert!(capture("warn", || sample().emit()).is_empty());
         assert!(capture("info,holysheep::request=off", || sample().emit()).is_empty());
+    }
+
+    #[test]
+    fn lines_without_a_client_id_get_a_fresh_random_one() {
+        let mut own = sample();
+        own.client_request_id = None;
+        let ids: Vec<String> = (0..2)
+            .map(|_| capture("info", || own.emit())[0]["fields"]["request_id"].to_string())
+            .collect();
+        for id in &ids {
+            let text = id.trim_matches('"');
+            assert!(
+                text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id}"
+            );
+            let id = uuid::Uuid::parse_str(text).unwrap();
+            assert_eq!(id.get_version(), Some(uuid::Version::Random));
+        }
+        assert_ne!(ids[0], ids[1]);
     }
 }

@@ -236,7 +236,14 @@ impl Outgoing {
 fn route(upstream: &Upstream, uri: &Uri) -> Result<Uri, ProxyError> {
     let path = uri.path();
     match path.strip_prefix(ROUTE_PREFIX) {
-        Some(rest) if rest.starts_with('/') => upstream.uri_for(rest, uri.query()),
+        Some(rest) if rest.starts_with('/') => match uri.path_and_query() {
+            // The upstream's prefix is ours (the default, `.../v1`): the client's target
+            // is the upstream's as it is, already parsed.
+            Some(pq) if upstream.base().path_prefix == ROUTE_PREFIX => {
+                upstream.uri_with(pq.clone())
+            }
+            _ => upstream.uri_for(rest, uri.query()),
+        },
         _ => Err(ProxyError::NotFound {
             path: path.to_owned(),
         }),
@@ -570,6 +577,50 @@ fn stream_back(resp: Response<UpstreamIncoming>) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_onto_the_upstream_base_with_the_query_kept() {
+        let cases = [
+            (
+                "https://api.holysheep.ai/v1",
+                "/v1/chat/completions",
+                "https://api.holysheep.ai/v1/chat/completions",
+            ),
+            (
+                "https://api.holysheep.ai/v1",
+                "/v1/models?a=1&b=%20",
+                "https://api.holysheep.ai/v1/models?a=1&b=%20",
+            ),
+            (
+                "http://127.0.0.1:4000/openai/v1",
+                "/v1/models?x=%2F",
+                "http://127.0.0.1:4000/openai/v1/models?x=%2F",
+            ),
+            (
+                "http://127.0.0.1:9/",
+                "/v1/files/f-1/content",
+                "http://127.0.0.1:9/files/f-1/content",
+            ),
+        ];
+        for (base, client, want) in cases {
+            let upstream =
+                Upstream::new(base.parse().unwrap(), &crate::config::Limits::default()).unwrap();
+            let uri = route(&upstream, &client.parse().unwrap()).unwrap();
+            assert_eq!(uri, want, "{base} {client}");
+        }
+        let upstream = Upstream::new(
+            "https://api.holysheep.ai/v1".parse().unwrap(),
+            &crate::config::Limits::default(),
+        )
+        .unwrap();
+        for outside in ["/v2/x", "/v1", "/v1x/models", "/"] {
+            let err = route(&upstream, &outside.parse().unwrap()).unwrap_err();
+            assert!(
+                matches!(err, ProxyError::NotFound { .. }),
+                "{outside}: {err:?}"
+            );
+        }
+    }
 
     #[test]
     fn openai_json_routes_buffer_posts_whatever_the_content_type() {

@@ -298,6 +298,11 @@ impl Upstream {
         let path_and_query = PathAndQuery::try_from(pq).map_err(|e| ProxyError::BadRequest {
             reason: format!("invalid path: {e}"),
         })?;
+        self.uri_with(path_and_query)
+    }
+
+    /// The upstream's scheme and authority with `path_and_query` as the target.
+    pub fn uri_with(&self, path_and_query: PathAndQuery) -> Result<Uri, ProxyError> {
         Uri::builder()
             .scheme(self.base.scheme.clone())
             .authority(self.base.authority.clone())

@@ -30,7 +30,8 @@ const CLIENT_GONE_STATUS: u16 = 499;
 /// One request in flight; see the module docs.
 pub struct RequestMeter {
     metrics: Metrics,
-    request_id: String,
+    /// The client's `x-request-id`, when well-formed; otherwise the log line draws one.
+    client_request_id: Option<String>,
     route: Route,
     started: Instant,
     requested_model: Option<String>,
@@ -59,7 +60,7 @@ type CostHook = Box<dyn FnOnce(f64) + Send + 'static>;
 impl std::fmt::Debug for RequestMeter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestMeter")
-            .field("request_id", &self.request_id)
+            .field("client_request_id", &self.client_request_id)
             .field("route", &self.route)
             .field("attempts", &self.attempts)
             .finish_non_exhaustive()
@@ -69,14 +70,14 @@ impl std::fmt::Debug for RequestMeter {
 impl RequestMeter {
     /// Starts metering a request to `path` (counts it in flight).
     pub fn start(metrics: &Metrics, path: &str, headers: &HeaderMap) -> Self {
-        let request_id = headers
+        let client_request_id = headers
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .filter(|id| is_safe_id(id))
-            .map_or_else(new_request_id, str::to_owned);
+            .map(str::to_owned);
         Self {
             metrics: metrics.clone(),
-            request_id,
+            client_request_id,
             route: Route::from_path(path),
             started: Instant::now(),
             requested_model: None,
@@ -90,9 +91,9 @@ impl RequestMeter {
         }
     }
 
-    /// The id in the log line.
-    pub fn request_id(&self) -> &str {
-        &self.request_id
+    /// The client's id, when it sent a well-formed `x-request-id`.
+    pub fn client_request_id(&self) -> Option<&str> {
+        self.client_request_id.as_deref()
     }
 
     /// The request's route.
@@ -214,7 +215,7 @@ impl RequestMeter {
             hook(cost.unwrap_or(0.0));
         }
         RequestLog {
-            request_id: &self.request_id,
+            client_request_id: self.client_request_id.as_deref(),
             request: rec,
             attempts: self.attempts,
             input_tokens: report.usage.map(|u| u.input_tokens),
@@ -252,7 +253,7 @@ impl RequestMeter {
         };
         let _series = self.metrics.record_request(&rec);
         RequestLog {
-            request_id: &self.request_id,
+            client_request_id: self.client_request_id.as_deref(),
             request: rec,
             attempts: self.attempts,
             input_tokens: None,
@@ -285,17 +286,6 @@ fn incomplete_reason(end: StreamEnd) -> Option<IncompleteReason> {
     }
 }
 
-/// A random (v4) UUID in simple form. Drawn from the thread-local userspace CSPRNG
-/// rather than `Uuid::new_v4`, which makes one getrandom(2) syscall per request
-/// (measured: ~1 us of CPU per proxied request on loopback).
-fn new_request_id() -> String {
-    let bytes: [u8; 16] = rand::random();
-    uuid::Builder::from_random_bytes(bytes)
-        .into_uuid()
-        .simple()
-        .to_string()
-}
-
 fn is_safe_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_REQUEST_ID_LEN
@@ -318,14 +308,11 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-request-id", "abc-123".parse().unwrap());
         let meter = RequestMeter::start(&metrics, "/v1/models", &headers);
-        assert_eq!(meter.request_id(), "abc-123");
+        assert_eq!(meter.client_request_id(), Some("abc-123"));
         assert_eq!(meter.route(), Route::Models);
         headers.insert("x-request-id", "has space".parse().unwrap());
         let meter = RequestMeter::start(&metrics, "/v1/models", &headers);
-        assert_eq!(meter.request_id().len(), 32);
-        let id = uuid::Uuid::parse_str(meter.request_id()).unwrap();
-        assert_eq!(id.get_version(), Some(uuid::Version::Random));
-        assert_ne!(new_request_id(), new_request_id());
+        assert_eq!(meter.client_request_id(), None);
     }
 
     #[tokio::test]

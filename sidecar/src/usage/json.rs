@@ -15,6 +15,9 @@ pub(super) const TAIL_WINDOW: usize = 64 << 10;
 /// The JSON body inspector.
 #[derive(Debug, Default)]
 pub(super) struct JsonTap {
+    /// The body while it is one frame (the usual case): held, not copied.
+    first: Option<Bytes>,
+    /// The body once a second frame came.
     buf: Vec<u8>,
     /// The body outgrew [`FULL_PARSE_LIMIT`]: `buf` holds (at least) its tail.
     tail_only: bool,
@@ -23,6 +26,13 @@ pub(super) struct JsonTap {
 
 impl JsonTap {
     pub(super) fn push(&mut self, frame: &Bytes) {
+        if self.buf.is_empty() && self.first.is_none() {
+            self.first = Some(frame.clone());
+            return;
+        }
+        if let Some(first) = self.first.take() {
+            self.buf.extend_from_slice(&first);
+        }
         self.buf.extend_from_slice(frame);
         if !self.tail_only && self.buf.len() > FULL_PARSE_LIMIT {
             self.tail_only = true;
@@ -35,18 +45,21 @@ impl JsonTap {
     }
 
     pub(super) fn finish(&mut self) {
+        let first = self.first.take();
         let buf = std::mem::take(&mut self.buf);
+        let buf: &[u8] = first.as_deref().unwrap_or(&buf);
         if buf.trim_ascii().is_empty() {
             return;
         }
-        if !self.tail_only {
-            match parse_usage(&buf) {
+        if !self.tail_only && buf.len() <= FULL_PARSE_LIMIT {
+            match parse_usage(buf) {
                 Ok(parsed) => self.seen.absorb(parsed),
                 Err(_) => self.seen.unparsed += 1,
             }
             return;
         }
-        if let Some(object) = last_usage_object(&buf) {
+        let tail = &buf[buf.len().saturating_sub(2 * TAIL_WINDOW)..];
+        if let Some(object) = last_usage_object(tail) {
             match parse_usage_object(object) {
                 Ok(usage) => self.seen.absorb(Parsed {
                     usage: Some(usage),
@@ -113,6 +126,36 @@ mod tests {
                 output_tokens: 0
             })
         );
+    }
+
+    #[test]
+    fn one_frame_or_many_read_the_same() {
+        let body: &[u8] = br#"{"model":"gpt-4.1","choices":[{"index":0}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        let whole = run(&[body]);
+        assert_eq!(whole.usage.map(|u| u.output_tokens), Some(4));
+        assert_eq!(whole.model.as_deref(), Some("gpt-4.1"));
+        for cut in [1, 17, body.len() - 1] {
+            let (a, b) = body.split_at(cut);
+            let split = run(&[a, b]);
+            assert_eq!(
+                (split.usage, split.model.as_deref(), split.unparsed),
+                (whole.usage, whole.model.as_deref(), whole.unparsed),
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(run(&[b"", body]).usage, whole.usage);
+    }
+
+    #[test]
+    fn one_large_frame_reads_usage_from_its_tail() {
+        let mut body = br#"{"object":"list","data":[{"embedding":["#.to_vec();
+        while body.len() < FULL_PARSE_LIMIT + 1 {
+            body.extend_from_slice(b"0.0123456789,");
+        }
+        body.extend_from_slice(br#"0.1]}],"usage":{"prompt_tokens":7,"total_tokens":7}}"#);
+        let seen = run(&[&body]);
+        assert_eq!(seen.usage.map(|u| u.input_tokens), Some(7));
+        assert_eq!(seen.unparsed, 0);
     }
 
     #[test]

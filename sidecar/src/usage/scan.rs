@@ -54,31 +54,35 @@ pub(crate) fn usage_member(json: &[u8]) -> UsageMember {
 }
 
 /// Index one past the end of the JSON value (object, array or string) starting at
-/// `start`, stepping over strings so braces inside text do not count.
+/// `start`, stepping over strings so brackets inside text do not count. Valid JSON nests
+/// each bracket kind on its own, so only the value's own kind is counted, and memchr jumps
+/// from one quote or such bracket to the next instead of visiting every byte.
 fn value_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let (open, close) = match bytes.get(start)? {
+        b'"' => return string_end(bytes, start),
+        b'{' => (b'{', b'}'),
+        b'[' => (b'[', b']'),
+        _ => return None,
+    };
     let mut depth = 0usize;
     let mut i = start;
-    while let Some(&b) = bytes.get(i) {
-        match b {
+    loop {
+        i += memchr::memchr3(b'"', open, close, bytes.get(i..)?)?;
+        match bytes[i] {
             b'"' => {
                 i = string_end(bytes, i)?;
-                if depth == 0 {
-                    return Some(i);
-                }
                 continue;
             }
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
+            b if b == open => depth += 1,
+            _ => {
                 depth = depth.checked_sub(1)?;
                 if depth == 0 {
                     return Some(i + 1);
                 }
             }
-            _ => {}
         }
         i += 1;
     }
-    None
 }
 
 /// Index one past the closing quote of the string whose opening quote is at `start`.
@@ -243,6 +247,25 @@ mod tests {
         // Text that mentions usage is escaped inside a string and never matches.
         let text = br#"{"content":"say \"usage\": {1}","usage":null}"#;
         assert_eq!(usage_member(text), UsageMember::Null);
+    }
+
+    #[test]
+    fn value_end_counts_brackets_outside_strings_only() {
+        let json = br#"{"a":[{"b":"]}\"["},[1,{"c":[]}]],"d":"x\\","e":{}} tail"#;
+        let end = value_end(json, 0).unwrap();
+        assert_eq!(&json[end..], b" tail");
+        serde_json::from_slice::<serde_json::Value>(&json[..end]).unwrap();
+        let array_at = json.iter().position(|&b| b == b'[').unwrap();
+        let array = &json[array_at..value_end(json, array_at).unwrap()];
+        assert_eq!(array, br#"[{"b":"]}\"["},[1,{"c":[]}]]"#);
+        let string_at = json.windows(3).position(|w| w == br#""x\"#).unwrap();
+        assert_eq!(
+            &json[string_at..value_end(json, string_at).unwrap()],
+            br#""x\\""#
+        );
+        assert_eq!(value_end(br#"[1,[2]"#, 0), None);
+        assert_eq!(value_end(br#"{"a":"}"#, 0), None);
+        assert_eq!(value_end(b"12", 0), None);
     }
 
     #[test]
