@@ -54,49 +54,71 @@ pub(crate) fn usage_member(json: &[u8]) -> UsageMember {
 }
 
 /// Index one past the end of the JSON value (object, array or string) starting at
-/// `start`, stepping over strings so brackets inside text do not count. Valid JSON nests
-/// each bracket kind on its own, so only the value's own kind is counted, and memchr jumps
-/// from one quote or such bracket to the next instead of visiting every byte.
+/// `start`, stepping over strings so braces inside text do not count.
 fn value_end(bytes: &[u8], start: usize) -> Option<usize> {
-    let (open, close) = match bytes.get(start)? {
-        b'"' => return string_end(bytes, start),
-        b'{' => (b'{', b'}'),
-        b'[' => (b'[', b']'),
-        _ => return None,
-    };
     let mut depth = 0usize;
     let mut i = start;
-    loop {
-        i += memchr::memchr3(b'"', open, close, bytes.get(i..)?)?;
-        match bytes[i] {
+    while let Some(&b) = bytes.get(i) {
+        match b {
             b'"' => {
                 i = string_end(bytes, i)?;
+                if depth == 0 {
+                    return Some(i);
+                }
                 continue;
             }
-            b if b == open => depth += 1,
-            _ => {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
                 depth = depth.checked_sub(1)?;
                 if depth == 0 {
                     return Some(i + 1);
                 }
             }
+            _ => {}
         }
         i += 1;
     }
+    None
 }
 
+/// How far [`next_quote_or_backslash`] looks a word at a time before handing over to
+/// memchr: most keys and values in a JSON head are shorter, and a memchr call costs more
+/// than a few word compares.
+const SHORT_STRING: usize = 32;
+
 /// Index one past the closing quote of the string whose opening quote is at `start`.
-/// Jumps from quote or backslash to the next with memchr: strings are most of a body.
 fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
     let mut i = start + 1;
     loop {
-        i += memchr::memchr2(b'"', b'\\', bytes.get(i..)?)?;
+        i = next_quote_or_backslash(bytes, i)?;
         if bytes[i] == b'"' {
             return Some(i + 1);
         }
         // A backslash: the byte after it is escaped, whatever it is.
         i += 2;
     }
+}
+
+/// Position of the first `"` or `\` at or after `from`: eight bytes at a time for the
+/// first [`SHORT_STRING`] bytes, then memchr for long text.
+fn next_quote_or_backslash(bytes: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES << 7;
+    // The lowest flagged byte of `x` is its lowest zero byte (flags above it may be
+    // false, so only the lowest is read).
+    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut i = from;
+    let short_end = bytes.len().min(from.saturating_add(SHORT_STRING));
+    while let Some(word) = bytes.get(i..i + 8).filter(|_| i + 8 <= short_end) {
+        let word = u64::from_le_bytes(word.try_into().ok()?);
+        let hits = zero_bytes(word ^ (ONES * u64::from(b'"')))
+            | zero_bytes(word ^ (ONES * u64::from(b'\\')));
+        if hits != 0 {
+            return Some(i + hits.trailing_zeros() as usize / 8);
+        }
+        i += 8;
+    }
+    memchr::memchr2(b'"', b'\\', bytes.get(i..)?).map(|p| p + i)
 }
 
 /// Calls `visit` with each member of the JSON object `json`: the key's bytes (without
@@ -247,6 +269,38 @@ mod tests {
         // Text that mentions usage is escaped inside a string and never matches.
         let text = br#"{"content":"say \"usage\": {1}","usage":null}"#;
         assert_eq!(usage_member(text), UsageMember::Null);
+    }
+
+    #[test]
+    fn string_end_agrees_with_a_byte_walk_at_every_length_and_escape() {
+        fn walk(bytes: &[u8], start: usize) -> Option<usize> {
+            let mut i = start + 1;
+            loop {
+                match bytes.get(i)? {
+                    b'"' => return Some(i + 1),
+                    b'\\' => i += 2,
+                    _ => i += 1,
+                }
+            }
+        }
+        // 0xa2 and 0xdc are `"` and `\\` with the high bit set (UTF-8 continuation and
+        // lead bytes): never a match.
+        for (len, fill) in (0..60).flat_map(|len| [(len, b'a'), (len, 0xa2), (len, 0xdc)]) {
+            for escape_at in 0..=len {
+                for escaped in [b'"', b'\\', b'n'] {
+                    let mut text = vec![fill; len];
+                    text.insert(escape_at, escaped);
+                    text.insert(escape_at, b'\\');
+                    let mut json = b"x\"".to_vec();
+                    json.extend_from_slice(&text);
+                    json.extend_from_slice(b"\"y\"");
+                    assert_eq!(string_end(&json, 1), walk(&json, 1), "{json:?}");
+                    assert_eq!(string_end(&json, 1), Some(json.len() - 2));
+                    let unterminated = &json[..json.len() - 3];
+                    assert_eq!(string_end(unterminated, 1), None, "{unterminated:?}");
+                }
+            }
+        }
     }
 
     #[test]
