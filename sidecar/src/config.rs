@@ -191,19 +191,23 @@ impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for UrlPa
     }
 }
 
+/// A map keyed by model name. These are looked up on every request, so they hash with
+/// foldhash (seeded per process, like the metrics' label sets) rather than SipHash.
+pub type ModelMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// The validated runtime configuration. Swapped whole on reload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Requested model -> model sent upstream (exact names, one step, no chains).
-    pub aliases: HashMap<String, String>,
+    pub aliases: ModelMap<String>,
     /// Model -> models tried in order once its retries are exhausted.
-    pub fallbacks: HashMap<String, Vec<String>>,
+    pub fallbacks: ModelMap<Vec<String>>,
     /// Retry policy.
     pub retry: RetryConfig,
     /// Local rate limit; `None` fields mean no limit.
     pub rate_limit: RateLimitConfig,
     /// USD per 1M tokens, keyed by model name.
-    pub prices: HashMap<String, Price>,
+    pub prices: ModelMap<Price>,
     /// Request size and connection limits.
     pub limits: Limits,
     /// Spend budgets, in file order (empty: no budget).
@@ -318,7 +322,7 @@ impl Default for Config {
         let own = |(a, b): (&str, &str)| (a.to_owned(), b.to_owned());
         Self {
             aliases: DEFAULT_ALIASES.into_iter().map(own).collect(),
-            fallbacks: HashMap::new(),
+            fallbacks: ModelMap::default(),
             retry: RetryConfig::default(),
             rate_limit: RateLimitConfig::default(),
             prices: DEFAULT_PRICES

@@ -10,7 +10,7 @@
 //! not a JSON object, has no `model` string, or repeats the `model` key is left alone:
 //! the upstream decides what to answer.
 
-use std::collections::HashMap;
+use crate::config::ModelMap;
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
@@ -83,7 +83,7 @@ fn find_model_whole(body: &[u8]) -> Option<ModelField> {
 }
 
 /// The alias target for `model`, if the table has one that changes it.
-pub fn resolve_alias<'a>(aliases: &'a HashMap<String, String>, model: &str) -> Option<&'a str> {
+pub fn resolve_alias<'a>(aliases: &'a ModelMap<String>, model: &str) -> Option<&'a str> {
     aliases
         .get(model)
         .map(String::as_str)
@@ -91,7 +91,7 @@ pub fn resolve_alias<'a>(aliases: &'a HashMap<String, String>, model: &str) -> O
 }
 
 /// The fallback models for `model`, in order (empty when none are configured).
-pub fn fallbacks_for<'a>(fallbacks: &'a HashMap<String, Vec<String>>, model: &str) -> &'a [String] {
+pub fn fallbacks_for<'a>(fallbacks: &'a ModelMap<Vec<String>>, model: &str) -> &'a [String] {
     fallbacks.get(model).map(Vec::as_slice).unwrap_or(&[])
 }
 
@@ -115,7 +115,7 @@ pub fn set_model(body: &[u8], field: &ModelField, model: &str) -> (Bytes, ModelF
 }
 
 /// Applies the alias table to a JSON request body.
-pub fn remap(body: Bytes, aliases: &HashMap<String, String>) -> Remapped {
+pub fn remap(body: Bytes, aliases: &ModelMap<String>) -> Remapped {
     let Some(field) = find_model(&body) else {
         return Remapped {
             body,
@@ -145,7 +145,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn aliases() -> HashMap<String, String> {
+    fn aliases() -> ModelMap<String> {
         Config::default().aliases
     }
 
@@ -198,7 +198,7 @@ mod tests {
 
     #[test]
     fn escaped_names_are_decoded_and_targets_escaped() {
-        let mut table = HashMap::new();
+        let mut table = ModelMap::default();
         table.insert("a/b".to_owned(), "say \"hi\"".to_owned());
         let out = remap(Bytes::from_static(br#"{"model":"a\/b"}"#), &table);
         assert_eq!(&out.body[..], br#"{"model":"say \"hi\""}"#);
@@ -227,7 +227,7 @@ mod tests {
 
     #[test]
     fn self_alias_means_no_rewrite() {
-        let mut table = HashMap::new();
+        let mut table = ModelMap::default();
         table.insert("gpt-4".to_owned(), "gpt-4".to_owned());
         assert_eq!(resolve_alias(&table, "gpt-4"), None);
     }
@@ -239,7 +239,7 @@ mod tests {
         let (b2, f2) = set_model(body, &field, "deepseek-chat-v3-0324");
         let (b3, _) = set_model(&b2, &f2, "x");
         assert_eq!(&b3[..], br#"{"model":"x","stream":true}"#);
-        let mut fb = HashMap::new();
+        let mut fb = ModelMap::default();
         fb.insert("gpt-4.1".to_owned(), vec!["d".to_owned()]);
         assert_eq!(fallbacks_for(&fb, "gpt-4.1"), ["d".to_owned()]);
         assert!(fallbacks_for(&fb, "other").is_empty());

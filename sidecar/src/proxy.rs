@@ -330,13 +330,7 @@ fn blame_client_body(err: ProxyError, read_failure: Option<&ReadFailure>) -> Pro
 
 /// `application/json` or any `+json` media type.
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let essence = ct.split(';').next().unwrap_or("").trim();
+    let essence = usage::media_type(headers);
     essence.eq_ignore_ascii_case("application/json")
         || essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case("+json")
 }

@@ -131,7 +131,7 @@ impl FileConfig {
                     }
                 }
             }
-            cfg.fallbacks = fallbacks;
+            cfg.fallbacks = fallbacks.into_iter().collect();
         }
         if let Some(r) = self.retry {
             let d = &mut cfg.retry;

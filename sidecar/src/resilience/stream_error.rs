@@ -24,11 +24,7 @@ use crate::error::{BoxError, ErrorChain, ProxyError};
 
 /// True when the response is `text/event-stream`.
 pub fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("text/event-stream"))
+    crate::usage::media_type(headers).eq_ignore_ascii_case("text/event-stream")
 }
 
 pin_project! {

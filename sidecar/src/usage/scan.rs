@@ -143,8 +143,9 @@ pub(crate) fn each_member<'a>(
             return None;
         }
         let key_start = i + 1;
-        let key_end = string_end(json, i)? - 1;
-        if json[key_start..key_end].contains(&b'\\') {
+        let key_end = next_quote_or_backslash(json, key_start)?;
+        if json[key_end] != b'"' {
+            // An escaped key: serde's to decode.
             return None;
         }
         i = skip_ws(json, key_end + 1);

@@ -372,3 +372,24 @@ fn stream_end_of_an_error() {
         StreamEnd::Error
     );
 }
+
+#[test]
+fn media_type_is_the_content_type_before_its_parameters() {
+    let of = |value: Option<&[u8]>| {
+        let mut headers = http::HeaderMap::new();
+        if let Some(v) = value {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        media_type(&headers).to_owned()
+    };
+    assert_eq!(of(Some(b"application/json")), "application/json");
+    assert_eq!(of(Some(b" text/event-stream ; charset=utf-8")), "text/event-stream");
+    assert_eq!(of(Some(b"Application/JSON;")), "Application/JSON");
+    assert_eq!(of(Some(b";x=1")), "");
+    assert_eq!(of(None), "");
+    // Not visible ASCII: treated as no media type.
+    assert_eq!(of(Some(b"text/\xe9vent")), "");
+}
