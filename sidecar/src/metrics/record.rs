@@ -272,14 +272,20 @@ impl Metrics {
     fn series(&self, rec: &RequestRecord<'_>) -> RequestSeries {
         let models = &self.0.models;
         let model = models.label(rec.upstream_model);
+        // Usually the three names are one: each is looked up only when it differs.
         let response = match rec.response_model {
-            Some(m) => models.label(Some(m)),
-            None => model.clone(),
+            Some(m) if Some(m) != rec.upstream_model => models.label(Some(m)),
+            _ => model.clone(),
+        };
+        let requested = if rec.requested_model == rec.upstream_model {
+            model.clone()
+        } else {
+            models.label(rec.requested_model)
         };
         let key = SeriesKey {
             route: rec.route,
             status: rec.status,
-            requested: models.label(rec.requested_model),
+            requested,
             model,
             response,
         };

@@ -6,9 +6,9 @@
 //!
 //! Only time the sidecar spends waiting on the upstream counts: the clock starts when
 //! the body is polled and has nothing, so a slow client (which stops polling) never
-//! makes the upstream look idle. The timer is moved lazily, when it fires before the
-//! current wait's end, instead of on every frame: a busy stream costs one clock read per
-//! frame and no timer work.
+//! makes the upstream look idle. The timer is made at the first wait and moved lazily,
+//! when it fires before the current wait's end, instead of on every frame: a busy stream
+//! costs one clock read per wait and no timer work, and a body that never waits none.
 //!
 //! Not here: the time to the response headers (the attempt timeout of `retry`).
 
@@ -28,8 +28,10 @@ pin_project! {
     pub struct IdleTimeout<B> {
         #[pin]
         inner: B,
+        // Made at the first wait: a body whose frames are always ready (most of them,
+        // read with the headers) never touches the clock or the timer wheel.
         #[pin]
-        timer: Sleep,
+        timer: Option<Sleep>,
         limit: Duration,
         // When the current wait for a frame began; `None` right after a frame.
         waiting_since: Option<Instant>,
@@ -42,7 +44,7 @@ impl<B> IdleTimeout<B> {
     pub fn new(inner: B, limit: Duration) -> Self {
         Self {
             inner,
-            timer: tokio::time::sleep(limit),
+            timer: None,
             limit,
             waiting_since: None,
             fired: false,
@@ -65,25 +67,31 @@ where
         if *this.fired {
             return Poll::Ready(None);
         }
-        let since = *this.waiting_since.get_or_insert_with(Instant::now);
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             *this.waiting_since = None;
             return Poll::Ready(frame);
         }
+        let since = *this.waiting_since.get_or_insert_with(Instant::now);
         // A limit too far to represent never ends a body.
         let Some(deadline) = since.checked_add(*this.limit) else {
+            return Poll::Pending;
+        };
+        if this.timer.is_none() {
+            this.timer.set(Some(tokio::time::sleep_until(deadline)));
+        }
+        let Some(mut timer) = this.timer.as_pin_mut() else {
             return Poll::Pending;
         };
         // The timer is armed for this wait or an earlier one, never later than `deadline`
         // (waits only start later): when it fires early, move it on and wait again.
         loop {
-            if this.timer.as_mut().poll(cx).is_pending() {
+            if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            if this.timer.deadline() >= deadline {
+            if timer.deadline() >= deadline {
                 break;
             }
-            this.timer.as_mut().reset(deadline);
+            timer.as_mut().reset(deadline);
         }
         *this.fired = true;
         let error = ProxyError::StreamIdle { after: *this.limit };
