@@ -12,6 +12,7 @@
 
 use crate::config::ModelMap;
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -20,8 +21,9 @@ use serde_json::value::RawValue;
 /// The `model` field found in a request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelField {
-    /// The decoded model name.
-    pub name: String,
+    /// The decoded model name, shared by the steps that follow it (metrics, retries,
+    /// fallbacks) without a copy each.
+    pub name: Arc<str>,
     /// Byte range of the JSON string (quotes included) in the body.
     pub span: Range<usize>,
 }
@@ -32,7 +34,7 @@ pub struct Remapped {
     /// The body to send (the original bytes when unchanged).
     pub body: Bytes,
     /// The model the client asked for, when the body names one.
-    pub requested: Option<String>,
+    pub requested: Option<Arc<str>>,
     /// The model sent upstream (equal to `requested` when no alias applied).
     pub sent: Option<ModelField>,
 }
@@ -69,7 +71,12 @@ pub fn find_model(body: &[u8]) -> Option<ModelField> {
 /// The model named by `raw`, a value inside `body`, and its span; `None` when it is not
 /// a string.
 fn model_field(body: &[u8], raw: &[u8]) -> Option<ModelField> {
-    let name: String = serde_json::from_slice(raw).ok()?;
+    // Borrowed when the name has no escapes (one allocation, for the `Arc`), decoded
+    // otherwise.
+    let name: Arc<str> = match serde_json::from_slice::<&str>(raw) {
+        Ok(name) => name.into(),
+        Err(_) => serde_json::from_slice::<String>(raw).ok()?.into(),
+    };
     // `raw` borrows from `body`, so its address gives its offset in the body.
     let start = (raw.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
     let span = start..start + raw.len();
@@ -108,7 +115,7 @@ pub fn set_model(body: &[u8], field: &ModelField, model: &str) -> (Bytes, ModelF
     (
         out.freeze(),
         ModelField {
-            name: model.to_owned(),
+            name: model.into(),
             span,
         },
     )
@@ -157,7 +164,7 @@ mod tests {
         assert_eq!(&out.body[..], &want[..]);
         assert_eq!(out.requested.as_deref(), Some("gpt-4"));
         let sent = out.sent.unwrap();
-        assert_eq!(sent.name, "gpt-4.1");
+        assert_eq!(&*sent.name, "gpt-4.1");
         assert_eq!(&out.body[sent.span], br#""gpt-4.1""#);
     }
 
@@ -221,7 +228,7 @@ mod tests {
         }
         assert_eq!(
             find_model(br#"{"mod\u0065l":"escaped-key"}"#).map(|f| f.name),
-            Some("escaped-key".to_owned())
+            Some("escaped-key".into())
         );
     }
 

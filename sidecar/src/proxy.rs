@@ -119,8 +119,8 @@ async fn forward(
     };
     let reservation = reservation.reservation;
     meter.set_models(
-        requested.as_deref(),
-        model.as_ref().map(|m| m.name.as_str()),
+        requested.clone(),
+        model.as_ref().map(|m| Arc::clone(&m.name)),
     );
     let (body, model) = ask_for_usage(body, model, meter);
     let tokens = state.resilience.admit(config, &body)?;
@@ -337,7 +337,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// Step: rewrite the JSON `model` through the alias table; returns the model sent and
 /// the one the client asked for.
-fn remap_model(body: OutBody, config: &Config) -> (OutBody, Option<ModelField>, Option<String>) {
+fn remap_model(body: OutBody, config: &Config) -> (OutBody, Option<ModelField>, Option<Arc<str>>) {
     match body {
         OutBody::Buffered(bytes) => {
             let remapped = models::remap(bytes, &config.aliases);
@@ -409,11 +409,11 @@ async fn check_budgets(
         OutBody::Streamed(_) => None,
     };
     let admission = budgets
-        .admit_shared(config, model.as_ref().map(|m| m.name.as_str()), json)
+        .admit_shared(config, model.as_ref().map(|m| &*m.name), json)
         .await?;
     let reservation = admission.reservation;
     match (admission.downgrade_to, body, model) {
-        (Some(to), OutBody::Buffered(bytes), Some(field)) if field.name != to => {
+        (Some(to), OutBody::Buffered(bytes), Some(field)) if *field.name != *to => {
             tracing::info!(from = %field.name, to = %to, "budget spent: model downgraded");
             let (bytes, field) = models::set_model(&bytes, &field, &to);
             let downgraded = true;

@@ -23,6 +23,8 @@ mod stream_idle;
 pub use stream_error::{SseErrorTail, is_event_stream};
 pub use stream_idle::IdleTimeout;
 
+use std::sync::Arc;
+
 use crate::upstream::UpstreamIncoming;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response};
@@ -62,7 +64,7 @@ pub struct Answer {
     pub response: Response<UpstreamIncoming>,
     /// The model this response came from (after aliases and fallbacks), when the request
     /// named one.
-    pub model: Option<String>,
+    pub model: Option<Arc<str>>,
     /// True when the sidecar stopped retrying (the answer is a failure it gave up on).
     pub gave_up: bool,
 }
@@ -116,11 +118,7 @@ impl Resilience {
                 requested.unwrap_or(&field.name),
                 &field.name,
                 |m| config.fallbacks.get(m).map(Vec::as_slice),
-                |m| {
-                    models::resolve_alias(&config.aliases, m)
-                        .unwrap_or(m)
-                        .to_owned()
-                },
+                |m| models::resolve_alias(&config.aliases, m).unwrap_or(m),
             )
         });
         // A fallback to a model the `models` lists refuse is skipped, never sent.
@@ -184,7 +182,7 @@ impl Resilience {
                     plan.commit();
                     return result.map(|response| Answer {
                         response,
-                        model: plan.take_model(tried),
+                        model: plan.shared_model(tried),
                         gave_up: false,
                     });
                 }
@@ -234,7 +232,7 @@ impl Resilience {
                     return match result {
                         Ok(response) => Ok(Answer {
                             response,
-                            model: plan.take_model(tried),
+                            model: plan.shared_model(tried),
                             gave_up: true,
                         }),
                         Err(last) => Err(gave_up(reason, config, &outgoing.uri, attempts, last)),

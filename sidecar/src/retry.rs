@@ -93,7 +93,7 @@ pub enum Decision {
     /// Abandon the current model and try this one now.
     Fallback {
         /// The next model of the chain, to write into the request's `model` field.
-        model: String,
+        model: Arc<str>,
         /// Why the previous model was abandoned.
         reason: GiveUpReason,
     },
@@ -140,7 +140,7 @@ impl GiveUpReason {
 pub struct RequestRetry<'a> {
     policy: &'a RetryConfig,
     budget: Arc<RetryBudget>,
-    chain: Vec<String>,
+    chain: Vec<Arc<str>>,
     model_index: usize,
     attempt: u32,
     deadline: Instant,
@@ -155,7 +155,7 @@ impl<'a> RequestRetry<'a> {
     pub fn new(
         policy: &'a RetryConfig,
         budget: Arc<RetryBudget>,
-        chain: Vec<String>,
+        chain: Vec<Arc<str>>,
         replayable: bool,
         now: Instant,
     ) -> Self {
@@ -176,7 +176,7 @@ impl<'a> RequestRetry<'a> {
     /// The model the next attempt goes to (`None` when the chain was empty, which
     /// means "leave the request's model alone").
     pub fn model(&self) -> Option<&str> {
-        self.chain.get(self.model_index).map(String::as_str)
+        self.chain.get(self.model_index).map(AsRef::as_ref)
     }
 
     /// Where [`Self::model`] is in the chain: the model of the attempt about to be made,
@@ -187,13 +187,12 @@ impl<'a> RequestRetry<'a> {
 
     /// The model at `index` of the chain.
     pub fn model_at(&self, index: usize) -> Option<&str> {
-        self.chain.get(index).map(String::as_str)
+        self.chain.get(index).map(AsRef::as_ref)
     }
 
-    /// Hands over the model at `index` once the plan is done with it (the answer names
-    /// it); the chain keeps an empty name there.
-    pub fn take_model(&mut self, index: usize) -> Option<String> {
-        self.chain.get_mut(index).map(std::mem::take)
+    /// The model at `index`, shared (the answer names it).
+    pub fn shared_model(&self, index: usize) -> Option<Arc<str>> {
+        self.chain.get(index).cloned()
     }
 
     /// The outcome of a response under this plan's policy. Its retry hints are read only
@@ -320,16 +319,16 @@ impl<'a> RequestRetry<'a> {
 /// the client sent), so either spelling may be used as the key in the config.
 pub fn fallback_chain<'a>(
     requested: &str,
-    model: &str,
+    model: &Arc<str>,
     fallbacks_of: impl Fn(&str) -> Option<&'a [String]>,
-    resolve: impl Fn(&str) -> String,
-) -> Vec<String> {
-    let mut chain = vec![model.to_owned()];
+    resolve: impl Fn(&'a str) -> &'a str,
+) -> Vec<Arc<str>> {
+    let mut chain = vec![Arc::clone(model)];
     let listed = fallbacks_of(model).or_else(|| fallbacks_of(requested));
     for next in listed.unwrap_or_default() {
         let next = resolve(next);
-        if !chain.contains(&next) {
-            chain.push(next);
+        if !chain.iter().any(|m| **m == *next) {
+            chain.push(next.into());
         }
     }
     chain

@@ -34,8 +34,8 @@ pub struct RequestMeter {
     client_request_id: Option<String>,
     route: Route,
     started: Instant,
-    requested_model: Option<String>,
-    upstream_model: Option<String>,
+    requested_model: Option<Arc<str>>,
+    upstream_model: Option<Arc<str>>,
     stream_usage: StreamUsage,
     attempts: u32,
     on_tokens: Option<TokensHook>,
@@ -102,15 +102,15 @@ impl RequestMeter {
     }
 
     /// The model the client asked for and the one sent upstream.
-    pub fn set_models(&mut self, requested: Option<&str>, upstream: Option<&str>) {
-        self.requested_model = requested.map(str::to_owned);
-        self.upstream_model = upstream.map(str::to_owned);
+    pub fn set_models(&mut self, requested: Option<Arc<str>>, upstream: Option<Arc<str>>) {
+        self.requested_model = requested;
+        self.upstream_model = upstream;
     }
 
     /// A fallback switched the upstream model (the same name again changes nothing).
-    pub fn set_upstream_model(&mut self, upstream: &str) {
-        if self.upstream_model.as_deref() != Some(upstream) {
-            self.upstream_model = Some(upstream.to_owned());
+    pub fn set_upstream_model(&mut self, upstream: &Arc<str>) {
+        if self.upstream_model.as_deref() != Some(&**upstream) {
+            self.upstream_model = Some(Arc::clone(upstream));
         }
     }
 
@@ -321,8 +321,8 @@ mod tests {
         let metrics = Metrics::register(&mut registry);
         let mut meter = RequestMeter::start(&metrics, "/v1/embeddings", &HeaderMap::new());
         meter.set_models(
-            Some("text-embedding-3-small"),
-            Some("text-embedding-3-small"),
+            Some("text-embedding-3-small".into()),
+            Some("text-embedding-3-small".into()),
         );
         meter.set_attempts(1);
         let mut config = Config::default();
@@ -367,7 +367,7 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let mut meter = RequestMeter::start(&metrics, "/v1/chat/completions", &HeaderMap::new());
-        meter.set_models(Some("gpt-4"), Some("gpt-4.1"));
+        meter.set_models(Some("gpt-4".into()), Some("gpt-4.1".into()));
         meter.set_attempts(2);
         let settled = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
         let hook = Arc::clone(&settled);

@@ -67,7 +67,7 @@ async fn per_request(n: u32, metered: bool, sse: bool, metrics: &Metrics) -> Dur
             let resp = response(body, "text/event-stream");
             if metered {
                 let mut meter = RequestMeter::start(metrics, "/v1/chat/completions", &headers);
-                meter.set_models(Some("gpt-4"), Some("gpt-4.1"));
+                meter.set_models(Some("gpt-4".into()), Some("gpt-4.1".into()));
                 meter.set_stream_usage(StreamUsage::Injected);
                 read(meter.finish(resp, Arc::clone(&config)).into_body()).await;
             } else {
@@ -80,7 +80,7 @@ async fn per_request(n: u32, metered: bool, sse: bool, metrics: &Metrics) -> Dur
             );
             if metered {
                 let mut meter = RequestMeter::start(metrics, "/v1/chat/completions", &headers);
-                meter.set_models(Some("gpt-4"), Some("gpt-4.1"));
+                meter.set_models(Some("gpt-4".into()), Some("gpt-4.1".into()));
                 read(meter.finish(resp, Arc::clone(&config)).into_body()).await;
             } else {
                 read(resp.into_body()).await;

@@ -26,8 +26,8 @@ fn generous() -> Arc<RetryBudget> {
     Arc::new(RetryBudget::new(1000.0))
 }
 
-fn chain(models: &[&str]) -> Vec<String> {
-    models.iter().map(|m| (*m).to_owned()).collect()
+fn chain(models: &[&str]) -> Vec<Arc<str>> {
+    models.iter().map(|&m| m.into()).collect()
 }
 
 fn status(code: u16) -> Outcome {
@@ -116,7 +116,7 @@ fn exhausted_model_falls_back_in_order_with_fresh_attempts() {
     retry.decide(status(500), now, &mut rng);
     retry.decide(status(500), now, &mut rng);
     assert!(
-        matches!(retry.decide(status(500), now, &mut rng), Decision::Fallback { ref model, .. } if model == "c")
+        matches!(retry.decide(status(500), now, &mut rng), Decision::Fallback { ref model, .. } if &**model == "c")
     );
     retry.decide(status(500), now, &mut rng);
     retry.decide(status(500), now, &mut rng);
@@ -377,28 +377,30 @@ fn fallback_chains() {
     let fallbacks: std::collections::BTreeMap<String, Vec<String>> = [
         (
             "gpt-4.1".to_owned(),
-            chain(&["deepseek", "gpt-4.1", "flash", "deepseek-chat-v3-0324"]),
+            ["deepseek", "gpt-4.1", "flash", "deepseek-chat-v3-0324"]
+                .map(String::from)
+                .to_vec(),
         ),
-        ("my-alias".to_owned(), chain(&["x"])),
+        ("my-alias".to_owned(), vec!["x".to_owned()]),
     ]
     .into();
     let lookup = |m: &str| fallbacks.get(m).map(Vec::as_slice);
-    let resolve = |m: &str| match m {
-        "deepseek" => "deepseek-chat-v3-0324".to_owned(),
-        "flash" => "gemini-2.0-flash".to_owned(),
-        other => other.to_owned(),
+    let resolve = |m| match m {
+        "deepseek" => "deepseek-chat-v3-0324",
+        "flash" => "gemini-2.0-flash",
+        other => other,
     };
     assert_eq!(
-        fallback_chain("gpt-4", "gpt-4.1", lookup, resolve),
+        fallback_chain("gpt-4", &"gpt-4.1".into(), lookup, resolve),
         chain(&["gpt-4.1", "deepseek-chat-v3-0324", "gemini-2.0-flash"]),
         "aliases resolved, repeats and the model itself dropped"
     );
     assert_eq!(
-        fallback_chain("my-alias", "real", lookup, resolve),
+        fallback_chain("my-alias", &"real".into(), lookup, resolve),
         chain(&["real", "x"])
     );
     assert_eq!(
-        fallback_chain("none", "none", lookup, resolve),
+        fallback_chain("none", &"none".into(), lookup, resolve),
         chain(&["none"])
     );
 }

@@ -386,7 +386,10 @@ fn media_type_is_the_content_type_before_its_parameters() {
         media_type(&headers).to_owned()
     };
     assert_eq!(of(Some(b"application/json")), "application/json");
-    assert_eq!(of(Some(b" text/event-stream ; charset=utf-8")), "text/event-stream");
+    assert_eq!(
+        of(Some(b" text/event-stream ; charset=utf-8")),
+        "text/event-stream"
+    );
     assert_eq!(of(Some(b"Application/JSON;")), "Application/JSON");
     assert_eq!(of(Some(b";x=1")), "");
     assert_eq!(of(None), "");

@@ -62,7 +62,7 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let p = RetryConfig { max_attempts, ..policy() };
-        let names: Vec<String> = (0..models).map(|i| format!("m{i}")).collect();
+        let names: Vec<Arc<str>> = (0..models).map(|i| format!("m{i}").into()).collect();
         let start = Instant::now();
         let mut retry = RequestRetry::new(&p, generous(), names.clone(), true, start);
         let mut rng = StdRng::seed_from_u64(seed);
