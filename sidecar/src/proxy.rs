@@ -19,8 +19,8 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -133,7 +133,7 @@ async fn forward(
         meter.on_cost(move |usd| reservation.settle(usd));
     }
     let filter_models = meter.route() == Route::Models && config.models.is_active();
-    let mut headers = set_key(parts.headers, &key, &body);
+    let mut headers = set_key(parts.headers, &key, &body, state.upstream.host_header());
     if filter_models {
         // The list is read and filtered here: ask for it uncompressed.
         headers.remove(header::ACCEPT_ENCODING);
@@ -307,13 +307,40 @@ async fn bound_body(
             Some(failure),
         ));
     }
-    match Limited::new(body, limit_usize).collect().await {
-        Ok(collected) => Ok((OutBody::Buffered(collected.to_bytes()), None)),
+    match read_whole(Limited::new(body, limit_usize)).await {
+        Ok(bytes) => Ok((OutBody::Buffered(bytes), None)),
         Err(e) if e.is::<LengthLimitError>() => Err(ProxyError::BodyTooLarge { limit }),
         Err(e) => Err(ProxyError::BodyUnreadable {
             reason: crate::upstream::describe_read_error(&*e),
         }),
     }
+}
+
+/// A body's data read to its end: one frame (a JSON request's usual shape) is kept as it
+/// is, several are joined. `collect` would queue the frames in a list allocated per body.
+async fn read_whole<B>(body: B) -> Result<Bytes, B::Error>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        // Trailers carry no body bytes.
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            held => {
+                if let Some(held) = held {
+                    joined.extend_from_slice(&held);
+                }
+                joined.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| joined.freeze()))
 }
 
 /// A send that failed because the client's own streamed body broke (bad chunked
@@ -454,8 +481,9 @@ fn ask_for_usage(
     }
 }
 
-/// Step: drop hop-by-hop headers, Host, `Expect` and every client key header; add our key.
-fn set_key(mut headers: HeaderMap, key: &ApiKey, body: &OutBody) -> HeaderMap {
+/// Step: drop hop-by-hop headers, `Expect` and every client key header; add our key and
+/// the upstream's `Host`.
+fn set_key(mut headers: HeaderMap, key: &ApiKey, body: &OutBody, host: &HeaderValue) -> HeaderMap {
     remove_connection_named(&mut headers);
     // JSON answers are read by the usage tap, so ask for them uncompressed.
     let buffered = matches!(body, OutBody::Buffered(_));
@@ -473,6 +501,10 @@ fn set_key(mut headers: HeaderMap, key: &ApiKey, body: &OutBody) -> HeaderMap {
         }
     }
     headers.insert(header::AUTHORIZATION, key.authorization());
+    // Set here, where the client's was removed (its slot is free), rather than on each
+    // attempt's copy, whose map is full: that insert reallocated the map per request.
+    // HTTP/2 leaves it out (`:authority` says it).
+    headers.insert(header::HOST, host.clone());
     headers
 }
 
@@ -571,6 +603,32 @@ fn stream_back(resp: Response<UpstreamIncoming>) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_body_read_whole_keeps_one_frame_and_joins_several() {
+        use http_body::Frame;
+        let body = |frames: Vec<Result<Frame<Bytes>, &'static str>>| {
+            http_body_util::StreamBody::new(futures_util::stream::iter(frames))
+        };
+        let one = Bytes::from_static(b"{\"model\":\"m\"}");
+        let read = read_whole(body(vec![Ok(Frame::data(one.clone()))]))
+            .await
+            .unwrap();
+        assert_eq!(read.as_ptr(), one.as_ptr(), "one frame is not copied");
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-t", HeaderValue::from_static("1"));
+        let frames = vec![
+            Ok(Frame::data(Bytes::new())),
+            Ok(Frame::data(Bytes::from_static(b"ab"))),
+            Ok(Frame::data(Bytes::from_static(b"c"))),
+            Ok(Frame::trailers(trailers)),
+            Ok(Frame::data(Bytes::from_static(b"d"))),
+        ];
+        assert_eq!(read_whole(body(frames)).await.unwrap(), "abcd");
+        assert_eq!(read_whole(body(vec![])).await.unwrap(), "");
+        let failed = vec![Ok(Frame::data(Bytes::from_static(b"a"))), Err("cut")];
+        assert_eq!(read_whole(body(failed)).await.unwrap_err(), "cut");
+    }
 
     #[test]
     fn routes_onto_the_upstream_base_with_the_query_kept() {
@@ -691,7 +749,7 @@ mod tests {
             for v in values {
                 h.append(header::CONTENT_LENGTH, v.parse().unwrap());
             }
-            set_key(h, &key, &body)
+            set_key(h, &key, &body, &HeaderValue::from_static("up"))
         };
         assert_eq!(with(&["13"])[header::CONTENT_LENGTH], "13");
         // Remapped body (other length), duplicates or garbage: removed, hyper sets it.
@@ -714,13 +772,15 @@ mod tests {
         h.insert(header::HOST, "127.0.0.1:8080".parse().unwrap());
         h.insert(header::CONTENT_LENGTH, "10".parse().unwrap());
         h.insert("x-custom", "kept".parse().unwrap());
-        let out = set_key(h, &key, &OutBody::Buffered(Bytes::new()));
+        let up = HeaderValue::from_static("api.holysheep.ai");
+        let out = set_key(h, &key, &OutBody::Buffered(Bytes::new()), &up);
         assert_eq!(out.get_all(header::AUTHORIZATION).iter().count(), 1);
         assert_eq!(out[header::AUTHORIZATION], "Bearer sk-real");
         assert!(out[header::AUTHORIZATION].is_sensitive());
-        for gone in ["api-key", "x-api-key", "host", "content-length"] {
+        for gone in ["api-key", "x-api-key", "content-length"] {
             assert!(!out.contains_key(gone), "{gone}");
         }
+        assert_eq!(out.get_all(header::HOST).iter().collect::<Vec<_>>(), [&up]);
         assert_eq!(out["x-custom"], "kept");
     }
 
@@ -745,9 +805,11 @@ mod tests {
             h.insert("openai-beta", "assistants=v2".parse().unwrap());
             h
         };
-        let buffered = set_key(headers, &key, &OutBody::Buffered(Bytes::new()));
+        let up = HeaderValue::from_static("up");
+        let buffered = set_key(headers, &key, &OutBody::Buffered(Bytes::new()), &up);
         let names: Vec<&str> = buffered.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(buffered[header::HOST], "up");
         assert_eq!(buffered["openai-beta"], "assistants=v2");
         assert_eq!(buffered[header::AUTHORIZATION], "Bearer sk-real");
     }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri};
+use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -282,6 +282,11 @@ impl Upstream {
     /// The base URL.
     pub fn base(&self) -> &UpstreamBase {
         &self.base
+    }
+
+    /// The `Host` header of a request to the upstream.
+    pub fn host_header(&self) -> &HeaderValue {
+        self.pool.host_header()
     }
 
     /// `<upstream>/<rest>?<query>` for a client path `/v1/<rest>`; `rest` starts with `/`.

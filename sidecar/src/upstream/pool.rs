@@ -232,6 +232,11 @@ impl Pool {
         }
     }
 
+    /// The upstream's `Host` value (the port only when not the scheme's default).
+    pub(super) fn host_header(&self) -> &HeaderValue {
+        &self.host_header
+    }
+
     fn checkin(&self, tx: http1::SendRequest<UpstreamBody>) {
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         // Past the cap the sender is dropped: hyper closes the connection once its
@@ -284,8 +289,10 @@ impl Pool {
 /// absolute: it becomes `:scheme` and `:authority`.
 async fn send_h2(
     tx: &mut http2::SendRequest<UpstreamBody>,
-    req: Request<UpstreamBody>,
+    mut req: Request<UpstreamBody>,
 ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<UpstreamBody>>> {
+    // `:authority` carries the host; a `Host` field beside it is redundant.
+    req.headers_mut().remove(header::HOST);
     if tx.ready().await.is_err() {
         // Closed while idle: hand the request back unsent, like `try_send_request` does.
         return tx.try_send_request(req).await;
