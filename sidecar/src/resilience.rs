@@ -74,15 +74,15 @@ impl Answer {
     /// response going to the client.
     pub fn mark<B>(model: Option<&str>, gave_up: bool, response: &mut Response<B>) {
         let headers = response.headers_mut();
-        // `HeaderName::from_static`: a `&str` name would be copied into a new allocation.
+        // Names built at compile time: a `&str` name would be copied into an allocation,
+        // and `from_static` outside a const checks its bytes on every call.
+        static MODEL: HeaderName = HeaderName::from_static(X_HOLYSHEEP_MODEL);
+        static SHOULD_RETRY: HeaderName = HeaderName::from_static(X_SHOULD_RETRY);
         if let Some(value) = model.and_then(|m| HeaderValue::from_str(m).ok()) {
-            headers.insert(HeaderName::from_static(X_HOLYSHEEP_MODEL), value);
+            headers.insert(MODEL.clone(), value);
         }
         if gave_up {
-            headers.insert(
-                HeaderName::from_static(X_SHOULD_RETRY),
-                HeaderValue::from_static("false"),
-            );
+            headers.insert(SHOULD_RETRY.clone(), HeaderValue::from_static("false"));
         }
     }
 }
