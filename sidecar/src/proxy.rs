@@ -489,7 +489,7 @@ fn set_key(mut headers: HeaderMap, key: &ApiKey, body: &OutBody, host: &HeaderVa
     let buffered = matches!(body, OutBody::Buffered(_));
     remove_where(&mut headers, |name| {
         is_hop_by_hop(name)
-            || is_host_or_client_key(name)
+            || is_client_key(name)
             || name == "expect"
             || (buffered && name == "accept-encoding")
     });
@@ -501,17 +501,16 @@ fn set_key(mut headers: HeaderMap, key: &ApiKey, body: &OutBody, host: &HeaderVa
         }
     }
     headers.insert(header::AUTHORIZATION, key.authorization());
-    // Set here, where the client's was removed (its slot is free), rather than on each
+    // Set here, over the client's own (no removal, no growth), rather than on each
     // attempt's copy, whose map is full: that insert reallocated the map per request.
     // HTTP/2 leaves it out (`:authority` says it).
     headers.insert(header::HOST, host.clone());
     headers
 }
 
-/// Host (hyper writes the upstream's) and the client key headers (ours replaces them):
-/// never forwarded.
-fn is_host_or_client_key(name: &str) -> bool {
-    matches!(name, "host" | "api-key" | "x-api-key")
+/// The client key headers (ours replaces them): never forwarded.
+fn is_client_key(name: &str) -> bool {
+    matches!(name, "api-key" | "x-api-key")
 }
 
 /// Whether `headers` carry exactly one `Content-Length`, equal to `len`.

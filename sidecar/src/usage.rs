@@ -190,8 +190,12 @@ fn walk_raw_usage(object: &[u8]) -> Option<RawUsage> {
         let count = match value {
             b"null" => None,
             // JSON allows no leading zero; anything but digits is left to serde.
+            // Folded digit by digit (no UTF-8 check, no generic parse); past u64 it is
+            // serde's to refuse.
             [b'1'..=b'9', rest @ ..] if rest.iter().all(u8::is_ascii_digit) => {
-                Some(std::str::from_utf8(value).ok()?.parse().ok()?)
+                Some(value.iter().try_fold(0_u64, |n, d| {
+                    n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+                })?)
             }
             b"0" => Some(0),
             _ => return None,

@@ -67,7 +67,10 @@ pub(super) async fn tunnel(
     let protocol = parts.headers.get(header::UPGRADE).cloned();
     let mut headers = parts.headers;
     super::strip_hop_by_hop(&mut headers);
-    super::remove_where(&mut headers, super::is_host_or_client_key);
+    // hyper-util's client writes the upstream's Host.
+    super::remove_where(&mut headers, |name| {
+        name == "host" || super::is_client_key(name)
+    });
     headers.insert(header::AUTHORIZATION, key.authorization());
     // Hop-by-hop headers are gone; an upgrade needs these two back.
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
