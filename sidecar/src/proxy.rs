@@ -17,6 +17,7 @@
 //! the SSE error tail (which turns a failed event stream into a final error event).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
@@ -33,7 +34,7 @@ use crate::metrics::{Metrics, RateLimitKind, RequestMeter, Route};
 use crate::models::{self, ModelField};
 use crate::resilience::{Answer, IdleTimeout, Resilience, SseErrorTail, is_event_stream};
 use crate::upstream::{ClientBody, ReadFailure, Upstream, UpstreamBody, UpstreamIncoming};
-use crate::usage::{self, StreamUsage};
+use crate::usage::{self, StreamUsage, UsageBody};
 
 mod target;
 mod upgrade;
@@ -58,8 +59,12 @@ pub struct AppState {
 /// The client path prefix that is forwarded.
 const ROUTE_PREFIX: &str = "/v1";
 
+/// The body of every proxied response: the SSE error tail around the usage tap around
+/// the answer (upstream or our own error); one box in all.
+pub type ProxyBody = SseErrorTail<UsageBody<ResponseBody>>;
+
 /// Handles one proxied request; never fails: errors become OpenAI-shaped responses.
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyBody> {
     let mut meter = RequestMeter::start(&state.metrics, req.uri().path(), req.headers());
     // One config for the whole request: a reload mid-request cannot mix two.
     let config = state.config.load_full();
@@ -82,7 +87,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Re
     // before this point (the client left) is recorded when `meter` drops.
     meter
         .finish(resp, config)
-        .map(|body| SseErrorTail::new(body, sse).boxed_unsync())
+        .map(|body| SseErrorTail::new(body, sse))
 }
 
 async fn forward(
@@ -97,7 +102,8 @@ async fn forward(
     let key = state.keys.current().ok_or(ProxyError::NoKey)?;
     if upgrade::requested(&parts.headers) {
         let timeout = config.retry.attempt_timeout;
-        return upgrade::tunnel(&state.upstream, parts, body, uri, &key, timeout).await;
+        let idle = config.limits.stream_idle_timeout;
+        return upgrade::tunnel(&state.upstream, parts, body, uri, &key, timeout, idle).await;
     }
     let buffer = buffers_body(&parts.method, &parts.headers, meter.route());
     let (body, read_failure) =
@@ -157,14 +163,14 @@ async fn forward(
     if let Some(model) = &answer.model {
         meter.set_upstream_model(model);
     }
+    let idle = config.limits.stream_idle_timeout;
     let mut resp = if filter_models {
-        filter_model_list(answer.response, config).await?
+        filter_model_list(answer.response, config, idle).await?
     } else {
-        stream_back(answer.response)
+        stream_back(answer.response, idle)
     };
     Answer::mark(answer.model.as_deref(), answer.gave_up, &mut resp);
-    let idle = config.limits.stream_idle_timeout;
-    Ok(resp.map(|body| IdleTimeout::new(body, idle).boxed_unsync()))
+    Ok(resp)
 }
 
 /// A request ready to go upstream (key set, model remapped).
@@ -396,12 +402,15 @@ fn check_model_allowed(config: &Config, model: Option<&ModelField>) -> Result<()
 async fn filter_model_list(
     resp: Response<UpstreamIncoming>,
     config: &Config,
+    idle: Duration,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if !resp.status().is_success() {
-        return Ok(stream_back(resp));
+        return Ok(stream_back(resp, idle));
     }
     let (mut parts, body) = resp.into_parts();
     let limit = usize::try_from(config.limits.max_body_bytes).unwrap_or(usize::MAX);
+    // Read whole here, so the idle limit guards the read.
+    let body = IdleTimeout::new(body.map_err(box_error), idle);
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(source) => return Err(ProxyError::UpstreamFailed { source }),
@@ -588,15 +597,22 @@ async fn send(
         .await
 }
 
-/// Step: stream the upstream response back unchanged but for hop-by-hop headers.
-/// The seam where the usage tap wraps the body (it must forward frames unchanged).
-fn stream_back(resp: Response<UpstreamIncoming>) -> Response<ResponseBody> {
+/// Step: stream the upstream response back unchanged but for hop-by-hop headers, ended
+/// if the upstream stays idle for `idle` (`limits.stream_idle_timeout`). The seam where
+/// the usage tap wraps the body (it must forward frames unchanged).
+fn stream_back(resp: Response<UpstreamIncoming>, idle: Duration) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // The client connection has its own version; hyper frames the body for it.
     parts.version = Version::HTTP_11;
-    let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
-    Response::from_parts(parts, body)
+    let body = IdleTimeout::new(body.map_err(box_error), idle);
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// A named function, not a closure: a closure held across an `.await` made the future's
+/// `Send` proof fail to unify the error's object lifetime.
+fn box_error(e: hyper::Error) -> BoxError {
+    Box::new(e)
 }
 
 #[cfg(test)]

@@ -54,6 +54,7 @@ pub(super) async fn tunnel(
     uri: http::Uri,
     key: &ApiKey,
     timeout: Duration,
+    idle: Duration,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let client_side =
         parts
@@ -87,6 +88,7 @@ pub(super) async fn tunnel(
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(super::stream_back(
             resp.map(|b| crate::upstream::UpstreamIncoming::new(b, None)),
+            idle,
         ));
     }
     let upstream_side = hyper::upgrade::on(&mut resp);
