@@ -166,3 +166,32 @@ fn bad_patterns_and_unknown_keys_are_refused_naming_them() {
         assert!(err.contains(want), "{yaml}: {err}");
     }
 }
+
+#[tokio::test]
+async fn a_model_list_that_goes_quiet_is_cut_at_the_idle_limit() {
+    let (reply, chunks) = Reply::stream("application/json");
+    let up = FakeUpstream::scripted(vec![reply]).await;
+    let yaml = "models:\n  allow: [\"deepseek-*\"]\nlimits:\n  stream_idle_timeout: 200ms\n";
+    let sidecar = start(&up, yaml).await;
+    chunks
+        .send(bytes::Bytes::from_static(
+            b"{\"object\":\"list\",\"data\":[",
+        ))
+        .await
+        .unwrap();
+    // The list is read whole to be filtered: without the idle limit on that read, this
+    // request would wait as long as the upstream keeps the body open.
+    let resp = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        http_client().get(sidecar.url("/v1/models")).send(),
+    )
+    .await
+    .expect("answered once the upstream went quiet")
+    .unwrap();
+    assert_eq!(resp.status(), 502);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_failed");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("stream_idle_timeout"), "{message}");
+    drop(chunks);
+}
