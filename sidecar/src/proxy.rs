@@ -32,9 +32,9 @@ use crate::error::{BoxError, ProxyError, ResponseBody};
 use crate::keys::{ApiKey, KeyStore};
 use crate::metrics::{Metrics, RateLimitKind, RequestMeter, Route};
 use crate::models::{self, ModelField};
-use crate::resilience::{Answer, IdleTimeout, Resilience, SseErrorTail, is_event_stream};
+use crate::resilience::{Answer, IdleTimeout, Resilience, SseErrorTail};
 use crate::upstream::{ClientBody, ReadFailure, Upstream, UpstreamBody, UpstreamIncoming};
-use crate::usage::{self, StreamUsage, UsageBody};
+use crate::usage::{self, MediaKind, StreamUsage, UsageBody};
 
 mod target;
 mod upgrade;
@@ -82,12 +82,12 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Pr
             err.into_response()
         }
     };
-    let sse = is_event_stream(resp.headers());
+    let media = MediaKind::of(resp.headers());
     // Metrics and the request log line are written when the body ends; a handler dropped
     // before this point (the client left) is recorded when `meter` drops.
     meter
-        .finish(resp, config)
-        .map(|body| SseErrorTail::new(body, sse))
+        .finish(resp, media, config)
+        .map(|body| SseErrorTail::new(body, media == MediaKind::EventStream))
 }
 
 async fn forward(
@@ -363,9 +363,7 @@ fn blame_client_body(err: ProxyError, read_failure: Option<&ReadFailure>) -> Pro
 
 /// `application/json` or any `+json` media type.
 fn is_json(headers: &HeaderMap) -> bool {
-    let essence = usage::media_type(headers);
-    essence.eq_ignore_ascii_case("application/json")
-        || essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case("+json")
+    MediaKind::of(headers) == MediaKind::Json
 }
 
 /// Step: rewrite the JSON `model` through the alias table; returns the model sent and

@@ -20,7 +20,7 @@ mod give_up;
 mod stream_error;
 mod stream_idle;
 
-pub use stream_error::{SseErrorTail, is_event_stream};
+pub use stream_error::SseErrorTail;
 pub use stream_idle::IdleTimeout;
 
 use std::sync::Arc;

@@ -279,11 +279,44 @@ pub fn media_type(headers: &http::HeaderMap) -> &str {
     value[..end].trim()
 }
 
+/// What a message's `Content-Type` says it is, read once per response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediaKind {
+    /// `text/event-stream`.
+    EventStream,
+    /// `application/json` or any `+json` type.
+    Json,
+    /// Anything else, or no `Content-Type`.
+    Other,
+}
+
+impl MediaKind {
+    /// The kind of `headers`' media type (case-insensitive, parameters ignored).
+    pub fn of(headers: &http::HeaderMap) -> Self {
+        let mime = media_type(headers);
+        if mime.eq_ignore_ascii_case("text/event-stream") {
+            Self::EventStream
+        } else if mime.eq_ignore_ascii_case("application/json")
+            || mime
+                .len()
+                .checked_sub(5)
+                .and_then(|at| mime.get(at..))
+                .is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json"))
+        {
+            Self::Json
+        } else {
+            Self::Other
+        }
+    }
+}
+
 impl TapMode {
-    /// Picks the mode from the upstream response and what the request side did.
+    /// Picks the mode from the upstream response (its status, `Content-Encoding` and
+    /// media kind) and what the request side did.
     pub fn for_response(
         status: http::StatusCode,
         headers: &http::HeaderMap,
+        media: MediaKind,
         stream_usage: StreamUsage,
     ) -> Self {
         if !status.is_success() {
@@ -296,17 +329,13 @@ impl TapMode {
             // Compressed bytes cannot be inspected without decompressing: leave them.
             return Self::Off;
         }
-        let mime = media_type(headers);
-        if mime.eq_ignore_ascii_case("text/event-stream") {
-            if stream_usage == StreamUsage::Injected {
+        match media {
+            MediaKind::EventStream if stream_usage == StreamUsage::Injected => {
                 Self::SseStripInjected
-            } else {
-                Self::Sse
             }
-        } else if mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json") {
-            Self::Json
-        } else {
-            Self::Off
+            MediaKind::EventStream => Self::Sse,
+            MediaKind::Json => Self::Json,
+            MediaKind::Other => Self::Off,
         }
     }
 }

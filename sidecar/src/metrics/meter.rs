@@ -19,7 +19,7 @@ use super::{
 };
 use crate::config::Config;
 use crate::logging::RequestLog;
-use crate::usage::{StreamEnd, StreamUsage, TapMode, UsageBody, UsageReport, cost_usd};
+use crate::usage::{MediaKind, StreamEnd, StreamUsage, TapMode, UsageBody, UsageReport, cost_usd};
 
 /// Longest client `x-request-id` reused as the request id.
 const MAX_REQUEST_ID_LEN: usize = 64;
@@ -143,13 +143,18 @@ impl RequestMeter {
 
     /// Wraps the response body so usage is read as it streams; when the body ends (or is
     /// dropped) the request's metrics are recorded and its log line written. `config`
-    /// supplies the prices in force.
-    pub fn finish<B>(self, resp: Response<B>, config: Arc<Config>) -> Response<UsageBody<B>>
+    /// supplies the prices in force; `media` is the response's [`MediaKind`].
+    pub fn finish<B>(
+        self,
+        resp: Response<B>,
+        media: MediaKind,
+        config: Arc<Config>,
+    ) -> Response<UsageBody<B>>
     where
         B: Body<Data = Bytes>,
     {
         let (mut parts, body) = resp.into_parts();
-        let mode = TapMode::for_response(parts.status, &parts.headers, self.stream_usage);
+        let mode = TapMode::for_response(parts.status, &parts.headers, media, self.stream_usage);
         if mode == TapMode::SseStripInjected {
             // Events are removed, so the upstream's length no longer holds.
             parts.headers.remove(header::CONTENT_LENGTH);
@@ -342,7 +347,8 @@ mod tests {
         let settled = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
         let hook = Arc::clone(&settled);
         meter.on_tokens(move |t| hook.store(t, std::sync::atomic::Ordering::SeqCst));
-        let resp = meter.finish(resp, Arc::new(config));
+        let media = MediaKind::of(resp.headers());
+        let resp = meter.finish(resp, media, Arc::new(config));
         assert_eq!(metrics.0.inflight.get(), 1, "in flight until the body ends");
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, json.as_bytes());
@@ -389,6 +395,7 @@ mod tests {
         let meter = RequestMeter::start(&metrics, "/v1/chat/completions", &HeaderMap::new());
         let resp = meter.finish(
             Response::new(Full::new(Bytes::from_static(b"{}"))),
+            MediaKind::Other,
             Arc::new(Config::default()),
         );
         drop(resp);

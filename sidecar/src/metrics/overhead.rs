@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 use super::{Metrics, RequestMeter};
 use crate::config::Config;
 use crate::logging;
+use crate::usage::MediaKind;
 use crate::usage::StreamUsage;
 
 const CHAT_JSON: &str = include_str!("../../tests/fixtures/openai/chat_completion.json");
@@ -69,7 +70,8 @@ async fn per_request(n: u32, metered: bool, sse: bool, metrics: &Metrics) -> Dur
                 let mut meter = RequestMeter::start(metrics, "/v1/chat/completions", &headers);
                 meter.set_models(Some("gpt-4".into()), Some("gpt-4.1".into()));
                 meter.set_stream_usage(StreamUsage::Injected);
-                read(meter.finish(resp, Arc::clone(&config)).into_body()).await;
+                let media = MediaKind::of(resp.headers());
+                read(meter.finish(resp, media, Arc::clone(&config)).into_body()).await;
             } else {
                 read(resp.into_body()).await;
             }
@@ -81,7 +83,8 @@ async fn per_request(n: u32, metered: bool, sse: bool, metrics: &Metrics) -> Dur
             if metered {
                 let mut meter = RequestMeter::start(metrics, "/v1/chat/completions", &headers);
                 meter.set_models(Some("gpt-4".into()), Some("gpt-4.1".into()));
-                read(meter.finish(resp, Arc::clone(&config)).into_body()).await;
+                let media = MediaKind::of(resp.headers());
+                read(meter.finish(resp, media, Arc::clone(&config)).into_body()).await;
             } else {
                 read(resp.into_body()).await;
             }

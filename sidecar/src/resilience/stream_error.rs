@@ -16,16 +16,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::error::{BoxError, ErrorChain, ProxyError};
-
-/// True when the response is `text/event-stream`.
-pub fn is_event_stream(headers: &HeaderMap) -> bool {
-    crate::usage::media_type(headers).eq_ignore_ascii_case("text/event-stream")
-}
 
 pin_project! {
     /// A response body that turns a mid-stream failure of an SSE body into a final
@@ -40,7 +34,7 @@ pin_project! {
 }
 
 impl<B> SseErrorTail<B> {
-    /// Wraps `inner`; only acts when `sse` (see [`is_event_stream`]).
+    /// Wraps `inner`; only acts when `sse` (the response is `text/event-stream`).
     pub fn new(inner: B, sse: bool) -> Self {
         Self {
             inner,
@@ -335,18 +329,5 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&data).unwrap();
         assert_eq!(json["error"]["type"], "timeout_error");
         assert_eq!(json["error"]["code"], "stream_idle_timeout");
-    }
-
-    #[test]
-    fn event_stream_detection() {
-        let mut h = HeaderMap::new();
-        assert!(!is_event_stream(&h));
-        h.insert(
-            "content-type",
-            "text/event-stream; charset=utf-8".parse().unwrap(),
-        );
-        assert!(is_event_stream(&h));
-        h.insert("content-type", "application/json".parse().unwrap());
-        assert!(!is_event_stream(&h));
     }
 }

@@ -160,22 +160,25 @@ fn tap_mode_from_response() {
     };
     let ok = StatusCode::OK;
     let na = StreamUsage::NotApplicable;
+    let mode =
+        |status, h: &HeaderMap, usage| TapMode::for_response(status, h, MediaKind::of(h), usage);
     let sse = headers("text/event-stream; charset=utf-8", None);
-    assert_eq!(TapMode::for_response(ok, &sse, na), TapMode::Sse);
+    assert_eq!(mode(ok, &sse, na), TapMode::Sse);
     assert_eq!(
-        TapMode::for_response(ok, &sse, StreamUsage::Injected),
+        mode(ok, &sse, StreamUsage::Injected),
         TapMode::SseStripInjected
     );
     let json = headers("application/json", None);
-    assert_eq!(TapMode::for_response(ok, &json, na), TapMode::Json);
+    assert_eq!(mode(ok, &json, na), TapMode::Json);
     assert_eq!(
-        TapMode::for_response(StatusCode::TOO_MANY_REQUESTS, &json, na),
-        TapMode::Off
+        mode(ok, &headers("application/problem+JSON", None), na),
+        TapMode::Json
     );
+    assert_eq!(mode(StatusCode::TOO_MANY_REQUESTS, &json, na), TapMode::Off);
     let gz = headers("application/json", Some("gzip"));
-    assert_eq!(TapMode::for_response(ok, &gz, na), TapMode::Off);
+    assert_eq!(mode(ok, &gz, na), TapMode::Off);
     let audio = headers("audio/mpeg", None);
-    assert_eq!(TapMode::for_response(ok, &audio, na), TapMode::Off);
+    assert_eq!(mode(ok, &audio, na), TapMode::Off);
 }
 
 type Reports = Arc<Mutex<Vec<UsageReport>>>;
@@ -395,4 +398,27 @@ fn media_type_is_the_content_type_before_its_parameters() {
     assert_eq!(of(None), "");
     // Not visible ASCII: treated as no media type.
     assert_eq!(of(Some(b"text/\xe9vent")), "");
+}
+
+#[test]
+fn media_kinds_by_content_type() {
+    let of = |value: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_str(value).unwrap(),
+        );
+        MediaKind::of(&headers)
+    };
+    assert_eq!(
+        of("text/event-stream; charset=utf-8"),
+        MediaKind::EventStream
+    );
+    assert_eq!(of("Text/Event-Stream"), MediaKind::EventStream);
+    assert_eq!(of("application/json"), MediaKind::Json);
+    assert_eq!(of("application/vnd.api+json; x=1"), MediaKind::Json);
+    assert_eq!(of("+json"), MediaKind::Json);
+    assert_eq!(of("json"), MediaKind::Other);
+    assert_eq!(of("text/plain"), MediaKind::Other);
+    assert_eq!(MediaKind::of(&HeaderMap::new()), MediaKind::Other);
 }
