@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderMap, Response, header};
+use http::{HeaderMap, HeaderName, Response, header};
 use http_body::Body;
 
 use super::{
@@ -70,8 +70,10 @@ impl std::fmt::Debug for RequestMeter {
 impl RequestMeter {
     /// Starts metering a request to `path` (counts it in flight).
     pub fn start(metrics: &Metrics, path: &str, headers: &HeaderMap) -> Self {
+        // Built at compile time: a `&str` key is parsed and checked on every lookup.
+        static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         let client_request_id = headers
-            .get("x-request-id")
+            .get(&X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .filter(|id| is_safe_id(id))
             .map(str::to_owned);
