@@ -284,7 +284,7 @@ mod tests {
                 }
             }
         }
-        // 0xa2 and 0xdc are `"` and `\\` with the high bit set (UTF-8 continuation and
+        // 0xa2 and 0xdc are `"` and `\` with the high bit set (UTF-8 continuation and
         // lead bytes): never a match.
         for (len, fill) in (0..60).flat_map(|len| [(len, b'a'), (len, 0xa2), (len, 0xdc)]) {
             for escape_at in 0..=len {
