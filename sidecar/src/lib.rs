@@ -7,6 +7,7 @@
 pub mod budget;
 pub mod config;
 pub mod error;
+mod joined;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

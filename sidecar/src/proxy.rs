@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
@@ -29,6 +29,7 @@ use hyper::body::Incoming;
 use crate::budget::{BudgetReservation, Budgets};
 use crate::config::Config;
 use crate::error::{BoxError, ProxyError, ResponseBody};
+use crate::joined::Joined;
 use crate::keys::{ApiKey, KeyStore};
 use crate::metrics::{Metrics, RateLimitKind, RequestMeter, Route};
 use crate::models::{self, ModelField};
@@ -322,31 +323,21 @@ async fn bound_body(
     }
 }
 
-/// A body's data read to its end: one frame (a JSON request's usual shape) is kept as it
-/// is, several are joined. `collect` would queue the frames in a list allocated per body.
+/// A body's data read to its end (see [`Joined`]: one frame is kept as it is).
+/// `collect` would queue the frames in a list allocated per body.
 async fn read_whole<B>(body: B) -> Result<Bytes, B::Error>
 where
     B: http_body::Body<Data = Bytes>,
 {
     let mut body = std::pin::pin!(body);
-    let mut first: Option<Bytes> = None;
-    let mut joined = BytesMut::new();
+    let mut joined = Joined::default();
     while let Some(frame) = body.frame().await {
         // Trailers carry no body bytes.
-        let Ok(data) = frame?.into_data() else {
-            continue;
-        };
-        match first.take() {
-            None if joined.is_empty() => first = Some(data),
-            held => {
-                if let Some(held) = held {
-                    joined.extend_from_slice(&held);
-                }
-                joined.extend_from_slice(&data);
-            }
+        if let Ok(data) = frame?.into_data() {
+            joined.push(data);
         }
     }
-    Ok(first.unwrap_or_else(|| joined.freeze()))
+    Ok(joined.into_bytes())
 }
 
 /// A send that failed because the client's own streamed body broke (bad chunked

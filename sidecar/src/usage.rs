@@ -269,7 +269,7 @@ pub enum TapMode {
 
 /// The media type of the `Content-Type` header: before any `;` parameters, trimmed;
 /// empty when there is none or it is not visible ASCII.
-pub fn media_type(headers: &http::HeaderMap) -> &str {
+fn media_type(headers: &http::HeaderMap) -> &str {
     let value = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

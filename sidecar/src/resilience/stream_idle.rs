@@ -79,6 +79,7 @@ where
         if this.timer.is_none() {
             this.timer.set(Some(tokio::time::sleep_until(deadline)));
         }
+        // Set just above: this `else` is never taken.
         let Some(mut timer) = this.timer.as_pin_mut() else {
             return Poll::Pending;
         };

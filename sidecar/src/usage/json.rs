@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::scan::last_usage_object;
 use super::{Parsed, Seen, parse_usage, parse_usage_object};
+use crate::joined::Joined;
 
 /// Bodies up to this size are parsed whole.
 pub(super) const FULL_PARSE_LIMIT: usize = 1 << 20;
@@ -15,10 +16,7 @@ pub(super) const TAIL_WINDOW: usize = 64 << 10;
 /// The JSON body inspector.
 #[derive(Debug, Default)]
 pub(super) struct JsonTap {
-    /// The body while it is one frame (the usual case): held, not copied.
-    first: Option<Bytes>,
-    /// The body once a second frame came.
-    buf: Vec<u8>,
+    buf: Joined,
     /// The body outgrew [`FULL_PARSE_LIMIT`]: `buf` holds (at least) its tail.
     tail_only: bool,
     pub(super) seen: Seen,
@@ -26,40 +24,30 @@ pub(super) struct JsonTap {
 
 impl JsonTap {
     pub(super) fn push(&mut self, frame: &Bytes) {
-        if self.buf.is_empty() && self.first.is_none() {
-            self.first = Some(frame.clone());
-            return;
-        }
-        if let Some(first) = self.first.take() {
-            self.buf.extend_from_slice(&first);
-        }
-        self.buf.extend_from_slice(frame);
+        self.buf.push(frame.clone());
         if !self.tail_only && self.buf.len() > FULL_PARSE_LIMIT {
             self.tail_only = true;
         }
         if self.tail_only && self.buf.len() > 2 * TAIL_WINDOW {
-            // Amortised: drain only once the buffer holds two windows.
-            let cut = self.buf.len() - TAIL_WINDOW;
-            self.buf.drain(..cut);
+            // Amortised: trim only once the buffer holds two windows.
+            self.buf.keep_last(TAIL_WINDOW);
         }
     }
 
     pub(super) fn finish(&mut self) {
-        let first = self.first.take();
-        let buf = std::mem::take(&mut self.buf);
-        let buf: &[u8] = first.as_deref().unwrap_or(&buf);
+        let joined = std::mem::take(&mut self.buf);
+        let buf = joined.as_slice();
         if buf.trim_ascii().is_empty() {
             return;
         }
-        if !self.tail_only && buf.len() <= FULL_PARSE_LIMIT {
+        if !self.tail_only {
             match parse_usage(buf) {
                 Ok(parsed) => self.seen.absorb(parsed),
                 Err(_) => self.seen.unparsed += 1,
             }
             return;
         }
-        let tail = &buf[buf.len().saturating_sub(2 * TAIL_WINDOW)..];
-        if let Some(object) = last_usage_object(tail) {
+        if let Some(object) = last_usage_object(buf) {
             match parse_usage_object(object) {
                 Ok(usage) => self.seen.absorb(Parsed {
                     usage: Some(usage),
