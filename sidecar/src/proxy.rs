@@ -104,7 +104,9 @@ async fn forward(
     if upgrade::requested(&parts.headers) {
         let timeout = config.retry.attempt_timeout;
         let idle = config.limits.stream_idle_timeout;
-        return upgrade::tunnel(&state.upstream, parts, body, uri, &key, timeout, idle).await;
+        // Boxed, as the other rare paths: their state and code stay out of every request's.
+        let tunnel = upgrade::tunnel(&state.upstream, parts, body, uri, &key, timeout, idle);
+        return Box::pin(tunnel).await;
     }
     let buffer = buffers_body(&parts.method, &parts.headers, meter.route());
     let (body, read_failure) =
@@ -166,7 +168,7 @@ async fn forward(
     }
     let idle = config.limits.stream_idle_timeout;
     let mut resp = if filter_models {
-        filter_model_list(answer.response, config, idle).await?
+        Box::pin(filter_model_list(answer.response, config, idle)).await?
     } else {
         stream_back(answer.response, idle)
     };

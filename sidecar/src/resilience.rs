@@ -129,7 +129,8 @@ impl Resilience {
                 outgoing.body = OutBody::Buffered(Bytes::new());
             }
             OutBody::Streamed(_) => {
-                return send_streamed(upstream, config, outgoing, meter).await;
+                // Boxed: an upload is rare, and its state would size every request's.
+                return Box::pin(send_streamed(upstream, config, outgoing, meter)).await;
             }
             OutBody::Buffered(_) => {}
         }

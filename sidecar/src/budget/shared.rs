@@ -407,11 +407,10 @@ impl Budgets {
         let Some(plan) = self.plan(config, model, body) else {
             return self.admit(config, model, body);
         };
-        match plan
-            .link
-            .reserve(&plan.windows, to_micro(plan.estimate))
-            .await
-        {
+        // Boxed: the store's round trip is the only wait here, and its state would
+        // otherwise size every request's future, with or without a store.
+        let reserve = plan.link.reserve(&plan.windows, to_micro(plan.estimate));
+        match Box::pin(reserve).await {
             Ok((charged, before)) => {
                 plan.link.mark_up();
                 self.reserved(config, &plan, charged, &before)

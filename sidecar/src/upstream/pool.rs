@@ -176,7 +176,9 @@ impl Pool {
                 // Another request opened a connection meanwhile: look again.
                 Gate::Wait => continue,
             };
-            let fresh = self.connect().await;
+            // Boxed: a new connection is rare, and its handshakes' state would size
+            // every request's future.
+            let fresh = Box::pin(self.connect()).await;
             if fresh.is_err() {
                 self.h2.connect_failed();
             }
