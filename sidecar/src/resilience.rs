@@ -135,7 +135,10 @@ impl Resilience {
             OutBody::Buffered(_) => {}
         }
         let budget = self.budget.get(config.retry.budget_ratio);
-        let mut plan = RequestRetry::new(&config.retry, budget, chain, true, Instant::now());
+        let start = Instant::now();
+        let mut plan = RequestRetry::new(&config.retry, budget, chain, true, start);
+        // The first attempt starts on the clock read above; each later one reads its own.
+        let mut first = Some(start);
         let mut field = model.cloned();
         let mut attempts = 0;
         // A retry decided on and waited for; counted once it is sent.
@@ -143,7 +146,8 @@ impl Resilience {
         // The previous attempt's failure, for the message if the deadline ends the loop.
         let mut last_error: Option<ProxyError> = None;
         loop {
-            let timeout = plan.attempt_timeout(Instant::now());
+            let now = first.take().unwrap_or_else(Instant::now);
+            let timeout = plan.attempt_timeout(now);
             if timeout.is_zero() {
                 let last = last_error.map(Box::new);
                 return Err(deadline(config, &outgoing.uri, attempts, last));
@@ -156,8 +160,8 @@ impl Resilience {
                 let model = plan.model().unwrap_or("");
                 meter.metrics().record_retry(model, reason);
             }
-            let result =
-                upstream::send_once(upstream, request, timeout, config.limits.max_body_bytes).await;
+            let limit = config.limits.max_body_bytes;
+            let result = upstream::send_once(upstream, request, timeout, now, limit).await;
             let outcome = match result {
                 Ok(ref resp) => plan.response_outcome(resp.status(), resp.headers()),
                 Err(ProxyError::UpstreamTimeout { .. }) => Outcome::AttemptTimeout,
@@ -177,7 +181,12 @@ impl Resilience {
             meter
                 .metrics()
                 .record_attempt(plan.model_at(tried).unwrap_or(""), attempt_outcome(outcome));
-            let decision = plan.decide(outcome, Instant::now(), &mut rand::rng());
+            // The common case, a response returned as it is, needs no clock and no dice.
+            let decision = if plan.returns_as_is(outcome) {
+                Decision::Return
+            } else {
+                plan.decide(outcome, Instant::now(), &mut rand::rng())
+            };
             match decision {
                 Decision::Return => {
                     plan.commit();
@@ -259,6 +268,7 @@ async fn send_streamed(
         upstream,
         outgoing.into_request(),
         timeout,
+        Instant::now(),
         config.limits.max_body_bytes,
     )
     .await;

@@ -239,11 +239,16 @@ impl<'a> RequestRetry<'a> {
         self.committed = true;
     }
 
+    /// True when [`Self::decide`] returns `outcome` as it is: a response whose status the
+    /// policy does not retry.
+    pub fn returns_as_is(&self, outcome: Outcome) -> bool {
+        matches!(outcome, Outcome::Response { status, .. }
+            if !self.policy.on_status.contains(&status.as_u16()))
+    }
+
     /// Decides what follows `outcome`, the result of the attempt just made.
     pub fn decide(&mut self, outcome: Outcome, now: Instant, rng: &mut impl Rng) -> Decision {
-        if let Outcome::Response { status, .. } = outcome
-            && !self.policy.on_status.contains(&status.as_u16())
-        {
+        if self.returns_as_is(outcome) {
             return Decision::Return;
         }
         if self.committed {

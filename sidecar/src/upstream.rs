@@ -28,6 +28,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::{Limits, UpstreamBase};
 use crate::error::{BoxError, ProxyError};
@@ -319,15 +320,23 @@ impl Upstream {
     }
 }
 
-/// One attempt: sends `req` and waits for the response headers up to `attempt_timeout`.
+/// One attempt: sends `req` and waits for the response headers up to `attempt_timeout`
+/// counted from `now` (the caller's clock read, so the attempt takes no other).
 /// The response body is not read here: it streams back to the client.
 pub async fn send_once(
     upstream: &Upstream,
     req: Request<UpstreamBody>,
     attempt_timeout: Duration,
+    now: Instant,
     body_limit: u64,
 ) -> Result<Response<UpstreamIncoming>, ProxyError> {
-    match tokio::time::timeout(attempt_timeout, upstream.pool.send(req)).await {
+    // A timeout too far to represent is as good as none.
+    let send = upstream.pool.send(req);
+    let result = match now.checked_add(attempt_timeout) {
+        Some(deadline) => tokio::time::timeout_at(deadline, send).await,
+        None => Ok(send.await),
+    };
+    match result {
         Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
             after: attempt_timeout,
         }),

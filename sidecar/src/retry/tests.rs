@@ -64,6 +64,21 @@ fn final_statuses_are_returned_as_they_are() {
     }
 }
 
+/// The sender skips `decide` (and its clock read) when `returns_as_is` says so: exactly
+/// the responses whose status the policy does not list, whatever their retry hints.
+#[test]
+fn only_unlisted_statuses_are_returned_as_they_are() {
+    let (retry, _, _) = start(&["a", "b"]);
+    for code in 100..=599 {
+        let listed = POLICY.on_status.contains(&code);
+        assert_eq!(retry.returns_as_is(status(code)), !listed, "{code}");
+        let hinted = status_after(code, 20 * MS);
+        assert_eq!(retry.returns_as_is(hinted), !listed, "{code} with Retry-After");
+    }
+    assert!(!retry.returns_as_is(Outcome::AttemptTimeout));
+    assert!(!retry.returns_as_is(Outcome::ConnectError));
+}
+
 #[test]
 fn retryable_statuses_follow_the_config_list() {
     let mut p = policy();
