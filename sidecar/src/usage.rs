@@ -149,9 +149,9 @@ fn walk_usage(json: &[u8]) -> Option<Parsed> {
         Some(usage) => Some(usage),
         None => parse_usage_member(nested.usage)?,
     };
-    let model = match parse_member::<String>(top.model)? {
+    let model = match parse_string_member(top.model)? {
         Some(model) => Some(model),
-        None => parse_member::<String>(nested.model)?,
+        None => parse_string_member(nested.model)?,
     };
     let choices_empty = match top.choices {
         None | Some(b"null") => false,
@@ -215,6 +215,19 @@ fn parse_usage_member(value: Option<&[u8]>) -> Option<Option<RawUsage>> {
         },
         _ => parse_member(value),
     }
+}
+
+/// A string member's value as [`parse_member`] reads it, taken as it is when it has no
+/// escape (a model name always): serde's string reader is code the request path would
+/// otherwise run for one short string per response.
+fn parse_string_member(value: Option<&[u8]>) -> Option<Option<String>> {
+    if let Some([b'"', inner @ .., b'"']) = value
+        // JSON strings hold no raw control characters; an escape needs decoding.
+        && !inner.iter().any(|&b| b == b'\\' || b < 0x20)
+    {
+        return std::str::from_utf8(inner).ok().map(|s| Some(s.to_owned()));
+    }
+    parse_member(value)
 }
 
 /// A member's value as `Option<T>` (absent or `null`: `None`); `None` when it does not

@@ -73,7 +73,11 @@ fn only_unlisted_statuses_are_returned_as_they_are() {
         let listed = POLICY.on_status.contains(&code);
         assert_eq!(retry.returns_as_is(status(code)), !listed, "{code}");
         let hinted = status_after(code, 20 * MS);
-        assert_eq!(retry.returns_as_is(hinted), !listed, "{code} with Retry-After");
+        assert_eq!(
+            retry.returns_as_is(hinted),
+            !listed,
+            "{code} with Retry-After"
+        );
     }
     assert!(!retry.returns_as_is(Outcome::AttemptTimeout));
     assert!(!retry.returns_as_is(Outcome::ConnectError));

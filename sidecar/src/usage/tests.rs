@@ -57,6 +57,32 @@ fn parses_every_response_shape() {
 }
 
 #[test]
+fn a_string_member_read_directly_agrees_with_serde() {
+    let values: [&[u8]; 14] = [
+        br#""gpt-4.1""#,
+        br#""""#,
+        br#""mod\u00e8le""#,
+        br#""a\"b""#,
+        br#""a\\""#,
+        "\"modèle 模型\"".as_bytes(),
+        b"\"\xff\xfe\"",
+        b"\"tab\there\"",
+        b"\"nul\x00\"",
+        b"null",
+        b"42",
+        b"\"",
+        br#""unterminated"#,
+        br#"{"a":1}"#,
+    ];
+    for value in values {
+        let direct = parse_string_member(Some(value));
+        let serde = parse_member::<String>(Some(value));
+        assert_eq!(direct, serde, "{}", String::from_utf8_lossy(value));
+    }
+    assert_eq!(parse_string_member(None), Some(None));
+}
+
+#[test]
 fn the_member_walk_agrees_with_the_full_parse() {
     let docs: &[&[u8]] = &[
         br#"{"id":"c1","object":"chat.completion","created":1,"model":"gpt-4.1","choices":[{"index":0,"message":{"role":"assistant","content":"say \"usage\": {\"prompt_tokens\": 9} }]"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#,
