@@ -71,11 +71,11 @@ pub fn find_model(body: &[u8]) -> Option<ModelField> {
 /// The model named by `raw`, a value inside `body`, and its span; `None` when it is not
 /// a string.
 fn model_field(body: &[u8], raw: &[u8]) -> Option<ModelField> {
-    // Borrowed when the name has no escapes (one allocation, for the `Arc`), decoded
-    // otherwise.
-    let name: Arc<str> = match serde_json::from_slice::<&str>(raw) {
-        Ok(name) => name.into(),
-        Err(_) => serde_json::from_slice::<String>(raw).ok()?.into(),
+    // Taken as it is when it needs no decoding (one allocation, for the `Arc`; no serde
+    // string reader on the request path), decoded otherwise.
+    let name: Arc<str> = match crate::usage::scan::plain_string(raw) {
+        Some(name) => name.into(),
+        None => serde_json::from_slice::<String>(raw).ok()?.into(),
     };
     // `raw` borrows from `body`, so its address gives its offset in the body.
     let start = (raw.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;

@@ -121,6 +121,18 @@ fn next_quote_or_backslash(bytes: &[u8], from: usize) -> Option<usize> {
     memchr::memchr2(b'"', b'\\', bytes.get(i..)?).map(|p| p + i)
 }
 
+/// The text of the JSON string `raw` (quotes included) when it needs no decoding: no
+/// escape, no raw control character (JSON has none), valid UTF-8. `None` sends it to a
+/// full JSON string reader, which decodes escapes or refuses it.
+pub(crate) fn plain_string(raw: &[u8]) -> Option<&str> {
+    match raw {
+        [b'"', inner @ .., b'"'] if !inner.iter().any(|&b| b == b'\\' || b < 0x20) => {
+            std::str::from_utf8(inner).ok()
+        }
+        _ => None,
+    }
+}
+
 /// Calls `visit` with each member of the JSON object `json`: the key's bytes (without
 /// its quotes) and the value's bytes. `None` when `json` is not an object this walk can
 /// follow: an escaped key, a missing `:` or `,`, an unbalanced value, bytes after the

@@ -404,15 +404,9 @@ fn stream_end_of_an_error() {
 
 #[test]
 fn media_type_is_the_content_type_before_its_parameters() {
-    let of = |value: Option<&[u8]>| {
-        let mut headers = http::HeaderMap::new();
-        if let Some(v) = value {
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_bytes(v).unwrap(),
-            );
-        }
-        media_type(&headers).to_owned()
+    let of = |value: Option<&[u8]>| match value {
+        Some(v) => media_type(&HeaderValue::from_bytes(v).unwrap()).to_owned(),
+        None => String::new(),
     };
     assert_eq!(of(Some(b"application/json")), "application/json");
     assert_eq!(
@@ -447,4 +441,21 @@ fn media_kinds_by_content_type() {
     assert_eq!(of("json"), MediaKind::Other);
     assert_eq!(of("text/plain"), MediaKind::Other);
     assert_eq!(MediaKind::of(&HeaderMap::new()), MediaKind::Other);
+}
+
+/// The values compared whole (what APIs send) get the kind the parse gives them.
+#[test]
+fn media_kinds_of_the_common_values_are_the_parsed_ones() {
+    for value in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "text/event-stream",
+        "text/event-stream; charset=utf-8",
+    ] {
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_static(value);
+        headers.insert(http::header::CONTENT_TYPE, value.clone());
+        assert_eq!(MediaKind::of(&headers), MediaKind::of_value(&value));
+        assert_ne!(MediaKind::of(&headers), MediaKind::Other);
+    }
 }
