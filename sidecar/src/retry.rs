@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use crate::config::RetryConfig;
 
 /// Stands in for a deadline beyond what `Instant` can hold (about 30 years).
-const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+pub(crate) const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
 /// Full-jitter exponential backoff before retry number `retry` (1 for the first retry):
 /// uniform in `[0, min(max_backoff, base_backoff * 2^(retry-1))]`, so that many clients
