@@ -547,6 +547,19 @@ fn is_hop_by_hop(name: &str) -> bool {
     )
 }
 
+/// [`is_hop_by_hop`] for a name as a client wrote it, lowered on the stack: no hop-by-hop
+/// name is longer than `proxy-authorization`.
+fn is_hop_by_hop_ignoring_case(name: &str) -> bool {
+    let mut lower = [0_u8; "proxy-authorization".len()];
+    let Some(lower) = lower.get_mut(..name.len()) else {
+        return false;
+    };
+    for (to, from) in lower.iter_mut().zip(name.bytes()) {
+        *to = from.to_ascii_lowercase();
+    }
+    std::str::from_utf8(lower).is_ok_and(is_hop_by_hop)
+}
+
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     remove_connection_named(headers);
@@ -559,9 +572,13 @@ fn remove_connection_named(headers: &mut HeaderMap) {
         .get(header::CONNECTION)
         .and_then(|v| v.to_str().ok())
     {
+        // A hop-by-hop name goes anyway: for `keep-alive`, what clients send, no name is
+        // built and no list allocated.
         let named: Vec<HeaderName> = conn
             .split(',')
-            .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+            .map(str::trim)
+            .filter(|n| !is_hop_by_hop_ignoring_case(n))
+            .filter_map(|n| HeaderName::try_from(n).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -797,6 +814,53 @@ mod tests {
         }
         assert_eq!(out.get_all(header::HOST).iter().collect::<Vec<_>>(), [&up]);
         assert_eq!(out["x-custom"], "kept");
+    }
+
+    #[test]
+    fn hop_by_hop_names_are_told_in_any_case() {
+        let names = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "http2-settings",
+        ];
+        for name in names {
+            assert!(is_hop_by_hop(name), "{name}");
+            assert!(is_hop_by_hop_ignoring_case(name), "{name}");
+            assert!(
+                is_hop_by_hop_ignoring_case(&name.to_ascii_uppercase()),
+                "{name}"
+            );
+        }
+        for name in [
+            "",
+            "x-hop",
+            "Content-Type",
+            "proxy-authorizationx",
+            "kéep-alive",
+        ] {
+            assert!(!is_hop_by_hop_ignoring_case(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn connection_options_remove_the_headers_they_name_and_no_other() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "Keep-Alive".parse().unwrap());
+        h.insert("x-other", "kept".parse().unwrap());
+        remove_connection_named(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        // Any option names a header to remove, `close` included (RFC 9110 7.6.1).
+        h.insert(header::CONNECTION, "close, X-Other".parse().unwrap());
+        h.insert("close", "named".parse().unwrap());
+        remove_connection_named(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), [header::CONNECTION]);
     }
 
     #[test]
