@@ -17,8 +17,6 @@
 # Needs oha, jq, bc, taskset, curl (scripts/bench-proxy.sh installs them).
 set -euo pipefail
 REPS=${REPS:-3}; DUR=${DUR:-4}; RDUR=${RDUR:-6}
-set -euo pipefail
-REPS=${REPS:-3}; DUR=${DUR:-4}; RDUR=${RDUR:-6}
 OUT=$(mktemp -d /tmp/bench-ab.XXXX)
 export PATH=$HOME/.cargo/bin:/usr/sbin:$PATH
 T=${T:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
