@@ -53,7 +53,9 @@ totals() {
   done
   oha --no-tui -n "$reqs" -c "$C" -m POST -T application/json -d "$BODY" "$url" >/dev/null
   kill -TERM "$vp"; wait "$vp" || true
-  cg_annotate "$OUT/$n.$reqs.out" | grep -m1 'PROGRAM TOTALS' | sed 's/([^)]*)//g; s/,//g; s/PROGRAM TOTALS//'
+  # awk reads to the end: a reader that quits early would fail the pipe (pipefail).
+  cg_annotate "$OUT/$n.$reqs.out" | awk '/PROGRAM TOTALS/ && !seen {seen = 1; print}' |
+    sed 's/([^)]*)//g; s/,//g; s/PROGRAM TOTALS//'
 }
 
 echo "per request (3N - N over 2N; N=$N, $C connection(s); raw files in $OUT):"
