@@ -18,12 +18,8 @@
 set -euo pipefail
 REPS=${REPS:-3}; DUR=${DUR:-4}; RDUR=${RDUR:-6}
 OUT=$(mktemp -d /tmp/bench-ab.XXXX)
-export PATH=$HOME/.cargo/bin:/usr/sbin:$PATH
-T=${T:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
-BODY='{"model":"gpt-4.1","messages":[{"role":"user","content":"Say hello."}]}'
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+# shellcheck source=scripts/bench-common.sh
+source "$(dirname "$0")/bench-common.sh"
 stat_field() { # stat_field FIELD PID...: sum of /proc/PID/stat fields (0-based after the comm)
   local field=$1 t=0 r p
   shift
@@ -36,7 +32,6 @@ stat_field() { # stat_field FIELD PID...: sum of /proc/PID/stat fields (0-based 
 }
 ticks() { echo $(($(stat_field 11 "$@") + $(stat_field 12 "$@"))); }
 uticks() { stat_field 11 "$@"; }
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
 taskset -c 1 "$T/fake-upstream" --addr-file "$OUT/up.addr" --chunk-delay 1ms --stream-words 4 \
   --max-runtime 30m >"$OUT/up.log" 2>&1 &
