@@ -488,11 +488,9 @@ fn set_key(mut headers: HeaderMap, key: &ApiKey, body: &OutBody, host: &HeaderVa
     remove_where(&mut headers, |name| {
         is_hop_by_hop(name) || is_client_key(name) || name == "expect"
     });
-    // JSON answers are read by the usage tap.
-    if matches!(body, OutBody::Buffered(_)) {
-        ask_uncompressed(&mut headers);
-    }
     if let OutBody::Buffered(bytes) = body {
+        // A JSON answer is read by the usage tap.
+        ask_uncompressed(&mut headers);
         // The remapped body may differ in length: hyper sets it from the exact body. The
         // client's own value is kept when it still holds (saves hyper an allocation).
         if !content_length_is(&headers, bytes.len()) {
@@ -548,7 +546,8 @@ fn is_hop_by_hop(name: &str) -> bool {
 }
 
 /// [`is_hop_by_hop`] for a name as a client wrote it, lowered on the stack: no hop-by-hop
-/// name is longer than `proxy-authorization`.
+/// name is longer than `proxy-authorization` (a longer one added there would only lose
+/// this shortcut: its header is still removed, by name).
 fn is_hop_by_hop_ignoring_case(name: &str) -> bool {
     let mut lower = [0_u8; "proxy-authorization".len()];
     let Some(lower) = lower.get_mut(..name.len()) else {
