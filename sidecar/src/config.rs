@@ -269,6 +269,10 @@ pub struct Limits {
     /// Once response headers arrived, the longest the upstream body may send nothing
     /// before the sidecar ends it.
     pub stream_idle_timeout: Duration,
+    /// HTTP/1.1 connections the pool opens to an https upstream before a new one offers
+    /// HTTP/2 (ALPN `h2`) for the requests past them; 0 offers it from the first one.
+    /// Read when the upstream client is built.
+    pub upstream_http1_connections: usize,
 }
 
 /// The built-in aliases (from the HolySheep guide).
@@ -313,6 +317,10 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(5),
             // Long enough for a reasoning model thinking before its next token.
             stream_idle_timeout: Duration::from_secs(300),
+            // HTTP/1.1 costs less per request than hyper's HTTP/2 client; past this many
+            // requests in flight, streams share HTTP/2 connections (100 each), so a burst of
+            // 1,000 long streams holds 74 upstream connections instead of 1,000.
+            upstream_http1_connections: 64,
         }
     }
 }

@@ -2,17 +2,17 @@
 //!
 //! What it does: owns the one [`Connector`] (TCP or a CONNECT tunnel through the egress
 //! proxy, then rustls with the live trust roots and ALPN) that every request kind uses:
-//! every request goes through the own pool (`pool.rs`: HTTP/1.1 connections, or
-//! multiplexed HTTP/2 connections when the upstream picks h2), buffered and streamed
-//! bodies alike, except protocol upgrades ([`send_upgrade`]), which take a hyper-util
-//! client whose connector offers only HTTP/1.1 (an upgrade cannot ride HTTP/2). It maps
-//! a relative `/v1/<rest>` target onto the upstream base URL and sends ONE attempt ([`send_once`]) bounded by the attempt
-//! timeout, turning client failures into [`ProxyError`]s whose messages carry the cause
-//! (see `connect.rs`).
+//! every request goes through the own pool (`pool.rs`: HTTP/1.1 connections, and past
+//! `limits.upstream_http1_connections` multiplexed HTTP/2 ones when the upstream picks
+//! h2), buffered and streamed bodies alike, except protocol upgrades ([`send_upgrade`]),
+//! which take a hyper-util client whose connector offers only HTTP/1.1 (an upgrade
+//! cannot ride HTTP/2). It maps a relative `/v1/<rest>` target onto the upstream base URL
+//! and sends ONE attempt ([`send_once`]) bounded by the attempt timeout, turning client
+//! failures into [`ProxyError`]s whose messages carry the cause (see `connect.rs`).
 //!
 //! What it does not do: retries, fallbacks or backoff (`retry` wraps `send_once`), or
-//! touch bodies. The connect timeout and the route (direct or proxy) are fixed when the
-//! client is built (at start); the trust roots and the proxy credentials are re-read on
+//! touch bodies. The connect timeout, the HTTP/1.1 limit and the route (direct or proxy)
+//! are fixed when the client is built (at start); the trust roots and the proxy credentials are re-read on
 //! change by the watchers of [`Upstream::spawn_watchers`].
 
 use std::path::PathBuf;
@@ -145,8 +145,9 @@ impl Upstream {
         )
     }
 
-    /// Direct, with a caller-made TLS config (e.g. a private CA). ALPN is set here to
-    /// `h2, http/1.1`, so HTTP/2 is used whenever the upstream offers it.
+    /// Direct, with a caller-made TLS config (e.g. a private CA). ALPN is set here, per
+    /// connection: `http/1.1` under `limits.upstream_http1_connections`, `h2, http/1.1`
+    /// past it (see `upstream/pool.rs`).
     pub fn with_tls(
         base: UpstreamBase,
         limits: &Limits,
@@ -199,6 +200,7 @@ impl Upstream {
             &base.authority,
             POOL_IDLE_TIMEOUT,
             H2_KEEP_ALIVE,
+            limits.upstream_http1_connections,
         )
         .ok_or_else(|| UpstreamError::Origin(base.to_string()))?;
         Ok(Self {

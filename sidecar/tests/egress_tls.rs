@@ -3,7 +3,8 @@
 //! certificate looks like to the app (a 502 naming the cause, the key never sent), and
 //! the egress proxy (`--egress-proxy`, `HOLYSHEEP_EGRESS_PROXY`, `HTTPS_PROXY` either
 //! case, `NO_PROXY`, Basic auth from `egress-proxy-auth`) through a real tinyproxy,
-//! with HTTP/2 to the upstream chosen by ALPN inside the tunnel.
+//! with HTTP/2 to the upstream chosen by ALPN inside the tunnel (past the HTTP/1.1
+//! connections the config allows).
 //!
 //! Env vars are process-wide, so each case runs the binary as a child with an env of its
 //! own. Every case asserts the answer the app got and what the upstream and the proxy saw.
@@ -343,25 +344,37 @@ async fn proxy_auth_from_the_file_beside_the_key_gets_through_and_is_never_logge
     .await;
 }
 
+/// Through the tunnel, ALPN gives HTTP/1.1 connections first (the default
+/// `limits.upstream_http1_connections`), and HTTP/2 when the config sets that limit to 0
+/// and the upstream offers h2.
 #[rstest]
-#[case::upstream_offers_h2(Alpn::H2AndHttp1, Version::HTTP_2)]
-#[case::upstream_offers_only_http1(Alpn::Http1Only, Version::HTTP_11)]
+#[case::upstream_offers_h2(Alpn::H2AndHttp1, None, Version::HTTP_11)]
+#[case::upstream_offers_h2_and_h2_comes_first(Alpn::H2AndHttp1, Some(0), Version::HTTP_2)]
+#[case::upstream_offers_only_http1(Alpn::Http1Only, Some(0), Version::HTTP_11)]
 #[tokio::test]
 async fn alpn_through_the_tunnel_picks_the_upstream_http_version(
     #[case] alpn: Alpn,
+    #[case] http1_connections: Option<u32>,
     #[case] want: Version,
 ) {
     bounded(async {
         let upstream = TlsUpstream::start(CertName::Right, alpn).await;
         let proxy = Tinyproxy::start().await;
-        let sidecar = SidecarProcess::start(
-            Launch::default()
-                .arg("--upstream", upstream.url())
-                .arg("--upstream-ca-file", &upstream.ca_file)
-                .arg("--egress-proxy", &proxy.url),
-            |_| {},
-        )
-        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut launch = Launch::default()
+            .arg("--upstream", upstream.url())
+            .arg("--upstream-ca-file", &upstream.ca_file)
+            .arg("--egress-proxy", &proxy.url);
+        if let Some(n) = http1_connections {
+            let config = dir.path().join("config.yaml");
+            std::fs::write(
+                &config,
+                format!("limits:\n  upstream_http1_connections: {n}\n"),
+            )
+            .unwrap();
+            launch = launch.arg("--config", &config);
+        }
+        let sidecar = SidecarProcess::start(launch, |_| {}).await;
 
         for _ in 0..2 {
             let (status, body) = chat(&sidecar).await;

@@ -1,6 +1,7 @@
 //! The upstream client over TLS and through an egress proxy, against in-test servers on
-//! ephemeral loopback ports: HTTP/2 is chosen by ALPN when the upstream offers it (one
-//! multiplexed connection), HTTP/1.1 otherwise (the own pool, connections reused), the
+//! ephemeral loopback ports: HTTP/1.1 connections first (the own pool, connections
+//! reused), then HTTP/2 by ALPN past `limits.upstream_http1_connections` when the upstream
+//! offers it (multiplexed connections), HTTP/2 at once for an HTTP/2-only server, the
 //! `--upstream-ca-file` bundle is trusted and re-read, CONNECT tunnels carry https and
 //! http upstreams, and every TLS or proxy failure is a 502 whose message names the cause.
 //! A failed handshake never lets the key reach the upstream.
@@ -205,12 +206,40 @@ async fn answer(err: ProxyError) -> (StatusCode, String) {
     (status, v["error"]["message"].as_str().unwrap().to_owned())
 }
 
+/// Limits under which every connection offers h2, as the pool did before it kept
+/// HTTP/1.1 connections first.
+fn h2_first() -> Limits {
+    Limits {
+        upstream_http1_connections: 0,
+        ..Limits::default()
+    }
+}
+
 #[tokio::test]
-async fn https_upstream_offering_h2_gets_http2() {
+async fn https_upstream_offering_h2_gets_http1_by_default() {
     let mut server = tls_upstream(&[b"h2", b"http/1.1"]).await;
     let up = Upstream::with_tls(
         base(&format!("https://localhost:{}/v1", server.port)),
         &Limits::default(),
+        trusting(server.cert.clone().unwrap()),
+    )
+    .unwrap();
+
+    for _ in 0..2 {
+        let resp = call(&up).await.unwrap();
+        assert_eq!(resp.version(), Version::HTTP_11);
+        resp.into_body().collect().await.unwrap();
+        assert_eq!(server.seen.recv().await.unwrap().version, Version::HTTP_11);
+    }
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn https_upstream_offering_h2_gets_http2_when_the_http1_limit_is_0() {
+    let mut server = tls_upstream(&[b"h2", b"http/1.1"]).await;
+    let up = Upstream::with_tls(
+        base(&format!("https://localhost:{}/v1", server.port)),
+        &h2_first(),
         trusting(server.cert.clone().unwrap()),
     )
     .unwrap();
@@ -264,7 +293,7 @@ async fn concurrent_requests_over_h2_share_one_multiplexed_connection() {
     let server = tls_upstream(&[b"h2", b"http/1.1"]).await;
     let up = Upstream::with_tls(
         base(&format!("https://localhost:{}/v1", server.port)),
-        &Limits::default(),
+        &h2_first(),
         trusting(server.cert.clone().unwrap()),
     )
     .unwrap();
@@ -285,47 +314,88 @@ async fn concurrent_requests_over_h2_share_one_multiplexed_connection() {
     assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
 }
 
-/// An HTTP/2-only TLS upstream that lets `max_streams` streams be open at once per
-/// connection and answers every request with headers and a body that never ends (a long
-/// chat stream). Returns a client trusting it and the count of accepted connections.
-async fn long_streams_upstream(max_streams: u32) -> (Upstream, Arc<AtomicUsize>, AbortOnDrop) {
+/// A TLS upstream offering `alpn` (HTTP/2 and HTTP/1.1 served alike) that lets
+/// `max_streams` streams be open at once per HTTP/2 connection and answers every request
+/// with headers and a body that never ends (a long chat stream).
+struct LongStreams {
+    up: Upstream,
+    /// TCP connections accepted (a refused ALPN offer counts).
+    accepted: Arc<AtomicUsize>,
+    /// TLS handshakes completed: the connections that carried requests.
+    handshakes: Arc<AtomicUsize>,
+    /// The version of every request seen.
+    versions: Arc<Mutex<Vec<Version>>>,
+    _server: AbortOnDrop,
+}
+
+impl LongStreams {
+    fn handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
+    }
+
+    /// How many requests came over HTTP/1.1 and how many over HTTP/2.
+    fn versions(&self) -> (usize, usize) {
+        let seen = self.versions.lock().unwrap();
+        let h1 = seen.iter().filter(|v| **v == Version::HTTP_11).count();
+        (h1, seen.len() - h1)
+    }
+}
+
+async fn long_streams_upstream(max_streams: u32, alpn: &[&[u8]], limits: &Limits) -> LongStreams {
     let (cert, private) = localhost_cert(false);
-    let acceptor = acceptor(cert.clone(), private, &[b"h2"]);
+    let acceptor = acceptor(cert.clone(), private, alpn);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let accepted = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&accepted);
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let versions = Arc::new(Mutex::new(Vec::new()));
+    let (count, done, seen) = (
+        Arc::clone(&accepted),
+        Arc::clone(&handshakes),
+        Arc::clone(&versions),
+    );
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         while let Ok((tcp, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
-            let acceptor = acceptor.clone();
+            let (acceptor, done, seen) = (acceptor.clone(), Arc::clone(&done), Arc::clone(&seen));
             conns.spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| {
-                    let never = futures_util::stream::pending::<
-                        Result<hyper::body::Frame<Bytes>, Infallible>,
-                    >();
-                    async move {
-                        Ok::<_, Infallible>(Response::new(http_body_util::StreamBody::new(never)))
-                    }
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .max_concurrent_streams(max_streams)
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+                done.fetch_add(1, Ordering::SeqCst);
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        seen.lock().unwrap().push(req.version());
+                        let never = futures_util::stream::pending::<
+                            Result<hyper::body::Frame<Bytes>, Infallible>,
+                        >();
+                        async move {
+                            Ok::<_, Infallible>(Response::new(http_body_util::StreamBody::new(
+                                never,
+                            )))
+                        }
+                    });
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder.http2().max_concurrent_streams(max_streams);
+                let _ = builder.serve_connection(TokioIo::new(tls), service).await;
             });
         }
     });
     let up = Upstream::with_tls(
         base(&format!("https://localhost:{port}/v1")),
-        &Limits::default(),
+        limits,
         trusting(cert),
     )
     .unwrap();
-    (up, accepted, AbortOnDrop(task))
+    LongStreams {
+        up,
+        accepted,
+        handshakes,
+        versions,
+        _server: AbortOnDrop(task),
+    }
 }
 
 /// `n` concurrent calls, every response kept (its stream stays open).
@@ -348,27 +418,60 @@ async fn open_streams(up: &Upstream, n: usize) -> Vec<Response<UpstreamIncoming>
 /// requests past that cap until a stream ends: behind chat streams that last minutes.
 /// Against a server allowing the 100 streams RFC 9113 recommends, 250 long streams on a
 /// warm pool all get their headers, on 3 connections, and the slots freed by ended
-/// streams are used again.
+/// streams are used again. The server speaks only HTTP/2: the pool's first `http/1.1`
+/// offer is refused, and every connection offers h2 from then on.
 #[tokio::test]
 async fn streams_past_a_connections_cap_open_another_connection_instead_of_queueing() {
-    let (up, accepted, _server) = long_streams_upstream(100).await;
-    drop(open_streams(&up, 1).await);
-    assert_eq!(accepted.load(Ordering::SeqCst), 1);
-    let held = open_streams(&up, 250).await;
-    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    let server = long_streams_upstream(100, &[b"h2"], &Limits::default()).await;
+    drop(open_streams(&server.up, 1).await);
+    assert_eq!(
+        server.accepted.load(Ordering::SeqCst),
+        2,
+        "one refused offer"
+    );
+    assert_eq!(server.handshakes(), 1);
+    let held = open_streams(&server.up, 250).await;
+    assert_eq!(server.handshakes(), 3);
     drop(held);
     // The reset streams free their slots: the next ones go on the open connections.
-    let _again = open_streams(&up, 150).await;
-    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    let _again = open_streams(&server.up, 150).await;
+    assert_eq!(server.handshakes(), 3);
+    assert_eq!(server.versions(), (0, 401));
 }
 
 /// A burst on a cold pool opens the HTTP/2 connections one at a time, each taking its
 /// share of streams, instead of one TLS connection per request.
 #[tokio::test]
 async fn a_cold_burst_opens_as_many_connections_as_its_streams_need() {
-    let (up, accepted, _server) = long_streams_upstream(100).await;
-    let _held = open_streams(&up, 250).await;
-    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    let server = long_streams_upstream(100, &[b"h2", b"http/1.1"], &h2_first()).await;
+    let _held = open_streams(&server.up, 250).await;
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 3);
+    assert_eq!(server.versions(), (0, 250));
+}
+
+/// Under `limits.upstream_http1_connections` each request in flight gets an HTTP/1.1
+/// connection; the requests past it share an HTTP/2 connection, opened once. A cold burst
+/// opens 2 + 1 connections, and a later request with every HTTP/1.1 connection busy rides
+/// the HTTP/2 one.
+#[tokio::test]
+async fn past_the_http1_limit_requests_share_an_http2_connection() {
+    let limits = Limits {
+        upstream_http1_connections: 2,
+        ..Limits::default()
+    };
+    let server = long_streams_upstream(100, &[b"h2", b"http/1.1"], &limits).await;
+    let held = open_streams(&server.up, 5).await;
+    assert_eq!(server.handshakes(), 3);
+    assert_eq!(server.versions(), (2, 3));
+    let versions: Vec<Version> = held.iter().map(Response::version).collect();
+    assert_eq!(
+        versions.iter().filter(|v| **v == Version::HTTP_2).count(),
+        3,
+        "{versions:?}"
+    );
+    let one_more = open_streams(&server.up, 1).await;
+    assert_eq!(one_more[0].version(), Version::HTTP_2);
+    assert_eq!(server.handshakes(), 3);
 }
 
 /// An upstream whose TLS handshake never completes (a black hole): while connects fail,
@@ -608,7 +711,7 @@ async fn https_tunnels_through_the_proxy_with_the_auth_file_credentials() {
 
     let resp = call(&up).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(resp.version(), Version::HTTP_2);
+    assert_eq!(resp.version(), Version::HTTP_11);
     let seen = server.seen.recv().await.unwrap();
     assert_eq!(seen.authorization.as_deref(), Some("Bearer sk-tls"));
     let heads = heads.lock().unwrap().clone();

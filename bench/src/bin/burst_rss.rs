@@ -41,7 +41,7 @@ struct Args {
     bursts: u32,
     /// Serve the fake upstream over TLS (a fresh private CA, trusted with
     /// `--upstream-ca-file`), offering `h2` by ALPN: the production path, where the streams
-    /// share multiplexed connections.
+    /// past the sidecar's HTTP/1.1 connections share multiplexed connections.
     #[arg(long)]
     tls: bool,
     /// Where the sidecar's log goes.

@@ -106,6 +106,7 @@ struct LimitsFile {
     connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     stream_idle_timeout: Option<Duration>,
+    upstream_http1_connections: Option<usize>,
 }
 
 impl FileConfig {
@@ -168,6 +169,10 @@ impl FileConfig {
             merge(&mut cfg.limits.max_body_bytes, l.max_body_bytes);
             merge(&mut cfg.limits.connect_timeout, l.connect_timeout);
             merge(&mut cfg.limits.stream_idle_timeout, l.stream_idle_timeout);
+            merge(
+                &mut cfg.limits.upstream_http1_connections,
+                l.upstream_http1_connections,
+            );
         }
         if let Some(budgets) = self.budgets {
             cfg.budgets = budgets
@@ -304,6 +309,17 @@ mod tests {
     use std::time::Duration;
 
     use crate::config::{Config, ConfigError};
+
+    #[test]
+    fn upstream_http1_connections_defaults_to_64_and_takes_0() {
+        assert_eq!(Config::default().limits.upstream_http1_connections, 64);
+        let c = Config::from_yaml_str("limits:\n  upstream_http1_connections: 0\n").unwrap();
+        assert_eq!(c.limits.upstream_http1_connections, 0);
+        let err = Config::from_yaml_str("limits:\n  upstream_http1_connections: -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.upstream_http1_connections"), "{err}");
+    }
 
     #[test]
     fn stream_idle_timeout_defaults_parses_and_must_be_positive() {

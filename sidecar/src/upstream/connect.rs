@@ -47,7 +47,7 @@ use crate::error::{BoxError, ErrorChain};
 pub(crate) enum Alpn {
     /// `h2, http/1.1`.
     H2OrH1,
-    /// `http/1.1` only (protocol upgrades).
+    /// `http/1.1` only (protocol upgrades, and the pool's first HTTP/1.1 connections).
     H1Only,
 }
 
@@ -137,6 +137,8 @@ pub enum ConnectError {
         cause: String,
         /// What to do about it, with a leading `; `, or empty.
         hint: &'static str,
+        /// The server refused every protocol offered by ALPN.
+        alpn_refused: bool,
     },
     /// The upstream host cannot be a TLS server name.
     #[error("{host} cannot be used as a TLS server name; check --upstream")]
@@ -147,6 +149,20 @@ pub enum ConnectError {
     /// The URI has no host.
     #[error("the upstream URI has no host")]
     NoHost,
+}
+
+impl ConnectError {
+    /// Whether the TLS server refused every protocol offered by ALPN (e.g. an HTTP/2-only
+    /// server offered `http/1.1`).
+    pub(crate) fn alpn_refused(&self) -> bool {
+        matches!(
+            self,
+            Self::Tls {
+                alpn_refused: true,
+                ..
+            }
+        )
+    }
 }
 
 impl Connector {
@@ -166,11 +182,17 @@ impl Connector {
 
     /// Opens a connection to `dst`'s host and port (TLS when `dst` is https).
     pub(crate) async fn connect(&self, dst: &Uri) -> Result<Io, ConnectError> {
+        self.connect_offering(dst, self.alpn).await
+    }
+
+    /// [`Connector::connect`] offering `alpn` instead of the connector's own list.
+    pub(crate) async fn connect_offering(&self, dst: &Uri, alpn: Alpn) -> Result<Io, ConnectError> {
         let host = dst.host().ok_or(ConnectError::NoHost)?;
         let https = dst.scheme() == Some(&http::uri::Scheme::HTTPS);
         let port = dst.port_u16().unwrap_or(if https { 443 } else { 80 });
         let target = format!("{host}:{port}");
-        let opened = tokio::time::timeout(self.timeout, self.open(host, port, https, &target));
+        let opened =
+            tokio::time::timeout(self.timeout, self.open(host, port, https, &target, alpn));
         match opened.await {
             Ok(result) => result,
             Err(_elapsed) => Err(ConnectError::Timeout {
@@ -186,6 +208,7 @@ impl Connector {
         port: u16,
         https: bool,
         target: &str,
+        alpn: Alpn,
     ) -> Result<Io, ConnectError> {
         let tcp = match &self.proxy {
             None => {
@@ -206,7 +229,7 @@ impl Connector {
             return Ok(Io::new(Stream::Tcp(tcp), false));
         }
         let configs = self.trust.current();
-        let config = match self.alpn {
+        let config = match alpn {
             Alpn::H2OrH1 => Arc::clone(&configs.h2_or_h1),
             Alpn::H1Only => Arc::clone(&configs.h1_only),
         };
@@ -332,10 +355,17 @@ fn tls_error(host: &str, e: &io::Error) -> ConnectError {
         Some(r) => r.to_string(),
         None => ErrorChain(e).to_string(),
     };
+    let alpn_refused = matches!(
+        rustls_error,
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::NoApplicationProtocol
+        ))
+    );
     ConnectError::Tls {
         server: host.to_owned(),
         cause,
         hint,
+        alpn_refused,
     }
 }
 

@@ -10,10 +10,16 @@
 //! Measured on loopback: less proxy CPU and lower added latency per request (see
 //! BENCHMARKS.md).
 //!
-//! HTTP/2: connections come from the shared [`Connector`], which offers `h2, http/1.1` by
-//! ALPN. When the upstream picks h2, the connection is kept and later requests ride it,
+//! HTTP/2, past the HTTP/1.1 connections: the first `limits.upstream_http1_connections`
+//! connections (64 by default) offer only `http/1.1` by ALPN; a connection opened while
+//! that many are open offers `h2, http/1.1`. Why: per request, HTTP/1.1 costs less CPU
+//! and latency than hyper's HTTP/2 client (which spawns two tasks per request and writes
+//! the headers and the body in two TLS records; see BENCHMARKS.md), while HTTP/2 keeps a
+//! burst of long streams from opening a connection each. When the upstream picks h2, the
+//! connection is kept and the requests that find no idle HTTP/1.1 connection ride it,
 //! concurrently, up to a stream cap per connection; past it another connection is opened
-//! (`pool/h2.rs`). The FIFO queue then stays empty.
+//! (`pool/h2.rs`). A plain-http upstream, or one that answers the `h2` offer with
+//! HTTP/1.1, gets HTTP/1.1 connections without a limit, as before.
 //!
 //! What it does not do: protocol upgrades: those take hyper-util's client over an
 //! HTTP/1.1-only connector (`upstream.rs`). A request that hyper hands back unsent (the
@@ -22,7 +28,8 @@
 //! reached the upstream is re-sent.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery};
@@ -32,7 +39,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::UpstreamBody;
-use super::connect::Connector;
+use super::connect::{Alpn, Connector};
 use super::response::UpstreamIncoming;
 use crate::error::ProxyError;
 
@@ -56,6 +63,30 @@ pub(super) struct Pool {
     conns: Mutex<VecDeque<Pooled>>,
     /// The multiplexed connections, once the upstream chose HTTP/2.
     h2: H2Conns,
+    /// HTTP/1.1 connections open, queued or busy (see [`H1Share`]).
+    h1_open: Arc<AtomicUsize>,
+    /// `limits.upstream_http1_connections`.
+    h1_max: usize,
+    /// The upstream refused an `http/1.1`-only offer (an HTTP/2-only server): every
+    /// connection offers h2 from then on.
+    h2_only: AtomicBool,
+}
+
+/// One HTTP/1.1 connection in [`Pool::h1_open`]: taken before connecting, then owned by
+/// the connection's task, so the count drops when the connection ends.
+struct H1Share(Arc<AtomicUsize>);
+
+impl H1Share {
+    fn take(open: &Arc<AtomicUsize>) -> (Self, usize) {
+        let before = open.fetch_add(1, Ordering::AcqRel);
+        (Self(Arc::clone(open)), before)
+    }
+}
+
+impl Drop for H1Share {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What a look into the queue found.
@@ -74,6 +105,8 @@ enum Checkout {
 enum Fresh {
     H1(http1::SendRequest<UpstreamBody>),
     H2(http2::SendRequest<UpstreamBody>, StreamSlot),
+    /// None: the upstream refused an `http/1.1`-only offer; try again offering h2.
+    H2Only,
 }
 
 #[derive(Debug)]
@@ -84,13 +117,15 @@ struct Pooled {
 }
 
 impl Pool {
-    /// A pool for the upstream at `scheme` and `authority`, connecting with `connector`.
+    /// A pool for the upstream at `scheme` and `authority`, connecting with `connector`;
+    /// `h1_max` HTTP/1.1 connections before one offers HTTP/2.
     pub(super) fn new(
         connector: Connector,
         scheme: &http::uri::Scheme,
         authority: &Authority,
         idle_timeout: Duration,
         h2_keep_alive: Duration,
+        h1_max: usize,
     ) -> Option<Self> {
         let origin = Uri::builder()
             .scheme(scheme.clone())
@@ -122,6 +157,9 @@ impl Pool {
             h2_keep_alive,
             conns: Mutex::new(VecDeque::new()),
             h2,
+            h1_open: Arc::new(AtomicUsize::new(0)),
+            h1_max,
+            h2_only: AtomicBool::new(false),
         })
     }
 
@@ -171,19 +209,28 @@ impl Pool {
                 }
                 Checkout::Busy | Checkout::Empty => {}
             }
-            let guard = match self.h2.gate().await {
-                Gate::Connect(guard) => guard,
-                // Another request opened a connection meanwhile: look again.
-                Gate::Wait => continue,
+            // Under the HTTP/1.1 limit this request connects on its own; past it, the
+            // connection offers h2 and is opened one at a time (`pool/h2.rs`).
+            let (share, before) = H1Share::take(&self.h1_open);
+            let (share, guard) = if before < self.h1_max && !self.h2_only.load(Ordering::Acquire) {
+                (Some(share), None)
+            } else {
+                drop(share);
+                match self.h2.gate().await {
+                    Gate::Connect(guard) => (None, Some(guard)),
+                    // Another request opened a connection meanwhile: look again.
+                    Gate::Wait => continue,
+                }
             };
             // Boxed: a new connection is rare, and its handshakes' state would size
             // every request's future.
-            let fresh = Box::pin(self.connect()).await;
+            let fresh = Box::pin(self.connect(share)).await;
             if fresh.is_err() {
                 self.h2.connect_failed();
             }
             drop(guard);
             return match fresh? {
+                Fresh::H2Only => continue,
                 Fresh::H2(mut tx, slot) => send_h2(&mut tx, req)
                     .await
                     .map(|resp| resp.map(|b| UpstreamIncoming::new(b, Some(slot))))
@@ -206,12 +253,29 @@ impl Pool {
     /// connection that is idle; closed and expired ones are dropped, busy ones (response
     /// still streaming) stay queued.
     fn checkout(&self) -> Checkout {
+        let busy = {
+            let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(tx) = Self::idle_h1(&mut conns, self.idle_timeout) {
+                drop(conns);
+                self.h2.prune_idle();
+                return Checkout::Ready(tx);
+            }
+            !conns.is_empty()
+        };
         match self.h2.pick() {
-            Pick::Room(tx, slot) => return Checkout::H2(tx, slot),
-            Pick::Full => return Checkout::Busy,
-            Pick::None => {}
+            Pick::Room(tx, slot) => Checkout::H2(tx, slot),
+            Pick::Full => Checkout::Busy,
+            Pick::None if busy => Checkout::Busy,
+            Pick::None => Checkout::Empty,
         }
-        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+    }
+
+    /// The first queued HTTP/1.1 connection that is idle, taken out of the queue; closed
+    /// and expired ones are dropped, busy ones stay.
+    fn idle_h1(
+        conns: &mut VecDeque<Pooled>,
+        idle_timeout: Duration,
+    ) -> Option<http1::SendRequest<UpstreamBody>> {
         for _ in 0..conns.len() {
             let Some(conn) = conns.pop_front() else {
                 break;
@@ -220,18 +284,14 @@ impl Pool {
                 continue;
             }
             if conn.tx.is_ready() {
-                if conn.since.elapsed() > self.idle_timeout {
+                if conn.since.elapsed() > idle_timeout {
                     continue;
                 }
-                return Checkout::Ready(conn.tx);
+                return Some(conn.tx);
             }
             conns.push_back(conn);
         }
-        if conns.is_empty() {
-            Checkout::Empty
-        } else {
-            Checkout::Busy
-        }
+        None
     }
 
     /// The upstream's `Host` value (the port only when not the scheme's default).
@@ -251,14 +311,24 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<Fresh, ProxyError> {
+    /// Opens a connection: HTTP/1.1 only when `share` holds its place under the limit,
+    /// else offering h2.
+    async fn connect(&self, share: Option<H1Share>) -> Result<Fresh, ProxyError> {
         let unreachable =
             |source: crate::error::BoxError| ProxyError::UpstreamUnreachable { source };
-        let io = self
-            .connector
-            .connect(&self.origin)
-            .await
-            .map_err(|e| unreachable(Box::new(e)))?;
+        let offer = if share.is_some() {
+            Alpn::H1Only
+        } else {
+            Alpn::H2OrH1
+        };
+        let io = match self.connector.connect_offering(&self.origin, offer).await {
+            Err(e) if e.alpn_refused() && offer == Alpn::H1Only => {
+                // Only h2 would do: every later connection offers it, one at a time.
+                self.h2_only.store(true, Ordering::Release);
+                return Ok(Fresh::H2Only);
+            }
+            connected => connected.map_err(|e| unreachable(Box::new(e)))?,
+        };
         if io.is_h2() {
             let (tx, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
@@ -274,11 +344,19 @@ impl Pool {
             let slot = self.h2.add(tx.clone());
             return Ok(Fresh::H2(tx, slot));
         }
-        self.h2.saw_http1();
+        let share = match share {
+            Some(share) => share,
+            None => {
+                // Offered h2, answered HTTP/1.1.
+                self.h2.saw_http1();
+                H1Share::take(&self.h1_open).0
+            }
+        };
         let (tx, conn) = http1::handshake(io)
             .await
             .map_err(|e| unreachable(Box::new(e)))?;
         tokio::spawn(async move {
+            let _share = share;
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
@@ -400,6 +478,7 @@ mod tests {
             authority,
             Duration::from_secs(90),
             Duration::from_secs(30),
+            64,
         )
         .unwrap()
     }

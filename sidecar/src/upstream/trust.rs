@@ -57,9 +57,10 @@ impl fmt::Display for RootsSource {
 /// The two configs every connection is made with.
 #[derive(Debug)]
 pub(crate) struct TlsConfigs {
-    /// ALPN `h2, http/1.1`: the pool and the streaming client.
+    /// ALPN `h2, http/1.1`: the pool's connections past its HTTP/1.1 limit.
     pub(crate) h2_or_h1: Arc<ClientConfig>,
-    /// ALPN `http/1.1` only: protocol upgrades cannot ride HTTP/2.
+    /// ALPN `http/1.1` only: the pool's first connections, and protocol upgrades (which
+    /// cannot ride HTTP/2).
     pub(crate) h1_only: Arc<ClientConfig>,
 }
 

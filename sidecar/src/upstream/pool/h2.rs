@@ -12,8 +12,10 @@
 //! their own, so a burst of 1,000 streams opens 10 connections, not 1,000. After a failed
 //! connect, requests connect on their own again until one succeeds, so an unreachable
 //! upstream fails each request within its connect timeout instead of queueing them behind
-//! one another. Spare connections (all but the first) close after carrying nothing for
-//! the idle timeout.
+//! one another. A connection closes after carrying nothing for the idle timeout.
+//!
+//! The pool (`pool.rs`) opens these only past its HTTP/1.1 connections
+//! (`limits.upstream_http1_connections`), unless that limit is 0.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -72,6 +74,8 @@ const PROTO_H2: u8 = 2;
 #[derive(Debug)]
 pub(super) struct H2Conns {
     conns: Mutex<Vec<Conn>>,
+    /// `conns.len()`, readable without the lock.
+    count: AtomicUsize,
     idle_timeout: Duration,
     proto: AtomicU8,
     connecting: AtomicBool,
@@ -104,6 +108,7 @@ impl H2Conns {
     pub(super) fn new(idle_timeout: Duration) -> Self {
         Self {
             conns: Mutex::new(Vec::new()),
+            count: AtomicUsize::new(0),
             idle_timeout,
             proto: AtomicU8::new(PROTO_UNKNOWN),
             connecting: AtomicBool::new(false),
@@ -113,20 +118,12 @@ impl H2Conns {
     }
 
     /// The first open connection with room, its slot taken; closed connections and idle
-    /// spare ones are dropped on the way (hyper closes a connection once its last sender
+    /// ones are dropped on the way (hyper closes a connection once its last sender
     /// is gone and its streams have ended).
     pub(super) fn pick(&self) -> Pick {
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
-        let mut kept_one = false;
-        conns.retain(|c| {
-            let keep = !c.tx.is_closed()
-                && (!kept_one
-                    || c.open.load(Ordering::Acquire) > 0
-                    || now.duration_since(c.last_used) < self.idle_timeout);
-            kept_one |= keep;
-            keep
-        });
+        self.prune(&mut conns, now);
         if let Some(c) = conns
             .iter_mut()
             .find(|c| c.open.load(Ordering::Acquire) < STREAMS_PER_CONN)
@@ -141,20 +138,41 @@ impl H2Conns {
         }
     }
 
+    /// Drops closed connections and idle ones, as [`H2Conns::pick`] does, for the
+    /// requests that an HTTP/1.1 connection serves. Without HTTP/2 connections it reads
+    /// one atomic.
+    pub(super) fn prune_idle(&self) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        self.prune(&mut conns, Instant::now());
+    }
+
+    /// Keeps the open connections that carry a stream or carried one within the idle
+    /// timeout, like the HTTP/1.1 queue does.
+    fn prune(&self, conns: &mut Vec<Conn>, now: Instant) {
+        conns.retain(|c| {
+            !c.tx.is_closed()
+                && (c.open.load(Ordering::Acquire) > 0
+                    || now.duration_since(c.last_used) < self.idle_timeout)
+        });
+        self.count.store(conns.len(), Ordering::Release);
+    }
+
     /// Keeps a new connection and takes its first slot.
     pub(super) fn add(&self, tx: SendRequest<UpstreamBody>) -> StreamSlot {
         self.proto.store(PROTO_H2, Ordering::Release);
         self.failing.store(false, Ordering::Release);
         let open = Arc::new(AtomicUsize::new(0));
         let slot = StreamSlot::take(&open);
-        self.conns
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Conn {
-                tx,
-                open,
-                last_used: Instant::now(),
-            });
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        conns.push(Conn {
+            tx,
+            open,
+            last_used: Instant::now(),
+        });
+        self.count.store(conns.len(), Ordering::Release);
         slot
     }
 
@@ -171,10 +189,9 @@ impl H2Conns {
 
     /// Drops the connection `slot` is on: it handed a request back unsent (going away).
     pub(super) fn forget(&self, slot: &StreamSlot) {
-        self.conns
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|c| !Arc::ptr_eq(&c.open, &slot.0));
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        conns.retain(|c| !Arc::ptr_eq(&c.open, &slot.0));
+        self.count.store(conns.len(), Ordering::Release);
     }
 
     /// Whether this request may connect now. Over HTTP/1.1, or while connects fail, every
