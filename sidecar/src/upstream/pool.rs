@@ -105,7 +105,8 @@ enum Checkout {
 enum Fresh {
     H1(http1::SendRequest<UpstreamBody>),
     H2(http2::SendRequest<UpstreamBody>, StreamSlot),
-    /// None: the upstream refused an `http/1.1`-only offer; try again offering h2.
+    /// No connection: the upstream refused an `http/1.1`-only offer; try again offering
+    /// h2.
     H2Only,
 }
 
@@ -225,7 +226,8 @@ impl Pool {
             // Boxed: a new connection is rare, and its handshakes' state would size
             // every request's future.
             let fresh = Box::pin(self.connect(share)).await;
-            if fresh.is_err() {
+            if fresh.is_err() && guard.is_some() {
+                // An h2 offer failed: the next ones stop waiting for one another.
                 self.h2.connect_failed();
             }
             drop(guard);
@@ -249,9 +251,9 @@ impl Pool {
         }
     }
 
-    /// An HTTP/2 connection with room if there is one, else the first queued HTTP/1.1
-    /// connection that is idle; closed and expired ones are dropped, busy ones (response
-    /// still streaming) stay queued.
+    /// The first queued HTTP/1.1 connection that is idle, else an HTTP/2 connection with
+    /// room; closed and expired ones are dropped, busy ones (response still streaming)
+    /// stay queued.
     fn checkout(&self) -> Checkout {
         let busy = {
             let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
