@@ -10,13 +10,14 @@
 # and compare the two binaries the same way.
 #
 # One fake upstream (target/release/fake-upstream, or $T/fake-upstream) and every target on
-# CPU 1, oha on CPU 0. Per repetition and target, interleaved: 1 s warm-up, DUR s at 16
+# CPU 1, oha on CPU 0. Per repetition and target, interleaved: 1 s warm-up, DUR s at CONNS
 # connections (proxy CPU per request from /proc utime+stime, user part separately), RDUR s
 # at 50 req/s (p50). Prints medians. The special name `nginx` starts the bench script's
-# nginx configuration. Knobs: REPS (3), DUR (4), RDUR (6), T (target/release), LOGLVL (warn).
+# nginx configuration. Knobs: REPS (3), DUR (4), RDUR (6), CONNS (16), T (target/release),
+# LOGLVL (warn).
 # Needs oha, jq, bc, taskset, curl (scripts/bench-proxy.sh installs them).
 set -euo pipefail
-REPS=${REPS:-3}; DUR=${DUR:-4}; RDUR=${RDUR:-6}
+REPS=${REPS:-3}; DUR=${DUR:-4}; RDUR=${RDUR:-6}; CONNS=${CONNS:-16}
 OUT=$(mktemp -d /tmp/bench-ab.XXXX)
 # shellcheck source=scripts/bench-common.sh
 source "$(dirname "$0")/bench-common.sh"
@@ -70,14 +71,14 @@ oh() { taskset -c 0 oha --no-tui --output-format json -m POST -T application/jso
 for r in $(seq "$REPS"); do
   for n in "${NAMES[@]}"; do
     u=${URL[$n]}
-    oh -z 1s -c 16 "$u" >/dev/null
+    oh -z 1s -c "$CONNS" "$u" >/dev/null
     cpu=0; ucpu=0; reqs=0
     if [[ $n != direct ]]; then
       read -r -a pp <<<"${PID[$n]}"
       b=$(ticks "${pp[@]}"); bu=$(uticks "${pp[@]}")
-      oh -z "${DUR}s" -c 16 "$u" >"$OUT/$n-c16-$r.json"
+      oh -z "${DUR}s" -c "$CONNS" "$u" >"$OUT/$n-c$CONNS-$r.json"
       a=$(ticks "${pp[@]}"); au=$(uticks "${pp[@]}")
-      reqs=$(jq '[.statusCodeDistribution[]]|add' "$OUT/$n-c16-$r.json")
+      reqs=$(jq '[.statusCodeDistribution[]]|add' "$OUT/$n-c$CONNS-$r.json")
       hz=$(getconf CLK_TCK)
       cpu=$(echo "($a-$b)*1000000/$hz/$reqs" | bc -l); ucpu=$(echo "($au-$bu)*1000000/$hz/$reqs" | bc -l)
     fi

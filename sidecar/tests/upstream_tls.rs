@@ -325,6 +325,8 @@ struct LongStreams {
     handshakes: Arc<AtomicUsize>,
     /// The version of every request seen.
     versions: Arc<Mutex<Vec<Version>>>,
+    /// Connections open now, after their handshake.
+    live: Arc<AtomicUsize>,
     _server: AbortOnDrop,
 }
 
@@ -349,21 +351,29 @@ async fn long_streams_upstream(max_streams: u32, alpn: &[&[u8]], limits: &Limits
     let accepted = Arc::new(AtomicUsize::new(0));
     let handshakes = Arc::new(AtomicUsize::new(0));
     let versions = Arc::new(Mutex::new(Vec::new()));
-    let (count, done, seen) = (
+    let live = Arc::new(AtomicUsize::new(0));
+    let (count, done, seen, open) = (
         Arc::clone(&accepted),
         Arc::clone(&handshakes),
         Arc::clone(&versions),
+        Arc::clone(&live),
     );
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         while let Ok((tcp, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
-            let (acceptor, done, seen) = (acceptor.clone(), Arc::clone(&done), Arc::clone(&seen));
+            let (acceptor, done, seen, open) = (
+                acceptor.clone(),
+                Arc::clone(&done),
+                Arc::clone(&seen),
+                Arc::clone(&open),
+            );
             conns.spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
                 done.fetch_add(1, Ordering::SeqCst);
+                open.fetch_add(1, Ordering::SeqCst);
                 let service =
                     hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                         seen.lock().unwrap().push(req.version());
@@ -380,6 +390,7 @@ async fn long_streams_upstream(max_streams: u32, alpn: &[&[u8]], limits: &Limits
                     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 builder.http2().max_concurrent_streams(max_streams);
                 let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                open.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
@@ -394,6 +405,7 @@ async fn long_streams_upstream(max_streams: u32, alpn: &[&[u8]], limits: &Limits
         accepted,
         handshakes,
         versions,
+        live,
         _server: AbortOnDrop(task),
     }
 }
@@ -452,7 +464,9 @@ async fn a_cold_burst_opens_as_many_connections_as_its_streams_need() {
 /// Under `limits.upstream_http1_connections` each request in flight gets an HTTP/1.1
 /// connection; the requests past it share an HTTP/2 connection, opened once. A cold burst
 /// opens 2 + 1 connections, and a later request with every HTTP/1.1 connection busy rides
-/// the HTTP/2 one.
+/// the HTTP/2 one. Once the HTTP/1.1 connections are gone (their streams were cut, so
+/// they close), the next request opens an HTTP/1.1 connection again instead of riding
+/// the HTTP/2 one that has room.
 #[tokio::test]
 async fn past_the_http1_limit_requests_share_an_http2_connection() {
     let limits = Limits {
@@ -472,6 +486,18 @@ async fn past_the_http1_limit_requests_share_an_http2_connection() {
     let one_more = open_streams(&server.up, 1).await;
     assert_eq!(one_more[0].version(), Version::HTTP_2);
     assert_eq!(server.handshakes(), 3);
+
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while server.live.load(Ordering::SeqCst) > 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the cut HTTP/1.1 connections close");
+    let after = open_streams(&server.up, 1).await;
+    assert_eq!(after[0].version(), Version::HTTP_11);
+    assert_eq!(server.handshakes(), 4);
 }
 
 /// An upstream whose TLS handshake never completes (a black hole): while connects fail,

@@ -251,9 +251,9 @@ impl Pool {
         }
     }
 
-    /// The first queued HTTP/1.1 connection that is idle, else an HTTP/2 connection with
-    /// room; closed and expired ones are dropped, busy ones (response still streaming)
-    /// stay queued.
+    /// The first queued HTTP/1.1 connection that is idle, else (at the HTTP/1.1 limit) an
+    /// HTTP/2 connection with room; closed and expired ones are dropped, busy ones
+    /// (response still streaming) stay queued.
     fn checkout(&self) -> Checkout {
         let busy = {
             let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
@@ -264,6 +264,17 @@ impl Pool {
             }
             !conns.is_empty()
         };
+        if self.h1_open.load(Ordering::Acquire) < self.h1_max
+            && !self.h2_only.load(Ordering::Acquire)
+        {
+            // Room for another HTTP/1.1 connection: HTTP/2 carries only the requests past
+            // them, so the pool goes back to HTTP/1.1 once a burst is over.
+            return if busy {
+                Checkout::Busy
+            } else {
+                Checkout::Empty
+            };
+        }
         match self.h2.pick() {
             Pick::Room(tx, slot) => Checkout::H2(tx, slot),
             Pick::Full => Checkout::Busy,
