@@ -17,6 +17,7 @@ mod overhead;
 mod record;
 mod series;
 mod sets;
+mod upstream_conns;
 mod zero;
 
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use sets::{
     ModelLabelSet, RateLimitLabels, ReloadLabels, RequestLabels, RetryLabels, RouteLabels,
     RouteModelLabels, TTFB_BUCKETS, TokenLabels, UnparsedLabels,
 };
+use upstream_conns::UpstreamConnections;
 
 pub use labels::{
     AttemptOutcome, IncompleteReason, RateLimitKind, ReloadResult, RetryReason, Route, TokenType,
@@ -261,6 +263,15 @@ impl Metrics {
             successes: Box::new(move || changes().saturating_sub(baseline)),
             failures: Box::new(failures),
         }));
+    }
+
+    /// Registers `holysheep_upstream_connections{protocol="http1"|"http2"}`, read from
+    /// `open` (HTTP/1.1 and HTTP/2 connections open) at each scrape.
+    pub fn register_upstream_connections(
+        registry: &mut Registry,
+        open: impl Fn() -> (u64, u64) + Send + Sync + 'static,
+    ) {
+        registry.register_collector(Box::new(UpstreamConnections(Box::new(open))));
     }
 }
 

@@ -192,6 +192,7 @@ pub fn build(settings: Settings) -> Result<App, RunError> {
         move || key_changes.changes(),
         move || key_failures.failures(),
     );
+    Metrics::register_upstream_connections(&mut registry, upstream.open_connections());
     let state = AppState {
         config: Arc::new(ArcSwap::from_pointee(settings.config)),
         keys,

@@ -213,6 +213,16 @@ impl Upstream {
         })
     }
 
+    /// A reader of the pool's open HTTP/1.1 and HTTP/2 connections, for the metrics
+    /// (protocol upgrades not counted).
+    pub fn open_connections(&self) -> impl Fn() -> (u64, u64) + Send + Sync + 'static {
+        let pool = Arc::clone(&self.pool);
+        move || {
+            let (http1, http2) = pool.open_connections();
+            (http1 as u64, http2 as u64)
+        }
+    }
+
     /// Starts the watchers of the CA file and of the proxy auth file (only those in use).
     /// Must be called inside a tokio runtime.
     pub fn spawn_watchers(&self, options: ReloadOptions) -> Watchers {

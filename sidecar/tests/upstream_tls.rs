@@ -477,6 +477,8 @@ async fn past_the_http1_limit_requests_share_an_http2_connection() {
     let held = open_streams(&server.up, 5).await;
     assert_eq!(server.handshakes(), 3);
     assert_eq!(server.versions(), (2, 3));
+    let open = server.up.open_connections();
+    assert_eq!(open(), (2, 1), "the metrics' reading");
     let versions: Vec<Version> = held.iter().map(Response::version).collect();
     assert_eq!(
         versions.iter().filter(|v| **v == Version::HTTP_2).count(),
@@ -498,6 +500,7 @@ async fn past_the_http1_limit_requests_share_an_http2_connection() {
     let after = open_streams(&server.up, 1).await;
     assert_eq!(after[0].version(), Version::HTTP_11);
     assert_eq!(server.handshakes(), 4);
+    assert_eq!(open(), (1, 1));
 }
 
 /// An upstream whose TLS handshake never completes (a black hole): while connects fail,

@@ -304,6 +304,25 @@ impl IncompleteReason {
     }
 }
 
+/// Protocol of an upstream connection (`protocol` of `holysheep_upstream_connections`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2.
+    Http2,
+}
+
+impl UpstreamProtocol {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::Http2 => "http2",
+        }
+    }
+}
+
 macro_rules! label_value_from_as_str {
     ($($ty:ty),* $(,)?) => {$(
         impl EncodeLabelValue for $ty {
@@ -323,6 +342,7 @@ label_value_from_as_str!(
     RateLimitKind,
     UnparsedKind,
     IncompleteReason,
+    UpstreamProtocol,
 );
 
 #[cfg(test)]

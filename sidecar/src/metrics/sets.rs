@@ -8,7 +8,7 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use super::labels::{
     AttemptOutcome, IncompleteReason, RateLimitKind, ReloadResult, RetryReason, Route, TokenType,
-    UnparsedKind,
+    UnparsedKind, UpstreamProtocol,
 };
 use super::models::ModelName;
 
@@ -82,6 +82,11 @@ pub(super) struct AttemptLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct ReloadLabels {
     pub(super) result: ReloadResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ProtocolLabels {
+    pub(super) protocol: UpstreamProtocol,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

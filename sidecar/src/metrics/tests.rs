@@ -334,3 +334,36 @@ fn client_text_never_reaches_a_label() {
         10.0
     );
 }
+
+#[test]
+fn upstream_connections_are_read_at_each_scrape_by_protocol() {
+    let mut registry = Registry::default();
+    let open = Arc::new((AtomicUsize::new(2), AtomicUsize::new(0)));
+    let read = Arc::clone(&open);
+    Metrics::register_upstream_connections(&mut registry, move || {
+        (
+            read.0.load(Ordering::SeqCst) as u64,
+            read.1.load(Ordering::SeqCst) as u64,
+        )
+    });
+    let gauge = |s: &Scrape, protocol| {
+        counter(
+            s,
+            "holysheep_upstream_connections",
+            &[("protocol", protocol)],
+        )
+    };
+    let s = scrape(&registry);
+    assert_eq!((gauge(&s, "http1"), gauge(&s, "http2")), (2.0, 0.0));
+    assert!(
+        matches!(
+            find(&s, "holysheep_upstream_connections", &[])[0].value,
+            Value::Gauge(_)
+        ),
+        "a gauge"
+    );
+    open.0.store(64, Ordering::SeqCst);
+    open.1.store(3, Ordering::SeqCst);
+    let s = scrape(&registry);
+    assert_eq!((gauge(&s, "http1"), gauge(&s, "http2")), (64.0, 3.0));
+}

@@ -63,8 +63,10 @@ pub(super) struct Pool {
     conns: Mutex<VecDeque<Pooled>>,
     /// The multiplexed connections, once the upstream chose HTTP/2.
     h2: H2Conns,
-    /// HTTP/1.1 connections open, queued or busy (see [`H1Share`]).
+    /// HTTP/1.1 connections open, queued or busy (see [`ConnShare`]).
     h1_open: Arc<AtomicUsize>,
+    /// HTTP/2 connections open (for the metrics only).
+    h2_open: Arc<AtomicUsize>,
     /// `limits.upstream_http1_connections`.
     h1_max: usize,
     /// The upstream refused an `http/1.1`-only offer (an HTTP/2-only server): every
@@ -72,18 +74,19 @@ pub(super) struct Pool {
     h2_only: AtomicBool,
 }
 
-/// One HTTP/1.1 connection in [`Pool::h1_open`]: taken before connecting, then owned by
-/// the connection's task, so the count drops when the connection ends.
-struct H1Share(Arc<AtomicUsize>);
+/// One connection in [`Pool::h1_open`] or [`Pool::h2_open`]: taken before connecting (for
+/// HTTP/1.1) or once connected (HTTP/2), then owned by the connection's task, so the count
+/// drops when the connection ends.
+struct ConnShare(Arc<AtomicUsize>);
 
-impl H1Share {
+impl ConnShare {
     fn take(open: &Arc<AtomicUsize>) -> (Self, usize) {
         let before = open.fetch_add(1, Ordering::AcqRel);
         (Self(Arc::clone(open)), before)
     }
 }
 
-impl Drop for H1Share {
+impl Drop for ConnShare {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -159,6 +162,7 @@ impl Pool {
             conns: Mutex::new(VecDeque::new()),
             h2,
             h1_open: Arc::new(AtomicUsize::new(0)),
+            h2_open: Arc::new(AtomicUsize::new(0)),
             h1_max,
             h2_only: AtomicBool::new(false),
         })
@@ -212,7 +216,7 @@ impl Pool {
             }
             // Under the HTTP/1.1 limit this request connects on its own; past it, the
             // connection offers h2 and is opened one at a time (`pool/h2.rs`).
-            let (share, before) = H1Share::take(&self.h1_open);
+            let (share, before) = ConnShare::take(&self.h1_open);
             let (share, guard) = if before < self.h1_max && !self.h2_only.load(Ordering::Acquire) {
                 (Some(share), None)
             } else {
@@ -307,6 +311,14 @@ impl Pool {
         None
     }
 
+    /// HTTP/1.1 and HTTP/2 connections open now.
+    pub(super) fn open_connections(&self) -> (usize, usize) {
+        (
+            self.h1_open.load(Ordering::Acquire),
+            self.h2_open.load(Ordering::Acquire),
+        )
+    }
+
     /// The upstream's `Host` value (the port only when not the scheme's default).
     pub(super) fn host_header(&self) -> &HeaderValue {
         &self.host_header
@@ -326,7 +338,7 @@ impl Pool {
 
     /// Opens a connection: HTTP/1.1 only when `share` holds its place under the limit,
     /// else offering h2.
-    async fn connect(&self, share: Option<H1Share>) -> Result<Fresh, ProxyError> {
+    async fn connect(&self, share: Option<ConnShare>) -> Result<Fresh, ProxyError> {
         let unreachable =
             |source: crate::error::BoxError| ProxyError::UpstreamUnreachable { source };
         let offer = if share.is_some() {
@@ -349,7 +361,9 @@ impl Pool {
                 .handshake(io)
                 .await
                 .map_err(|e| unreachable(Box::new(e)))?;
+            let h2_share = ConnShare::take(&self.h2_open).0;
             tokio::spawn(async move {
+                let _share = h2_share;
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
                 }
@@ -362,7 +376,7 @@ impl Pool {
             None => {
                 // Offered h2, answered HTTP/1.1.
                 self.h2.saw_http1();
-                H1Share::take(&self.h1_open).0
+                ConnShare::take(&self.h1_open).0
             }
         };
         let (tx, conn) = http1::handshake(io)
