@@ -12,7 +12,8 @@
 //! their own, so a burst of 1,000 streams opens 10 connections, not 1,000. After a failed
 //! connect, requests connect on their own again until one succeeds, so an unreachable
 //! upstream fails each request within its connect timeout instead of queueing them behind
-//! one another. A connection closes after carrying nothing for the idle timeout.
+//! one another. A connection that carried nothing for the idle timeout is dropped at the
+//! next request that looks at the pool (and hyper then closes it).
 //!
 //! The pool (`pool.rs`) opens these only past its HTTP/1.1 connections
 //! (`limits.upstream_http1_connections`), unless that limit is 0.
