@@ -65,7 +65,7 @@ pub(super) struct Pool {
     h2: H2Conns,
     /// HTTP/1.1 connections open, queued or busy (see [`ConnShare`]).
     h1_open: Arc<AtomicUsize>,
-    /// HTTP/2 connections open (for the metrics only).
+    /// HTTP/2 connections open: the metrics, and whether idle ones need pruning.
     h2_open: Arc<AtomicUsize>,
     /// `limits.upstream_http1_connections`.
     h1_max: usize,
@@ -263,7 +263,9 @@ impl Pool {
             let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(tx) = Self::idle_h1(&mut conns, self.idle_timeout) {
                 drop(conns);
-                self.h2.prune_idle();
+                if self.h2_open.load(Ordering::Acquire) > 0 {
+                    self.h2.prune_idle();
+                }
                 return Checkout::Ready(tx);
             }
             !conns.is_empty()

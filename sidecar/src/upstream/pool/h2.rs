@@ -75,8 +75,6 @@ const PROTO_H2: u8 = 2;
 #[derive(Debug)]
 pub(super) struct H2Conns {
     conns: Mutex<Vec<Conn>>,
-    /// `conns.len()`, readable without the lock.
-    count: AtomicUsize,
     idle_timeout: Duration,
     proto: AtomicU8,
     connecting: AtomicBool,
@@ -109,7 +107,6 @@ impl H2Conns {
     pub(super) fn new(idle_timeout: Duration) -> Self {
         Self {
             conns: Mutex::new(Vec::new()),
-            count: AtomicUsize::new(0),
             idle_timeout,
             proto: AtomicU8::new(PROTO_UNKNOWN),
             connecting: AtomicBool::new(false),
@@ -140,12 +137,9 @@ impl H2Conns {
     }
 
     /// Drops closed connections and idle ones, as [`H2Conns::pick`] does, for the
-    /// requests that an HTTP/1.1 connection serves. Without HTTP/2 connections it reads
-    /// one atomic.
+    /// requests that an HTTP/1.1 connection serves (the pool calls it only while an
+    /// HTTP/2 connection is open).
     pub(super) fn prune_idle(&self) {
-        if self.count.load(Ordering::Acquire) == 0 {
-            return;
-        }
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         self.prune(&mut conns, Instant::now());
     }
@@ -158,7 +152,6 @@ impl H2Conns {
                 && (c.open.load(Ordering::Acquire) > 0
                     || now.duration_since(c.last_used) < self.idle_timeout)
         });
-        self.count.store(conns.len(), Ordering::Release);
     }
 
     /// Keeps a new connection and takes its first slot.
@@ -173,7 +166,6 @@ impl H2Conns {
             open,
             last_used: Instant::now(),
         });
-        self.count.store(conns.len(), Ordering::Release);
         slot
     }
 
@@ -192,7 +184,6 @@ impl H2Conns {
     pub(super) fn forget(&self, slot: &StreamSlot) {
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         conns.retain(|c| !Arc::ptr_eq(&c.open, &slot.0));
-        self.count.store(conns.len(), Ordering::Release);
     }
 
     /// Whether this request may connect now. Over HTTP/1.1, or while connects fail, every
