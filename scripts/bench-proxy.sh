@@ -39,7 +39,8 @@
 # ("direct relay nginx lean hyper sidecar direct-tls nginx-tls sidecar-tls sidecar-proxy";
 # any subset, the report shows "–" for the others), BENCH_TLS_HTTP1 (1: the TLS listener
 # offers only http/1.1 by ALPN; 0, the default: h2 and http/1.1), BENCH_PIN (1: load generators on CPU 0, servers on CPU 1; 0: no pinning), BENCH_SIDECAR_LOG (RUST_LOG for the sidecar, "warn": nginx runs with
-# access_log off, so per-request logging is off on both sides).
+# access_log off, so per-request logging is off on both sides), BENCH_PGO (1: the sidecar
+# is the shipped, profile-guided build of scripts/pgo-build.sh; 0: a plain release build).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -53,9 +54,17 @@ TARGETS=${BENCH_TARGETS:-direct relay nginx lean hyper sidecar direct-tls nginx-
 TLS_HTTP1=${BENCH_TLS_HTTP1:-0}
 PIN=${BENCH_PIN:-1}
 SIDECAR_LOG=${BENCH_SIDECAR_LOG:-warn}
+PGO=${BENCH_PGO:-1}
 WARMUP=2
 # Release binaries: cargo's target dir (CARGO_TARGET_DIR when set, as cargo itself does).
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+# The sidecar under test: the shipped build (profile-guided, scripts/pgo-build.sh) unless
+# BENCH_PGO=0.
+if [[ $PGO == 1 ]]; then
+  SIDECAR_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/pgo/release/holysheep-sidecar
+else
+  SIDECAR_BIN=$BIN/holysheep-sidecar
+fi
 RUN_ID=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=$ROOT/bench/out/$RUN_ID
 BODY='{"model":"gpt-4.1","messages":[{"role":"user","content":"Say hello."}]}'
@@ -310,7 +319,7 @@ start_sidecar_instance() {
   [[ $port != "$admin" ]] || admin=$(free_port)
   # The key comes from the environment: the key file named here does not exist.
   HOLYSHEEP_API_KEY=bench-key RUST_LOG=$SIDECAR_LOG "${SERVER[@]}" \
-    "$BIN/holysheep-sidecar" \
+    "$SIDECAR_BIN" \
     --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
     --api-key-file "$OUT/no-such-key-file" "$@" \
     >"$OUT/$name.log" 2>&1 &
@@ -459,6 +468,10 @@ main() {
   [[ " $TARGETS " == *" sidecar"* ]] && packages+=(-p holysheep-sidecar)
   log "building ${packages[*]} (release)"
   cargo build --release --quiet "${packages[@]}"
+  if [[ $PGO == 1 && " $TARGETS " == *" sidecar"* ]]; then
+    log "profile-guided sidecar (scripts/pgo-build.sh)"
+    bash scripts/pgo-build.sh
+  fi
 
   start_upstream
   [[ " $TARGETS " == *" relay "* ]] && start_relay
@@ -483,6 +496,7 @@ run_id=$RUN_ID
 date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 sidecar_tree=$(if git diff --quiet HEAD -- sidecar 2>/dev/null; then echo clean; else echo "uncommitted changes in sidecar/"; fi)
+sidecar_build=$(if [[ $PGO == 1 ]]; then echo profile-guided; else echo plain release; fi)
 loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)
 nproc=$(nproc)
 cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
