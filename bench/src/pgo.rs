@@ -24,7 +24,8 @@ use tokio::net::TcpStream;
 use crate::payloads::{CHAT_REQUEST, CHAT_STREAM_REQUEST, SSE_DONE};
 use crate::upstream::{self, UpstreamConfig};
 
-/// How long the sidecar may take to become ready, and to exit after SIGTERM.
+/// How long the sidecar may take to become ready, to answer a request, and to exit after
+/// SIGTERM.
 const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Connection counts of the JSON phases: a single client, the benchmark's two loads.
@@ -224,10 +225,17 @@ async fn client(listen: SocketAddr, count: usize, kind: Kind) -> anyhow::Result<
             .header(header::HOST, listen.to_string())
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from_static(body.as_bytes())))?;
-        sender.ready().await?;
-        let resp = sender.send_request(req).await?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
+        // A sidecar that stops answering fails the training instead of hanging the build.
+        let exchange = async {
+            sender.ready().await?;
+            let resp = sender.send_request(req).await?;
+            let status = resp.status();
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(PATIENCE, exchange)
+            .await
+            .with_context(|| format!("{path}: no answer within {PATIENCE:?}"))??;
         if status != StatusCode::OK {
             bail!(
                 "{path} answered {status}: {}",
@@ -268,7 +276,8 @@ async fn get_status(addr: SocketAddr, path: &str) -> anyhow::Result<StatusCode> 
     let req = Request::get(path)
         .header(header::HOST, addr.to_string())
         .body(Full::new(Bytes::new()))?;
-    Ok(sender.send_request(req).await?.status())
+    let resp = tokio::time::timeout(Duration::from_secs(1), sender.send_request(req)).await??;
+    Ok(resp.status())
 }
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
