@@ -5,8 +5,8 @@
 //! - `pgo` (binary `pgo-train`): the training load of the sidecar's profile-guided build.
 //! - `report` (binary `bench-report`): turns a run's raw files into the BENCHMARKS tables.
 //!
-//! The load itself comes from a maintained generator (oha); this crate does not generate
-//! load and is not part of the test suite's figures.
+//! The benchmark's load itself comes from a maintained generator (oha); the load this
+//! crate makes (soak, training) is not what the benchmark's figures measure.
 
 pub mod payloads;
 pub mod pgo;

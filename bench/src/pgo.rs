@@ -10,7 +10,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::payloads::{CHAT_REQUEST, CHAT_STREAM_REQUEST, SSE_DONE};
+use crate::soak::procs::Child;
 use crate::upstream::{self, UpstreamConfig};
 
 /// How long the sidecar may take to become ready, to answer a request, and to exit after
@@ -99,48 +99,21 @@ async fn train_one(
 ) -> anyhow::Result<Vec<Phase>> {
     let (listen, admin) = (free_addr()?, free_addr()?);
     let log = plan.work_dir.join(format!("sidecar-{upstream}.log"));
-    let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let mut child = Command::new(&plan.sidecar)
-        .arg(format!("--listen={listen}"))
-        .arg(format!("--admin-listen={admin}"))
-        .args(flags)
-        .env("HOLYSHEEP_API_KEY", "sk-pgo-training")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out.try_clone()?))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .with_context(|| format!("starting {}", plan.sidecar.display()))?;
+    let mut args = vec![
+        format!("--listen={listen}"),
+        format!("--admin-listen={admin}"),
+    ];
+    args.extend_from_slice(flags);
+    let env = [
+        ("HOLYSHEEP_API_KEY", "sk-pgo-training".to_owned()),
+        ("RUST_LOG", "warn".to_owned()),
+    ];
+    let mut child = Child::spawn(&plan.sidecar, &args, &env, &log)?;
     let result = drive(plan, upstream, &mut child, listen, admin).await;
     // SIGTERM, as the kubelet stops it: the sidecar drains and returns from main, where
     // the profiling runtime writes the profile.
-    let signalled = match child.try_wait()? {
-        Some(_) => None,
-        None => Some(
-            Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status(),
-        ),
-    };
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = tokio::task::spawn_blocking(move || child.terminate(PATIENCE)).await?;
     let phases = result.with_context(|| format!("sidecar log: {}", log.display()))?;
-    if let Some(signalled) = signalled {
-        ensure!(
-            signalled.is_ok_and(|s| s.success()),
-            "could not send SIGTERM to the sidecar"
-        );
-    }
     match status {
         Some(status) if status.success() => Ok(phases),
         Some(status) => bail!("the sidecar exited with {status} (log: {})", log.display()),
@@ -151,7 +124,7 @@ async fn train_one(
 async fn drive(
     plan: &Plan,
     upstream: &'static str,
-    child: &mut std::process::Child,
+    child: &mut Child,
     listen: SocketAddr,
     admin: SocketAddr,
 ) -> anyhow::Result<Vec<Phase>> {
@@ -251,10 +224,10 @@ async fn client(listen: SocketAddr, count: usize, kind: Kind) -> anyhow::Result<
     Ok(count)
 }
 
-async fn wait_ready(child: &mut std::process::Child, admin: SocketAddr) -> anyhow::Result<()> {
+async fn wait_ready(child: &mut Child, admin: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        if let Some(status) = child.try_wait()? {
+        if let Some(status) = child.exited() {
             bail!("the sidecar exited ({status}) before it was ready");
         }
         if let Ok(status) = get_status(admin, "/readyz").await {

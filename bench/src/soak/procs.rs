@@ -49,22 +49,33 @@ impl Child {
     }
 }
 
-impl Drop for Child {
-    fn drop(&mut self) {
-        // SIGTERM first, as the kubelet does, so the process drains and exits cleanly (and
-        // a profiler wrapping it writes its output); SIGKILL after a few seconds.
+impl Child {
+    /// Stops it as the kubelet does: SIGTERM, so the process drains and exits cleanly (and
+    /// a profiler wrapping it, or an instrumented build, writes its output), SIGKILL after
+    /// `grace`. Its exit status, or `None` when it had to be killed. Blocks.
+    pub fn terminate(&mut self, grace: std::time::Duration) -> Option<std::process::ExitStatus> {
+        if let Some(status) = self.exited() {
+            return Some(status);
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.inner.id().to_string()])
             .status();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + grace;
         while std::time::Instant::now() < deadline {
-            if self.exited().is_some() {
-                return;
+            if let Some(status) = self.exited() {
+                return Some(status);
             }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let _ = self.inner.kill();
         let _ = self.inner.wait();
+        None
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.terminate(std::time::Duration::from_secs(10));
     }
 }
 
