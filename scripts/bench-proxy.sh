@@ -30,7 +30,7 @@
 # times, the targets interleaved within each repetition so drift hits them all alike; the
 # report shows medians.
 #
-# Installs what it lacks (apt-get: nginx-light, curl, jq, tinyproxy; cargo: oha), builds in release mode,
+# Installs what it lacks (apt-get: nginx-light, curl, jq, iproute2, tinyproxy; cargo: oha), builds in release mode,
 # binds only 127.0.0.1, and stops everything it started on exit. Results and the report go
 # to bench/out/<run id>/ (git-ignored). It is not part of the test suite.
 #
@@ -82,6 +82,7 @@ ensure_tools() {
   command -v curl >/dev/null || missing+=(curl)
   command -v jq >/dev/null || missing+=(jq)
   command -v taskset >/dev/null || missing+=(util-linux)
+  command -v ss >/dev/null || missing+=(iproute2)
   if wants sidecar-proxy; then
     command -v tinyproxy >/dev/null || [[ -x /usr/bin/tinyproxy ]] || missing+=(tinyproxy)
   fi
@@ -100,13 +101,18 @@ ensure_tools() {
 }
 
 # ---------------------------------------------------------------- helpers
-# A port nobody listens on. The benchmark is no test: the small window between this check
-# and the server's bind is acceptable, and a failed start is reported, not ignored.
+# A port no socket uses, below the kernel's ephemeral range: a port in that range can be
+# the local end of an outgoing connection (the load generator's, a proxy's upstream
+# ones), which nobody listens on yet a server cannot bind (seen: tinyproxy failed to
+# start). The benchmark is no test: the small window between this check and the
+# server's bind is acceptable, and a failed start is reported, not ignored.
 free_port() {
-  local port
+  local low port
+  read -r low _ </proc/sys/net/ipv4/ip_local_port_range
+  ((low > 11000)) || die "the ephemeral port range starts at $low: no room below it"
   for _ in $(seq 1 50); do
-    port=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    port=$((10000 + RANDOM % (low - 10000)))
+    if [[ -z $(ss -Htan "( sport = :$port )") ]]; then
       echo "$port"
       return
     fi
@@ -429,8 +435,9 @@ measure_target() { # measure_target TARGET REP
   local -a pids
   url=$(url_of "$target")
   read -r -a pids <<<"$(proxy_pids "$target")"
-  oha_run "$url" /dev/null -z "${WARMUP}s" -c 16
   for c in 16 64; do
+    # Warmed at the count measured: the window then holds no connection set-up.
+    oha_run "$url" /dev/null -z "${WARMUP}s" -c "$c"
     before=$(cpu_ticks "${pids[@]}")
     up_before=$(cpu_ticks "$UPSTREAM_PID")
     oha_run "$url" "$OUT/oha/$target-c$c-r$rep.json" -z "${DURATION}s" -c "$c"
