@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::Context;
 
-/// A spawned binary, killed on drop; its stderr goes to a log file.
+/// A spawned binary, stopped on drop (see [`Child::terminate`]); its stdout and stderr go
+/// to a log file.
 #[derive(Debug)]
 pub struct Child {
     inner: std::process::Child,
@@ -47,9 +48,7 @@ impl Child {
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.inner.try_wait().ok().flatten()
     }
-}
 
-impl Child {
     /// Stops it as the kubelet does: SIGTERM, so the process drains and exits cleanly (and
     /// a profiler wrapping it, or an instrumented build, writes its output), SIGKILL after
     /// `grace`. Its exit status, or `None` when it had to be killed. Blocks.
