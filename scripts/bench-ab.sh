@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Same-run A/B of proxy builds, the method of BENCHMARKS.md's optimisation log:
 #
-#   scripts/bench-ab.sh NAME='COMMAND with {PORT} {ADMIN} {UP}' ... [nginx=x]
+#   scripts/bench-ab.sh NAME='[VAR=value ...] COMMAND with {PORT} {ADMIN} {UP}' ... [nginx=x]
 #
 # e.g. two sidecar builds:
 #   S='--listen 127.0.0.1:{PORT} --admin-listen 127.0.0.1:{ADMIN} --upstream http://{UP}/v1 --api-key-file /nonexistent'
@@ -13,8 +13,9 @@
 # CPU 1, oha on CPU 0. Per repetition and target, interleaved: 1 s warm-up, DUR s at CONNS
 # connections (proxy CPU per request from /proc utime+stime, user part separately), RDUR s
 # at 50 req/s (p50). Prints medians. The special name `nginx` starts the bench script's
-# nginx configuration. Knobs: REPS (3), DUR (4), RDUR (6), CONNS (16), T (target/release),
-# LOGLVL (warn).
+# nginx configuration. Every other target runs with the sidecar image's GLIBC_TUNABLES
+# unless its leading VAR=value words set it (`GLIBC_TUNABLES= COMMAND`: glibc's defaults).
+# Knobs: REPS (3), DUR (4), RDUR (6), CONNS (16), T (target/release), LOGLVL (warn).
 # Needs oha, jq, bc, taskset, curl (scripts/bench-proxy.sh installs them).
 set -euo pipefail
 REPS=${REPS:-3}; DUR=${DUR:-4}; RDUR=${RDUR:-6}; CONNS=${CONNS:-16}
@@ -58,7 +59,7 @@ NG
     m=$!; PIDS+=("$m"); sleep 0.5; PID[$n]="$m $(pgrep -P "$m" | head -1)"
   else
     c=${c//\{PORT\}/$p}; c=${c//\{ADMIN\}/$a}; c=${c//\{UP\}/$UP}
-    HOLYSHEEP_API_KEY=bench-key RUST_LOG=${LOGLVL:-warn} taskset -c 1 bash -c "exec $c" >"$OUT/$n.log" 2>&1 &
+    GLIBC_TUNABLES=$IMAGE_GLIBC_TUNABLES HOLYSHEEP_API_KEY=bench-key RUST_LOG=${LOGLVL:-warn} taskset -c 1 bash -c "exec env $c" >"$OUT/$n.log" 2>&1 &
     PID[$n]=$!; PIDS+=($!)
   fi
   URL[$n]=http://127.0.0.1:$p/v1/chat/completions; NAMES+=("$n")

@@ -23,7 +23,8 @@
 #   sidecar-proxy  the same sidecar tunnelling through tinyproxy (--egress-proxy, CONNECT);
 #                  its proxy CPU is the sidecar's alone, tinyproxy's is not counted.
 # relay and lean are the floors of the sidecar's prescribed stack (tokio, hyper) on the
-# machine at hand. It measures
+# machine at hand. The sidecar and mini-proxy run with the sidecar image's GLIBC_TUNABLES
+# (its Dockerfile's ENV line). It measures
 # req/s and p50/p99 at 16 and 64 connections, p50/p99 at a fixed 50 req/s, proxy CPU time
 # per request (utime+stime from /proc; schedstat ns at 50 req/s), streamed time to first
 # byte (ttfb-probe), and RSS idle and after load. Every measurement is repeated BENCH_REPS
@@ -65,6 +66,10 @@ if [[ $PGO == 1 ]]; then
 else
   SIDECAR_BIN=$BIN/holysheep-sidecar
 fi
+# The sidecar image's allocator setting (its Dockerfile's ENV GLIBC_TUNABLES), so the sidecar
+# runs here as it does in production. mini-proxy gets it too: the lean floor then differs
+# from the sidecar by the sidecar's own work, not by allocator settings.
+IMAGE_GLIBC_TUNABLES=$(sed -n 's/^ENV GLIBC_TUNABLES=//p' Dockerfile)
 RUN_ID=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=$ROOT/bench/out/$RUN_ID
 BODY='{"model":"gpt-4.1","messages":[{"role":"user","content":"Say hello."}]}'
@@ -289,7 +294,7 @@ start_mini() {
   local name=$1 label=$2 port
   shift 2
   port=$(free_port)
-  "${SERVER[@]}" "$BIN/mini-proxy" --listen "127.0.0.1:$port" \
+  GLIBC_TUNABLES=$IMAGE_GLIBC_TUNABLES "${SERVER[@]}" "$BIN/mini-proxy" --listen "127.0.0.1:$port" \
     --upstream "$UPSTREAM" "$@" >"$OUT/mini-proxy-$name.log" 2>&1 &
   MINI_PID=$!
   PIDS+=("$MINI_PID")
@@ -324,8 +329,8 @@ start_sidecar_instance() {
   admin=$(free_port)
   [[ $port != "$admin" ]] || admin=$(free_port)
   # The key comes from the environment: the key file named here does not exist.
-  HOLYSHEEP_API_KEY=bench-key RUST_LOG=$SIDECAR_LOG "${SERVER[@]}" \
-    "$SIDECAR_BIN" \
+  GLIBC_TUNABLES=$IMAGE_GLIBC_TUNABLES HOLYSHEEP_API_KEY=bench-key RUST_LOG=$SIDECAR_LOG \
+    "${SERVER[@]}" "$SIDECAR_BIN" \
     --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
     --api-key-file "$OUT/no-such-key-file" "$@" \
     >"$OUT/$name.log" 2>&1 &
@@ -517,6 +522,7 @@ rate_duration_s=$RATE_DURATION
 reps=$REPS
 pinning=$PINNING
 sidecar_log=$SIDECAR_LOG
+glibc_tunables=${IMAGE_GLIBC_TUNABLES:-unset}
 tls_upstream_alpn=$(if [[ $TLS_HTTP1 == 1 ]]; then echo http/1.1; else echo h2,http/1.1; fi)
 tinyproxy=$(if wants sidecar-proxy; then tinyproxy -v 2>&1 | head -1; else echo unused; fi)
 EOF

@@ -3,7 +3,7 @@
 # the method of BENCHMARKS.md's "Where the rest of the gap is". Counts, unlike CPU time on
 # a shared machine, repeat between runs, so small changes can be told apart.
 #
-#   scripts/cachegrind-request.sh NAME='COMMAND with {PORT} {ADMIN} {UP}' ...
+#   scripts/cachegrind-request.sh NAME='[VAR=value ...] COMMAND with {PORT} {ADMIN} {UP}' ...
 #
 # e.g. two sidecar builds:
 #   S='--listen 127.0.0.1:{PORT} --admin-listen 127.0.0.1:{ADMIN} --upstream http://{UP}/v1 --api-key-file /nonexistent'
@@ -18,7 +18,9 @@
 # once a second (hyper's Date header, timers), which a short run spreads over few
 # requests: keep N at 1000 or more. The cache misses are the simulated first
 # level (valgrind's default geometry), the lever for code whose per-request footprint is
-# larger than the instruction cache. Knobs: N (1000), C (1), T (target/release).
+# larger than the instruction cache. Every target runs with the sidecar image's
+# GLIBC_TUNABLES unless its leading VAR=value words set it (`GLIBC_TUNABLES= COMMAND`:
+# glibc's defaults). Knobs: N (1000), C (1), T (target/release).
 # Needs valgrind (apt-get install valgrind), oha and curl (scripts/bench-proxy.sh
 # installs them).
 set -euo pipefail
@@ -39,9 +41,13 @@ totals() {
   p=$(port); a=$(port)
   c=${c//\{PORT\}/$p}; c=${c//\{ADMIN\}/$a}; c=${c//\{UP\}/$UP}
   url=http://127.0.0.1:$p/v1/chat/completions
-  # Split on spaces, no shell in between: valgrind must start the proxy itself.
+  # Split on spaces, no shell in between: valgrind must start the proxy itself. Leading
+  # VAR=value words are the proxy's environment.
   read -r -a argv <<<"$c"
-  HOLYSHEEP_API_KEY=bench-key RUST_LOG=warn valgrind --tool=cachegrind --cache-sim=yes \
+  local envs=()
+  while [[ ${argv[0]} =~ ^[A-Za-z_][A-Za-z0-9_]*= ]]; do envs+=("${argv[0]}"); argv=("${argv[@]:1}"); done
+  GLIBC_TUNABLES=$IMAGE_GLIBC_TUNABLES HOLYSHEEP_API_KEY=bench-key RUST_LOG=warn env "${envs[@]}" \
+    valgrind --tool=cachegrind --cache-sim=yes \
     --cachegrind-out-file="$OUT/$n.$reqs.out" "${argv[@]}" >"$OUT/$n.$reqs.log" 2>&1 &
   vp=$!
   for _ in $(seq 300); do

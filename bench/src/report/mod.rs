@@ -152,8 +152,9 @@ pub fn render(data: &RunData) -> String {
     let _ = writeln!(
         out,
         "Run `{}` at commit {} (sidecar/ {}): {} repetitions, medians shown; {} s per load run, \
-         {} s at 50 req/s; pinning: {}; sidecar RUST_LOG={}, metrics {}; load average {} at \
-         start, {} at end; failed requests (non-200 or errors): {}.\n",
+         {} s at 50 req/s; pinning: {}; sidecar RUST_LOG={}, metrics {}; GLIBC_TUNABLES={} \
+         (sidecar and mini-proxy, the sidecar image's value); load average {} at start, {} \
+         at end; failed requests (non-200 or errors): {}.\n",
         meta("run_id"),
         meta("commit"),
         meta("sidecar_tree"),
@@ -163,6 +164,7 @@ pub fn render(data: &RunData) -> String {
         meta("pinning"),
         meta("sidecar_log"),
         meta("sidecar_metrics"),
+        meta("glibc_tunables"),
         meta("loadavg_start"),
         meta("loadavg_end"),
         data.failures(),
