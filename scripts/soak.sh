@@ -10,7 +10,8 @@
 # (1000) concurrent streams; and, through the webhook over TLS, ordinary reviews at 10/s
 # plus a hostile storm every minute (silent TCP and TLS connections, a trickling body,
 # parallel 2.7-2.9 MB reviews with and without port collisions, a 4.5 MB review). RSS,
-# CPU time and open descriptors of both processes are sampled every 5 s.
+# CPU time and open descriptors of both processes are sampled every 5 s. The sidecar gets
+# the image's environment (the Dockerfile's ENV lines of its stage), as in production.
 #
 # Extra flags go to `soak`: `--tls` serves the fake upstream over HTTPS offering h2 (the
 # production path).
@@ -27,9 +28,12 @@ WORKERS=${SOAK_WORKERS:-8}
 OUT=bench/out/soak-$(date -u +%Y%m%dT%H%M%SZ)
 
 cargo build --release --locked -p holysheep-sidecar -p holysheep-webhook -p holysheep-bench --bin holysheep-sidecar --bin holysheep-webhook --bin soak
+# Cargo's target dir (CARGO_TARGET_DIR when set, as cargo itself does).
+BIN=${CARGO_TARGET_DIR:-target}/release
 # The bursts hold about 4 descriptors per stream across the driver and the sidecar.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 mkdir -p "$OUT"
-target/release/soak --duration "$DURATION" --warmup "$WARMUP" --burst-streams "$BURST" \
+"$BIN/soak" --sidecar "$BIN/holysheep-sidecar" --webhook "$BIN/holysheep-webhook" \
+  --duration "$DURATION" --warmup "$WARMUP" --burst-streams "$BURST" \
   --workers "$WORKERS" --out "$OUT" "$@"
 echo "samples and logs in $OUT" >&2

@@ -3,7 +3,10 @@
 //! streams at once (one connection each, as many apps would), reads the RSS once all are
 //! open and again when they have ended, and prints one line per phase.
 //!
-//! With `--tls` the fake upstream speaks HTTPS and offers `h2`, as production does.
+//! With `--tls` the fake upstream speaks HTTPS and offers `h2`, as production does. The
+//! sidecar gets the image's environment (the Dockerfile's `ENV` lines of its stage, its
+//! allocator setting) unless the caller's environment sets the same names:
+//! `GLIBC_TUNABLES= burst-rss` measures glibc's defaults.
 //!
 //! It isolates the "N concurrent streams" figure of the soak run so a change to buffers or
 //! per-connection state can be measured in a minute, A/B against another build
@@ -83,7 +86,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let key = Volume::create(&out.join("secret"), "api-key", "sk-burst")?;
     let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let sidecar = Child::spawn(
+    let sidecar = Child::spawn_sidecar(
         &args.sidecar,
         &[
             format!("--listen={listen}"),

@@ -123,7 +123,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut key = Volume::create(&out.join("secret"), "api-key", "sk-soak-0")?;
     let mut config = Volume::create(&out.join("config"), "config.yaml", &config_yaml(0))?;
     let (listen, admin) = (free_addr()?, free_addr()?);
-    let mut sidecar = Child::spawn(
+    let mut sidecar = Child::spawn_sidecar(
         &args.sidecar,
         &[
             format!("--listen={listen}"),

@@ -39,6 +39,22 @@ impl Child {
         Ok(Self { inner })
     }
 
+    /// [`Child::spawn`] of the sidecar with the image's environment added (see
+    /// [`sidecar_image_env`]), which it reports on stderr.
+    pub fn spawn_sidecar(
+        program: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let image = sidecar_image_env();
+        for (name, value) in &image {
+            eprintln!("sidecar environment from the image's Dockerfile: {name}={value}");
+        }
+        let env: Vec<_> = image.into_iter().chain(env.iter().cloned()).collect();
+        Self::spawn(program, args, &env, log)
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.inner.id()
@@ -76,6 +92,32 @@ impl Drop for Child {
     fn drop(&mut self) {
         self.terminate(std::time::Duration::from_secs(10));
     }
+}
+
+/// The image's Dockerfile, read at build time for the sidecar stage's `ENV` lines.
+const DOCKERFILE: &str = include_str!("../../../Dockerfile");
+
+/// The `ENV NAME=value` lines of `dockerfile`'s `sidecar` stage (from its `FROM ... AS
+/// sidecar` line to the next `FROM`).
+fn stage_env(dockerfile: &str) -> Vec<(&str, &str)> {
+    dockerfile
+        .lines()
+        .skip_while(|l| !(l.starts_with("FROM ") && l.ends_with(" AS sidecar")))
+        .skip(1)
+        .take_while(|l| !l.starts_with("FROM "))
+        .filter_map(|l| l.strip_prefix("ENV ")?.split_once('='))
+        .collect()
+}
+
+/// The environment the sidecar image gives the sidecar (its allocator setting), so a run
+/// measures the sidecar as shipped; minus the names the caller's own environment sets, so
+/// `GLIBC_TUNABLES= burst-rss ...` still measures glibc's defaults.
+pub fn sidecar_image_env() -> Vec<(&'static str, String)> {
+    stage_env(DOCKERFILE)
+        .into_iter()
+        .filter(|(name, _)| std::env::var_os(name).is_none())
+        .map(|(name, value)| (name, value.to_owned()))
+        .collect()
 }
 
 /// One reading of a process.
@@ -122,4 +164,27 @@ pub fn sample(pid: u32) -> Option<Sample> {
         cpu_ticks: ticks(11) + ticks(12),
         fds,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_image_gives_the_sidecar_its_allocator_setting() {
+        let env = stage_env(DOCKERFILE);
+        assert!(
+            env.iter()
+                .any(|(n, v)| *n == "GLIBC_TUNABLES" && v.contains("tcache_count")),
+            "{env:?}"
+        );
+    }
+
+    #[test]
+    fn only_the_sidecar_stage_counts() {
+        let dockerfile = "FROM a AS builder\nENV A=1\nFROM b AS sidecar\nENV B=2\n\
+                          ENV C=x=y\nUSER 1\nFROM c AS webhook\nENV D=4\n";
+        assert_eq!(stage_env(dockerfile), [("B", "2"), ("C", "x=y")]);
+        assert!(stage_env("FROM b AS webhook\nENV B=2\n").is_empty());
+    }
 }
