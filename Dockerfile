@@ -53,7 +53,8 @@ LABEL org.opencontainers.image.title="holysheep-sidecar" \
 COPY --from=builder /out/holysheep-sidecar /usr/local/bin/holysheep-sidecar
 # glibc keeps 7 freed blocks per size class in a per-thread cache; with more requests in
 # flight than that, freed per-request blocks spill to the shared bins and every later
-# malloc pays for sorting and coalescing them, so CPU per request grew with concurrency.
+# malloc pays for sorting and coalescing them: instructions per request grew with
+# concurrency.
 # 1024 covers ~500 concurrent requests (the runtime is one thread). The cache only holds
 # blocks that requests in flight held at their peak, so it keeps memory rather than adds
 # it (see BENCHMARKS.md, "glibc's thread cache"). The benchmark runs the sidecar with this

@@ -1,6 +1,6 @@
 //! The sidecar image's allocator setting: the Dockerfile's `ENV GLIBC_TUNABLES` line
-//! (raising glibc's per-thread cache so CPU per request stays flat with concurrency) must
-//! be one glibc applies. glibc ignores what it does not know without a word: a misspelt
+//! (raising glibc's per-thread cache so malloc's cost per request stays flat with
+//! concurrency) must be one glibc applies. glibc ignores what it does not know without a word: a misspelt
 //! name, or a `tcache_count` above its maximum, would leave the image on the defaults
 //! while the benchmark, which reads the same line, still passes. So every tunable of the
 //! line is checked against this machine's glibc loader (`--list-tunables` prints the
