@@ -15,7 +15,7 @@
 
 use std::process::Command;
 
-use holysheep_e2e::workspace_path;
+use holysheep_bench::soak::procs::sidecar_stage_env;
 
 /// glibc's upper bound for `glibc.malloc.tcache_count` (the manual's "Memory Allocation
 /// Tunables"): a larger value is ignored.
@@ -28,16 +28,12 @@ const LOADER: &str = if cfg!(target_arch = "aarch64") {
     "/lib64/ld-linux-x86-64.so.2"
 };
 
-/// The `NAME=VALUE` pairs of the sidecar stage's `ENV GLIBC_TUNABLES=` line.
+/// The `NAME=VALUE` pairs of the sidecar stage's `ENV GLIBC_TUNABLES=` line, as the
+/// benchmark tools read it (so this checks what they apply).
 fn image_tunables() -> Vec<(String, u64)> {
-    let dockerfile = std::fs::read_to_string(workspace_path("Dockerfile")).unwrap();
-    let stage = dockerfile
-        .split_once(" AS sidecar")
-        .expect("Dockerfile: no `FROM ... AS sidecar` stage")
-        .1;
-    let line = stage
-        .lines()
-        .find_map(|l| l.strip_prefix("ENV GLIBC_TUNABLES="))
+    let line = sidecar_stage_env()
+        .into_iter()
+        .find_map(|(name, value)| (name == "GLIBC_TUNABLES").then_some(value))
         .expect("Dockerfile: the sidecar stage has no `ENV GLIBC_TUNABLES=` line");
     line.split(':')
         .map(|pair| {

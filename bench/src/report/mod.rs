@@ -149,12 +149,16 @@ fn verdict(ok: Option<bool>) -> &'static str {
 pub fn render(data: &RunData) -> String {
     let mut out = String::new();
     let meta = |k: &str| data.meta.get(k).map_or("?", String::as_str);
+    // Runs from before the sidecar image set an allocator tunable did not record one.
+    let allocator = data.meta.get("glibc_tunables").map_or_else(
+        || "GLIBC_TUNABLES not recorded".to_owned(),
+        |v| format!("GLIBC_TUNABLES={v} (sidecar and mini-proxy, the sidecar image's value)"),
+    );
     let _ = writeln!(
         out,
         "Run `{}` at commit {} (sidecar/ {}): {} repetitions, medians shown; {} s per load run, \
-         {} s at 50 req/s; pinning: {}; sidecar RUST_LOG={}, metrics {}; GLIBC_TUNABLES={} \
-         (sidecar and mini-proxy, the sidecar image's value); load average {} at start, {} \
-         at end; failed requests (non-200 or errors): {}.\n",
+         {} s at 50 req/s; pinning: {}; sidecar RUST_LOG={}, metrics {}; {}; load average \
+         {} at start, {} at end; failed requests (non-200 or errors): {}.\n",
         meta("run_id"),
         meta("commit"),
         meta("sidecar_tree"),
@@ -164,7 +168,7 @@ pub fn render(data: &RunData) -> String {
         meta("pinning"),
         meta("sidecar_log"),
         meta("sidecar_metrics"),
-        meta("glibc_tunables"),
+        allocator,
         meta("loadavg_start"),
         meta("loadavg_end"),
         data.failures(),
@@ -383,6 +387,24 @@ mod tests {
         assert!(
             text.contains(
                 "| req/s, 16 connections | 10000 | – | 10000 | – | – | 10000 | 1.00× | 1.00× |"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_run_line_names_the_allocator_setting_or_its_absence() {
+        let mut data = sample();
+        assert!(render(&data).contains("; GLIBC_TUNABLES not recorded; "));
+        data.meta.insert(
+            "glibc_tunables".into(),
+            "glibc.malloc.tcache_count=1024".into(),
+        );
+        let text = render(&data);
+        assert!(
+            text.contains(
+                "; GLIBC_TUNABLES=glibc.malloc.tcache_count=1024 (sidecar and mini-proxy, \
+                 the sidecar image's value); load average"
             ),
             "{text}"
         );

@@ -109,11 +109,17 @@ fn stage_env(dockerfile: &str) -> Vec<(&str, &str)> {
         .collect()
 }
 
+/// The `ENV NAME=value` lines of the Dockerfile's `sidecar` stage, as this crate was built
+/// with them (the sidecar_image test checks that glibc takes them).
+pub fn sidecar_stage_env() -> Vec<(&'static str, &'static str)> {
+    stage_env(DOCKERFILE)
+}
+
 /// The environment the sidecar image gives the sidecar (its allocator setting), so a run
 /// measures the sidecar as shipped; minus the names the caller's own environment sets, so
 /// `GLIBC_TUNABLES= burst-rss ...` still measures glibc's defaults.
 pub fn sidecar_image_env() -> Vec<(&'static str, String)> {
-    stage_env(DOCKERFILE)
+    sidecar_stage_env()
         .into_iter()
         .filter(|(name, _)| std::env::var_os(name).is_none())
         .map(|(name, value)| (name, value.to_owned()))
@@ -172,7 +178,7 @@ mod tests {
 
     #[test]
     fn the_image_gives_the_sidecar_its_allocator_setting() {
-        let env = stage_env(DOCKERFILE);
+        let env = sidecar_stage_env();
         assert!(
             env.iter()
                 .any(|(n, v)| *n == "GLIBC_TUNABLES" && v.contains("tcache_count")),
