@@ -65,36 +65,47 @@ const ROUTE_PREFIX: &str = "/v1";
 pub type ProxyBody = SseErrorTail<UsageBody<ResponseBody>>;
 
 /// Handles one proxied request; never fails: errors become OpenAI-shaped responses.
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyBody> {
+pub fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> impl Future<Output = Response<ProxyBody>> {
     let mut meter = RequestMeter::start(&state.metrics, req.uri().path(), req.headers());
     // One config for the whole request: a reload mid-request cannot mix two.
     let config = state.config.load_full();
-    let resp = match forward(&state, &config, req, &mut meter).await {
-        Ok(resp) => resp,
-        Err(err) => {
-            // The one place a failed request is logged (no key, no body, no query).
-            let (status, _, code) = err.status_and_kind();
-            tracing::warn!(status = status.as_u16(), code, error = %err, "request failed");
-            if let ProxyError::RateLimited { limit, .. } = &err {
-                state
-                    .metrics
-                    .record_rate_limited(RateLimitKind::from_field(limit));
+    // hyper keeps a connection's request future in place, and each level of it holds its
+    // callee's whole: a request passed by value stays in every level's state (an
+    // `async fn` holds its argument twice), so each request wrote it several times into
+    // memory that, over 64 connections, has left the cache. Boxed, the levels hold a
+    // pointer, and the box is a small allocation reused warm.
+    let req = Box::new(req);
+    async move {
+        let resp = match forward(&state, &config, req, &mut meter).await {
+            Ok(resp) => resp,
+            Err(err) => {
+                // The one place a failed request is logged (no key, no body, no query).
+                let (status, _, code) = err.status_and_kind();
+                tracing::warn!(status = status.as_u16(), code, error = %err, "request failed");
+                if let ProxyError::RateLimited { limit, .. } = &err {
+                    state
+                        .metrics
+                        .record_rate_limited(RateLimitKind::from_field(limit));
+                }
+                err.into_response()
             }
-            err.into_response()
-        }
-    };
-    let media = MediaKind::of(resp.headers());
-    // Metrics and the request log line are written when the body ends; a handler dropped
-    // before this point (the client left) is recorded when `meter` drops.
-    meter
-        .finish(resp, media, config)
-        .map(|body| SseErrorTail::new(body, media == MediaKind::EventStream))
+        };
+        let media = MediaKind::of(resp.headers());
+        // Metrics and the request log line are written when the body ends; a handler
+        // dropped before this point (the client left) is recorded when `meter` drops.
+        meter
+            .finish(resp, media, config)
+            .map(|body| SseErrorTail::new(body, media == MediaKind::EventStream))
+    }
 }
 
 async fn forward(
     state: &AppState,
     config: &Config,
-    req: Request<Incoming>,
+    req: Box<Request<Incoming>>,
     meter: &mut RequestMeter,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (parts, body) = req.into_parts();
@@ -153,16 +164,20 @@ async fn forward(
         headers,
         body,
     };
-    let answer = send(
-        state,
-        config,
-        outgoing,
-        model.as_ref(),
-        chain_from.as_deref(),
-        meter,
-    )
-    .await
-    .map_err(|err| blame_client_body(err, read_failure.as_ref()))?;
+    // Send upstream: `resilience` adds attempts, backoff and fallbacks (buffered bodies
+    // replay through [`Outgoing::try_clone_request`]); the meter learns of each attempt.
+    let answer = state
+        .resilience
+        .send(
+            &state.upstream,
+            config,
+            outgoing,
+            model.as_ref(),
+            chain_from.as_deref(),
+            meter,
+        )
+        .await
+        .map_err(|err| blame_client_body(err, read_failure.as_ref()))?;
     if let Some(model) = &answer.model {
         meter.set_upstream_model(model);
     }
@@ -175,7 +190,6 @@ async fn forward(
     Answer::mark(answer.model.as_deref(), answer.gave_up, &mut resp);
     Ok(resp)
 }
-
 /// A request ready to go upstream (key set, model remapped).
 #[derive(Debug)]
 pub struct Outgoing {
@@ -200,8 +214,9 @@ pub enum OutBody {
 
 impl Outgoing {
     /// A copy of the request for another attempt; `None` when the body is streamed
-    /// (already consumed by the first attempt, so it cannot be replayed).
-    pub fn try_clone_request(&self) -> Option<Request<UpstreamBody>> {
+    /// (already consumed by the first attempt, so it cannot be replayed). Boxed for the
+    /// reason in [`handle`].
+    pub fn try_clone_request(&self) -> Option<Box<Request<UpstreamBody>>> {
         match &self.body {
             OutBody::Buffered(bytes) => {
                 Some(self.request_with(Either::Left(Full::new(bytes.clone()))))
@@ -220,20 +235,20 @@ impl Outgoing {
     }
 
     /// The request itself (consumes the body).
-    pub fn into_request(self) -> Request<UpstreamBody> {
+    pub fn into_request(self) -> Box<Request<UpstreamBody>> {
         let body = match self.body {
             OutBody::Buffered(bytes) => Either::Left(Full::new(bytes)),
             OutBody::Streamed(stream) => Either::Right(Box::pin(stream)),
         };
-        let mut req = Request::new(body);
+        let mut req = Box::new(Request::new(body));
         *req.method_mut() = self.method;
         *req.uri_mut() = self.uri;
         *req.headers_mut() = self.headers;
         req
     }
 
-    fn request_with(&self, body: UpstreamBody) -> Request<UpstreamBody> {
-        let mut req = Request::new(body);
+    fn request_with(&self, body: UpstreamBody) -> Box<Request<UpstreamBody>> {
+        let mut req = Box::new(Request::new(body));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.clone();
@@ -595,24 +610,6 @@ fn remove_where(headers: &mut HeaderMap, unwanted: impl Fn(&str) -> bool) {
     }
 }
 
-/// Step: send upstream. The seam where `retry` adds attempts, backoff and fallbacks
-/// (buffered bodies replay through [`Outgoing::try_clone_request`]; `model` is what
-/// fallbacks rewrite with [`models::set_model`]). The meter learns of each attempt as it
-/// is sent.
-async fn send(
-    state: &AppState,
-    config: &Config,
-    outgoing: Outgoing,
-    model: Option<&ModelField>,
-    requested: Option<&str>,
-    meter: &mut RequestMeter,
-) -> Result<Answer, ProxyError> {
-    state
-        .resilience
-        .send(&state.upstream, config, outgoing, model, requested, meter)
-        .await
-}
-
 /// Step: stream the upstream response back unchanged but for hop-by-hop headers, ended
 /// if the upstream stays idle for `idle` (`limits.stream_idle_timeout`). The seam where
 /// the usage tap wraps the body (it must forward frames unchanged).
@@ -659,6 +656,20 @@ mod tests {
         assert_eq!(read_whole(body(vec![])).await.unwrap(), "");
         let failed = vec![Ok(Frame::data(Bytes::from_static(b"a"))), Err("cut")];
         assert_eq!(read_whole(body(failed)).await.unwrap_err(), "cut");
+    }
+
+    /// The size of a future an `fn(A, B) -> F` returns, without making one.
+    fn future_size<A, B, F: Future>(_: impl FnOnce(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_request_future_stays_small() {
+        // hyper holds one per connection and it is written through on every request: at
+        // 64 connections what it touches no longer fits a core's cache (BENCHMARKS.md).
+        // 5,176 bytes before the request went boxed down the levels, 2,456 after.
+        let handle = future_size(|s: Arc<AppState>, r: Request<Incoming>| handle(s, r));
+        assert!(handle <= 3072, "the request future grew to {handle} bytes");
     }
 
     #[test]

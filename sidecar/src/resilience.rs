@@ -104,7 +104,11 @@ impl Resilience {
     /// Sends `outgoing` with retries and fallbacks (see the module doc). `model` is the
     /// request's `model` field after aliasing, `requested` the name the client sent;
     /// `meter` is told of each attempt as it goes out (and holds the metrics).
-    pub async fn send(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` holds `outgoing` twice in every request's future"
+    )]
+    pub fn send(
         &self,
         upstream: &Upstream,
         config: &Config,
@@ -112,141 +116,148 @@ impl Resilience {
         model: Option<&ModelField>,
         requested: Option<&str>,
         meter: &mut RequestMeter,
-    ) -> Result<Answer, ProxyError> {
-        let mut chain = model.map_or_else(Vec::new, |field| {
-            fallback_chain(
-                requested.unwrap_or(&field.name),
-                &field.name,
-                |m| config.fallbacks.get(m).map(Vec::as_slice),
-                |m| models::resolve_alias(&config.aliases, m).unwrap_or(m),
-            )
-        });
-        // A fallback to a model the `models` lists refuse is skipped, never sent.
-        chain.retain(|m| config.models.allows(m));
-        match &outgoing.body {
-            // No body at all (GET /v1/models): as replayable as a buffered one.
-            OutBody::Streamed(body) if body.is_end_stream() => {
-                outgoing.body = OutBody::Buffered(Bytes::new());
-            }
-            OutBody::Streamed(_) => {
-                // Boxed: an upload is rare, and its state would size every request's.
-                return Box::pin(send_streamed(upstream, config, outgoing, meter)).await;
-            }
-            OutBody::Buffered(_) => {}
-        }
-        let budget = self.budget.get(config.retry.budget_ratio);
-        let start = Instant::now();
-        let mut plan = RequestRetry::new(&config.retry, budget, chain, true, start);
-        // The first attempt starts on the clock read above; each later one reads its own.
-        let mut first = Some(start);
-        let mut field = model.cloned();
-        let mut attempts = 0;
-        // A retry decided on and waited for; counted once it is sent.
-        let mut retry_due: Option<RetryReason> = None;
-        // The previous attempt's failure, for the message if the deadline ends the loop.
-        let mut last_error: Option<ProxyError> = None;
-        loop {
-            let now = first.take().unwrap_or_else(Instant::now);
-            let timeout = plan.attempt_timeout(now);
-            if timeout.is_zero() {
-                let last = last_error.map(Box::new);
-                return Err(deadline(config, &outgoing.uri, attempts, last));
-            }
-            let request = outgoing.try_clone_request().ok_or_else(not_replayable)?;
-            let attempt = plan.attempt();
-            attempts += 1;
-            meter.set_attempts(attempts);
-            if let Some(reason) = retry_due.take() {
-                let model = plan.model().unwrap_or("");
-                meter.metrics().record_retry(model, reason);
-            }
-            let limit = config.limits.max_body_bytes;
-            let result = upstream::send_once(upstream, request, timeout, now, limit).await;
-            let outcome = match result {
-                Ok(ref resp) => plan.response_outcome(resp.status(), resp.headers()),
-                Err(ProxyError::UpstreamTimeout { .. }) => Outcome::AttemptTimeout,
-                // No response: refused, reset or closed before headers.
-                Err(ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamFailed { .. }) => {
-                    Outcome::ConnectError
+    ) -> impl Future<Output = Result<Answer, ProxyError>> {
+        // A block, not an `async fn`: that would keep `outgoing` twice (the argument and
+        // its binding) in the state, and the future is written through on every request
+        // (see `proxy::handle`).
+        async move {
+            let mut chain = model.map_or_else(Vec::new, |field| {
+                fallback_chain(
+                    requested.unwrap_or(&field.name),
+                    &field.name,
+                    |m| config.fallbacks.get(m).map(Vec::as_slice),
+                    |m| models::resolve_alias(&config.aliases, m).unwrap_or(m),
+                )
+            });
+            // A fallback to a model the `models` lists refuse is skipped, never sent.
+            chain.retain(|m| config.models.allows(m));
+            match &outgoing.body {
+                // No body at all (GET /v1/models): as replayable as a buffered one.
+                OutBody::Streamed(body) if body.is_end_stream() => {
+                    outgoing.body = OutBody::Buffered(Bytes::new());
                 }
-                // Our own request is at fault (e.g. body over the limit): no retry helps,
-                // and it never went out.
-                Err(other) => {
-                    meter.set_attempts(attempts - 1);
-                    return Err(other);
+                OutBody::Streamed(_) => {
+                    // Boxed: an upload is rare, and its state would size every request's.
+                    return Box::pin(send_streamed(upstream, config, outgoing, meter)).await;
                 }
-            };
-            // The model this attempt went to (a fallback decision moves the plan on).
-            let tried = plan.model_index();
-            meter
-                .metrics()
-                .record_attempt(plan.model_at(tried).unwrap_or(""), attempt_outcome(outcome));
-            // The common case, a response returned as it is, needs no clock and no dice.
-            let decision = if plan.returns_as_is(outcome) {
-                Decision::Return
-            } else {
-                plan.decide(outcome, Instant::now(), &mut rand::rng())
-            };
-            match decision {
-                Decision::Return => {
-                    plan.commit();
-                    return result.map(|response| Answer {
-                        response,
-                        model: plan.shared_model(tried),
-                        gave_up: false,
-                    });
+                OutBody::Buffered(_) => {}
+            }
+            let budget = self.budget.get(config.retry.budget_ratio);
+            let start = Instant::now();
+            let mut plan = RequestRetry::new(&config.retry, budget, chain, true, start);
+            // The first attempt starts on the clock read above; each later one reads its own.
+            let mut first = Some(start);
+            let mut field = model.cloned();
+            let mut attempts = 0;
+            // A retry decided on and waited for; counted once it is sent.
+            let mut retry_due: Option<RetryReason> = None;
+            // The previous attempt's failure, for the message if the deadline ends the loop.
+            let mut last_error: Option<ProxyError> = None;
+            loop {
+                let now = first.take().unwrap_or_else(Instant::now);
+                let timeout = plan.attempt_timeout(now);
+                if timeout.is_zero() {
+                    let last = last_error.map(Box::new);
+                    return Err(deadline(config, &outgoing.uri, attempts, last));
                 }
-                Decision::Retry { after } => {
-                    retry_due = Some(retry_reason(outcome));
-                    tracing::info!(
-                        model = plan.model_at(tried).unwrap_or(""),
-                        attempt,
-                        outcome = outcome_name(outcome),
-                        wait_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
-                        "retrying upstream request"
-                    );
-                    // Drop a failed response (and its connection) before waiting; keep an
-                    // error for the message should the deadline end the request.
-                    last_error = result.err();
-                    tokio::time::sleep(after).await;
+                let request = outgoing.try_clone_request().ok_or_else(not_replayable)?;
+                let attempt = plan.attempt();
+                attempts += 1;
+                meter.set_attempts(attempts);
+                if let Some(reason) = retry_due.take() {
+                    let model = plan.model().unwrap_or("");
+                    meter.metrics().record_retry(model, reason);
                 }
-                Decision::Fallback {
-                    model: next,
-                    reason,
-                } => {
-                    let from = plan.model_at(tried).unwrap_or("");
-                    meter.metrics().record_fallback(from, &next);
-                    meter.set_upstream_model(&next);
-                    tracing::info!(
-                        from,
-                        to = %next,
-                        reason = reason.as_str(),
-                        "falling back to the next model"
-                    );
-                    last_error = result.err();
-                    if let (OutBody::Buffered(body), Some(current)) = (&outgoing.body, &field) {
-                        let (body, moved) = models::set_model(body, current, &next);
-                        outgoing.replace_body(body);
-                        field = Some(moved);
+                let limit = config.limits.max_body_bytes;
+                let result = upstream::send_once(upstream, request, timeout, now, limit).await;
+                let outcome = match result {
+                    Ok(ref resp) => plan.response_outcome(resp.status(), resp.headers()),
+                    Err(ProxyError::UpstreamTimeout { .. }) => Outcome::AttemptTimeout,
+                    // No response: refused, reset or closed before headers.
+                    Err(
+                        ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamFailed { .. },
+                    ) => Outcome::ConnectError,
+                    // Our own request is at fault (e.g. body over the limit): no retry helps,
+                    // and it never went out.
+                    Err(other) => {
+                        meter.set_attempts(attempts - 1);
+                        return Err(other);
                     }
-                }
-                Decision::GiveUp(reason) => {
-                    tracing::warn!(
-                        model = plan.model_at(tried).unwrap_or(""),
-                        attempts,
-                        outcome = outcome_name(outcome),
-                        reason = reason.as_str(),
-                        "giving up on the upstream request"
-                    );
-                    plan.commit();
-                    return match result {
-                        Ok(response) => Ok(Answer {
+                };
+                // The model this attempt went to (a fallback decision moves the plan on).
+                let tried = plan.model_index();
+                meter
+                    .metrics()
+                    .record_attempt(plan.model_at(tried).unwrap_or(""), attempt_outcome(outcome));
+                // The common case, a response returned as it is, needs no clock and no dice.
+                let decision = if plan.returns_as_is(outcome) {
+                    Decision::Return
+                } else {
+                    plan.decide(outcome, Instant::now(), &mut rand::rng())
+                };
+                match decision {
+                    Decision::Return => {
+                        plan.commit();
+                        return result.map(|response| Answer {
                             response,
                             model: plan.shared_model(tried),
-                            gave_up: true,
-                        }),
-                        Err(last) => Err(gave_up(reason, config, &outgoing.uri, attempts, last)),
-                    };
+                            gave_up: false,
+                        });
+                    }
+                    Decision::Retry { after } => {
+                        retry_due = Some(retry_reason(outcome));
+                        tracing::info!(
+                            model = plan.model_at(tried).unwrap_or(""),
+                            attempt,
+                            outcome = outcome_name(outcome),
+                            wait_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+                            "retrying upstream request"
+                        );
+                        // Drop a failed response (and its connection) before waiting; keep an
+                        // error for the message should the deadline end the request.
+                        last_error = result.err();
+                        tokio::time::sleep(after).await;
+                    }
+                    Decision::Fallback {
+                        model: next,
+                        reason,
+                    } => {
+                        let from = plan.model_at(tried).unwrap_or("");
+                        meter.metrics().record_fallback(from, &next);
+                        meter.set_upstream_model(&next);
+                        tracing::info!(
+                            from,
+                            to = %next,
+                            reason = reason.as_str(),
+                            "falling back to the next model"
+                        );
+                        last_error = result.err();
+                        if let (OutBody::Buffered(body), Some(current)) = (&outgoing.body, &field) {
+                            let (body, moved) = models::set_model(body, current, &next);
+                            outgoing.replace_body(body);
+                            field = Some(moved);
+                        }
+                    }
+                    Decision::GiveUp(reason) => {
+                        tracing::warn!(
+                            model = plan.model_at(tried).unwrap_or(""),
+                            attempts,
+                            outcome = outcome_name(outcome),
+                            reason = reason.as_str(),
+                            "giving up on the upstream request"
+                        );
+                        plan.commit();
+                        return match result {
+                            Ok(response) => Ok(Answer {
+                                response,
+                                model: plan.shared_model(tried),
+                                gave_up: true,
+                            }),
+                            Err(last) => {
+                                Err(gave_up(reason, config, &outgoing.uri, attempts, last))
+                            }
+                        };
+                    }
                 }
             }
         }

@@ -338,7 +338,7 @@ impl Upstream {
 /// The response body is not read here: it streams back to the client.
 pub async fn send_once(
     upstream: &Upstream,
-    req: Request<UpstreamBody>,
+    req: Box<Request<UpstreamBody>>,
     attempt_timeout: Duration,
     now: Instant,
     body_limit: u64,

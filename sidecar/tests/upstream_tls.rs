@@ -194,7 +194,14 @@ async fn call(up: &Upstream) -> Result<Response<UpstreamIncoming>, ProxyError> {
     *req.uri_mut() = up.uri_for("/chat/completions", None).unwrap();
     req.headers_mut()
         .insert("authorization", "Bearer sk-tls".parse().unwrap());
-    send_once(up, req, Duration::from_secs(5), Instant::now(), 1024).await
+    send_once(
+        up,
+        Box::new(req),
+        Duration::from_secs(5),
+        Instant::now(),
+        1024,
+    )
+    .await
 }
 
 /// Status and `error.message` of the response the sidecar answers for `err`.
@@ -532,7 +539,13 @@ async fn while_connects_fail_requests_do_not_wait_for_one_another() {
         let mut req = Request::new(Either::Left(Full::new(Bytes::from_static(b"{}"))));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = up.uri_for("/chat/completions", None).unwrap();
-        send_once(&up, req, Duration::from_secs(2), Instant::now(), 1024)
+        send_once(
+            &up,
+            Box::new(req),
+            Duration::from_secs(2),
+            Instant::now(),
+            1024,
+        )
     }))
     .await;
     for answer in answers {

@@ -168,21 +168,24 @@ impl Pool {
         })
     }
 
-    /// Sends `req` (absolute URI) and waits for the response headers.
+    /// Sends `req` (absolute URI, boxed for the reason in `proxy::handle`) and waits for
+    /// the response headers.
     pub(super) async fn send(
         &self,
-        mut req: Request<UpstreamBody>,
+        mut req: Box<Request<UpstreamBody>>,
     ) -> Result<Response<UpstreamIncoming>, ProxyError> {
         let mut yielded = false;
         loop {
             match self.checkout() {
-                Checkout::H2(mut tx, slot) => match send_h2(&mut tx, req).await {
+                // Boxed: HTTP/2 comes only past the HTTP/1.1 connections, and its state would
+                // size every request's future (moved whole at each level).
+                Checkout::H2(mut tx, slot) => match Box::pin(send_h2(&mut tx, *req)).await {
                     Ok(resp) => return Ok(resp.map(|b| UpstreamIncoming::new(b, Some(slot)))),
                     Err(mut e) => match e.take_message() {
                         // Never sent: the connection is going away; forget it.
                         Some(unsent) => {
                             self.h2.forget(&slot);
-                            req = unsent;
+                            *req = unsent;
                             continue;
                         }
                         None => return Err(failed(e.into_error())),
@@ -190,7 +193,7 @@ impl Pool {
                 },
                 Checkout::Ready(mut tx) => {
                     origin_form(&mut req, &self.host_header);
-                    match tx.try_send_request(req).await {
+                    match tx.try_send_request(*req).await {
                         Ok(resp) => {
                             self.checkin(tx);
                             return Ok(resp.map(|b| UpstreamIncoming::new(b, None)));
@@ -198,7 +201,7 @@ impl Pool {
                         Err(mut e) => match e.take_message() {
                             // Never written: the connection closed while idle; use another.
                             Some(unsent) => {
-                                req = unsent;
+                                *req = unsent;
                                 continue;
                             }
                             None => return Err(failed(e.into_error())),
@@ -237,13 +240,13 @@ impl Pool {
             drop(guard);
             return match fresh? {
                 Fresh::H2Only => continue,
-                Fresh::H2(mut tx, slot) => send_h2(&mut tx, req)
+                Fresh::H2(mut tx, slot) => Box::pin(send_h2(&mut tx, *req))
                     .await
                     .map(|resp| resp.map(|b| UpstreamIncoming::new(b, Some(slot))))
                     .map_err(|e| failed(e.into_error())),
                 Fresh::H1(mut tx) => {
                     origin_form(&mut req, &self.host_header);
-                    match tx.try_send_request(req).await {
+                    match tx.try_send_request(*req).await {
                         Ok(resp) => {
                             self.checkin(tx);
                             Ok(resp.map(|b| UpstreamIncoming::new(b, None)))
@@ -480,7 +483,7 @@ mod tests {
         let req = Request::post(uri)
             .body(Either::Left(Full::new(Bytes::from_static(b"{}"))))
             .unwrap();
-        let resp = pool.send(req).await.unwrap();
+        let resp = pool.send(Box::new(req)).await.unwrap();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(body.to_vec()).unwrap()
     }
@@ -575,7 +578,7 @@ mod tests {
         let req = Request::get(format!("http://{authority}/"))
             .body(Either::Left(Full::new(Bytes::new())))
             .unwrap();
-        let err = pool(&authority).send(req).await.unwrap_err();
+        let err = pool(&authority).send(Box::new(req)).await.unwrap_err();
         assert!(
             matches!(err, ProxyError::UpstreamUnreachable { .. }),
             "{err:?}"
