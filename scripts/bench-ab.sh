@@ -15,7 +15,10 @@
 # at 50 req/s (p50). Prints medians. The special name `nginx` starts the bench script's
 # nginx configuration. Every other target runs with the sidecar image's GLIBC_TUNABLES
 # unless its leading VAR=value words set it (`GLIBC_TUNABLES= COMMAND`: glibc's defaults).
-# Knobs: REPS (3), DUR (4), RDUR (6), CONNS (16), T (target/release), LOGLVL (warn).
+# OPEN=N first sends N streamed requests at once to each target, so its upstream pool holds
+# about N connections, as after a burst of long requests (the sidecar's pool keeps them
+# for 90 s of idleness). Knobs: REPS (3), DUR (4), RDUR (6), CONNS (16), OPEN (0),
+# T (target/release), LOGLVL (warn).
 # Needs oha, jq, bc, taskset, curl (scripts/bench-proxy.sh installs them).
 set -euo pipefail
 REPS=${REPS:-3}; DUR=${DUR:-4}; RDUR=${RDUR:-6}; CONNS=${CONNS:-16}
@@ -67,6 +70,10 @@ NG
     curl -fsS -o /dev/null -X POST -H 'content-type: application/json' -d "$BODY" "${URL[$n]}" 2>/dev/null && break
     sleep 0.05
   done
+  if [[ ${OPEN:-0} -gt 0 ]]; then
+    stream=${BODY/\"messages\"/\"stream\":true,\"messages\"}
+    taskset -c 0 oha --no-tui -n "$OPEN" -c "$OPEN" -m POST -T application/json -d "$stream" "${URL[$n]}" >/dev/null
+  fi
 done
 oh() { taskset -c 0 oha --no-tui --output-format json -m POST -T application/json -H "Authorization: Bearer x" -d "$BODY" "$@"; }
 for r in $(seq "$REPS"); do

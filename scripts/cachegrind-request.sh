@@ -20,7 +20,10 @@
 # level (valgrind's default geometry), the lever for code whose per-request footprint is
 # larger than the instruction cache. Every target runs with the sidecar image's
 # GLIBC_TUNABLES unless its leading VAR=value words set it (`GLIBC_TUNABLES= COMMAND`:
-# glibc's defaults). Knobs: N (1000), C (1), T (target/release).
+# glibc's defaults). LL=size,assoc,line sets the simulated last level, e.g.
+# LL=1048576,16,64 for this machine's 1 MiB second level per core: what a request touches
+# beyond it is what more connections can push out of the cache. Knobs: N (1000), C (1),
+# T (target/release), LL (valgrind's default: the host's last level).
 # Needs valgrind (apt-get install valgrind), oha and curl (scripts/bench-proxy.sh
 # installs them).
 set -euo pipefail
@@ -47,7 +50,7 @@ totals() {
   local envs=()
   while [[ ${argv[0]} =~ ^[A-Za-z_][A-Za-z0-9_]*= ]]; do envs+=("${argv[0]}"); argv=("${argv[@]:1}"); done
   GLIBC_TUNABLES=$IMAGE_GLIBC_TUNABLES HOLYSHEEP_API_KEY=bench-key RUST_LOG=warn env "${envs[@]}" \
-    valgrind --tool=cachegrind --cache-sim=yes \
+    valgrind --tool=cachegrind --cache-sim=yes ${LL:+--LL=$LL} \
     --cachegrind-out-file="$OUT/$n.$reqs.out" "${argv[@]}" >"$OUT/$n.$reqs.log" 2>&1 &
   vp=$!
   for _ in $(seq 300); do
@@ -68,6 +71,6 @@ for spec in "$@"; do
   # Columns: Ir I1mr ILmr Dr D1mr DLmr Dw D1mw DLmw.
   paste <(tr -s ' ' '\n' <<<"$small" | grep .) <(tr -s ' ' '\n' <<<"$large" | grep .) |
     awk -v n="$n" -v d=$((2 * N)) '{v[NR] = ($2 - $1) / d}
-      END {printf "%s instructions=%.0f L1i_misses=%.0f L1d_misses=%.0f (read %.0f, write %.0f)\n",
-        n, v[1], v[2], v[5] + v[8], v[5], v[8]}'
+      END {printf "%s instructions=%.0f L1i_misses=%.0f L1d_misses=%.0f (read %.0f, write %.0f) LL_misses=%.0f (instr %.0f, data %.0f)\n",
+        n, v[1], v[2], v[5] + v[8], v[5], v[8], v[3] + v[6] + v[9], v[3], v[6] + v[9]}'
 done
