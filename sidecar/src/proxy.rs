@@ -73,10 +73,10 @@ pub fn handle(
     // One config for the whole request: a reload mid-request cannot mix two.
     let config = state.config.load_full();
     // hyper keeps a connection's request future in place, and each level of it holds its
-    // callee's whole: a request passed by value stays in every level's state (an
-    // `async fn` holds its argument twice), so each request wrote it several times into
-    // memory that, over 64 connections, has left the cache. Boxed, the levels hold a
-    // pointer, and the box is a small allocation reused warm.
+    // callee's whole: a request passed by value stays in every level's state (twice in
+    // an `async fn` that rebinds or borrows it first), so each request wrote it several
+    // times into memory that, over 64 connections, has left the cache. Boxed, the
+    // levels hold a pointer, and the box is a small allocation reused warm.
     let req = Box::new(req);
     async move {
         let resp = match forward(&state, &config, req, &mut meter).await {
