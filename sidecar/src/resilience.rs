@@ -117,9 +117,7 @@ impl Resilience {
         requested: Option<&str>,
         meter: &mut RequestMeter,
     ) -> impl Future<Output = Result<Answer, ProxyError>> {
-        // A block, not an `async fn`: that would keep `outgoing` twice (the argument and
-        // its binding) in the state, and the future is written through on every request
-        // (see `proxy::handle`).
+        // See `proxy::handle` for why the request future's size matters.
         async move {
             let mut chain = model.map_or_else(Vec::new, |field| {
                 fallback_chain(
