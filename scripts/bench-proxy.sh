@@ -41,7 +41,9 @@
 # any subset, the report shows "–" for the others), BENCH_TLS_HTTP1 (1: the TLS listener
 # offers only http/1.1 by ALPN; 0, the default: h2 and http/1.1), BENCH_PIN (1: load generators on CPU 0, servers on CPU 1; 0: no pinning), BENCH_SIDECAR_LOG (RUST_LOG for the sidecar, "warn": nginx runs with
 # access_log off, so per-request logging is off on both sides), BENCH_PGO (1: the sidecar
-# is the shipped, profile-guided build of scripts/pgo-build.sh; 0: a plain release build).
+# is the shipped, profile-guided build of scripts/pgo-build.sh; 0: a plain release build),
+# PGO_PROFDATA (a kept profile for that build instead of a new training run: see
+# scripts/pgo-build.sh).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -509,6 +511,7 @@ date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 sidecar_tree=$(if git diff --quiet HEAD -- sidecar 2>/dev/null; then echo clean; else echo "uncommitted changes in sidecar/"; fi)
 sidecar_build=$(if [[ $PGO == 1 ]]; then echo profile-guided; else echo plain release; fi)
+sidecar_profile=$(if [[ $PGO != 1 ]]; then echo none; elif [[ -n ${PGO_PROFDATA:-} ]]; then echo "kept: $PGO_PROFDATA"; else echo "trained in this run"; fi)
 loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)
 nproc=$(nproc)
 cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)

@@ -13,8 +13,11 @@
 # the toolchain's own llvm-profdata (rustup component llvm-tools, added when missing: an
 # LLVM of another version cannot read rustc's profiles), and the final build
 # (-Cprofile-use), which then serves a short run of the same load. Each build has its
-# own target directory, so the plain `cargo build --release` one is left alone. Knob:
-# PGO_REQUESTS (20000 per phase).
+# own target directory, so the plain `cargo build --release` one is left alone. Knobs:
+# PGO_REQUESTS (20000 per phase); PGO_PROFDATA=FILE builds with a profile kept from an
+# earlier run (printed at its end) instead of training anew: two builds of one profile
+# lay the code out alike, while each training run's profile differs a little, so
+# benchmark runs that must compare machines rather than builds share one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TGT=${CARGO_TARGET_DIR:-target}
@@ -33,23 +36,30 @@ log() { printf '[pgo-build] %s\n' "$*" >&2; }
 log "training driver (release)"
 cargo build --release --locked -p holysheep-bench --bin pgo-train --target-dir "$TGT"
 
-log "instrumented sidecar"
-rm -rf "$DATA"
-mkdir -p "$DATA/raw"
-RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$DATA/raw" \
-  cargo build --release --locked -p holysheep-sidecar --bin holysheep-sidecar \
-  --target-dir "$TGT/pgo-generate"
+if [[ -n ${PGO_PROFDATA:-} ]]; then
+  [[ -f $PGO_PROFDATA ]] || { echo "pgo-build: PGO_PROFDATA=$PGO_PROFDATA is not a file" >&2; exit 1; }
+  PROFILE=$(cd "$(dirname "$PGO_PROFDATA")" && pwd)/$(basename "$PGO_PROFDATA")
+  log "kept profile $PROFILE (no training)"
+else
+  log "instrumented sidecar"
+  # Earlier profiles (named by content) stay, so one can be kept with PGO_PROFDATA.
+  rm -rf "$DATA/raw" "$DATA/train" "$DATA/check"
+  mkdir -p "$DATA/raw"
+  RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$DATA/raw" \
+    cargo build --release --locked -p holysheep-sidecar --bin holysheep-sidecar \
+    --target-dir "$TGT/pgo-generate"
 
-log "training"
-LLVM_PROFILE_FILE="$DATA/raw/sidecar-%p-%m.profraw" "$TGT/release/pgo-train" \
-  --sidecar "$TGT/pgo-generate/release/holysheep-sidecar" --work-dir "$DATA/train" \
-  --requests "${PGO_REQUESTS:-20000}"
-compgen -G "$DATA/raw/*.profraw" >/dev/null || { echo "pgo-build: the training wrote no profile" >&2; exit 1; }
-"$PROFDATA" merge -o "$DATA/merged.profdata" "$DATA"/raw/*.profraw
-# Named by its content: cargo rebuilds when RUSTFLAGS change, not when a file they name
-# does, and every crate of the build must be optimised with the new profile.
-PROFILE=$DATA/sidecar-$(sha256sum "$DATA/merged.profdata" | cut -c1-16).profdata
-mv "$DATA/merged.profdata" "$PROFILE"
+  log "training"
+  LLVM_PROFILE_FILE="$DATA/raw/sidecar-%p-%m.profraw" "$TGT/release/pgo-train" \
+    --sidecar "$TGT/pgo-generate/release/holysheep-sidecar" --work-dir "$DATA/train" \
+    --requests "${PGO_REQUESTS:-20000}"
+  compgen -G "$DATA/raw/*.profraw" >/dev/null || { echo "pgo-build: the training wrote no profile" >&2; exit 1; }
+  "$PROFDATA" merge -o "$DATA/merged.profdata" "$DATA"/raw/*.profraw
+  # Named by its content: cargo rebuilds when RUSTFLAGS change, not when a file they name
+  # does, and every crate of the build must be optimised with the new profile.
+  PROFILE=$DATA/sidecar-$(sha256sum "$DATA/merged.profdata" | cut -c1-16).profdata
+  mv "$DATA/merged.profdata" "$PROFILE"
+fi
 
 log "optimised sidecar"
 RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$PROFILE" \
@@ -58,4 +68,4 @@ RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$PROFILE" \
 log "check: the optimised sidecar serves the training load"
 "$TGT/release/pgo-train" --sidecar "$TGT/pgo/release/holysheep-sidecar" \
   --work-dir "$DATA/check" --requests 1000 >/dev/null
-log "done: $TGT/pgo/release/holysheep-sidecar"
+log "done: $TGT/pgo/release/holysheep-sidecar (profile $PROFILE)"
