@@ -437,24 +437,32 @@ oha_run() { # oha_run URL OUTFILE oha-args...
     -H "Authorization: Bearer client-placeholder" -d "$BODY" "${tls[@]}" "$@" "$url" >"$out"
 }
 
-measure_target() { # measure_target TARGET REP
+# measure_load TARGET REP CONNS: proxy and upstream CPU over one window at CONNS
+# connections, warmed at that count first (the window then holds no connection set-up);
+# after the 64-connection window, the proxy's memory under load.
+measure_load() {
+  local target=$1 rep=$2 c=$3 url before after up_before up_after
+  local -a pids
+  url=$(url_of "$target")
+  read -r -a pids <<<"$(proxy_pids "$target")"
+  oha_run "$url" /dev/null -z "${WARMUP}s" -c "$c"
+  before=$(cpu_ticks "${pids[@]}")
+  up_before=$(cpu_ticks "$UPSTREAM_PID")
+  oha_run "$url" "$OUT/oha/$target-c$c-r$rep.json" -z "${DURATION}s" -c "$c"
+  after=$(cpu_ticks "${pids[@]}")
+  up_after=$(cpu_ticks "$UPSTREAM_PID")
+  echo "$target c$c $rep $((after - before)) $((up_after - up_before))" >>"$OUT/cpu.tsv"
+  if ((c == 64 && ${#pids[@]})); then
+    echo "$target load $rep $(mem_kib "${pids[@]}")" >>"$OUT/rss.tsv"
+  fi
+}
+
+# measure_rate TARGET REP: latency and CPU at 50 requests/s, then streamed TTFB.
+measure_rate() {
   local target=$1 rep=$2 url before after up_before up_after
   local -a pids
   url=$(url_of "$target")
   read -r -a pids <<<"$(proxy_pids "$target")"
-  for c in 16 64; do
-    # Warmed at the count measured: the window then holds no connection set-up.
-    oha_run "$url" /dev/null -z "${WARMUP}s" -c "$c"
-    before=$(cpu_ticks "${pids[@]}")
-    up_before=$(cpu_ticks "$UPSTREAM_PID")
-    oha_run "$url" "$OUT/oha/$target-c$c-r$rep.json" -z "${DURATION}s" -c "$c"
-    after=$(cpu_ticks "${pids[@]}")
-    up_after=$(cpu_ticks "$UPSTREAM_PID")
-    echo "$target c$c $rep $((after - before)) $((up_after - up_before))" >>"$OUT/cpu.tsv"
-  done
-  if ((${#pids[@]})); then
-    echo "$target load $rep $(mem_kib "${pids[@]}")" >>"$OUT/rss.tsv"
-  fi
   before=$(cpu_ns "${pids[@]}")
   up_before=$(cpu_ns "$UPSTREAM_PID")
   oha_run "$url" "$OUT/oha/$target-q50-r$rep.json" -z "${RATE_DURATION}s" -q 50 -c 4
@@ -530,9 +538,18 @@ tls_upstream_alpn=$(if [[ $TLS_HTTP1 == 1 ]]; then echo http/1.1; else echo h2,h
 tinyproxy=$(if wants sidecar-proxy; then tinyproxy -v 2>&1 | head -1; else echo unused; fi)
 EOF
 
+  # Per repetition, one phase at a time across the targets: the CPU windows that are
+  # compared (a target against nginx, 16 against 64 connections) then lie seconds
+  # apart, not minutes, so a change in the shared machine's load between them shows
+  # as spread across repetitions rather than as a difference between targets.
   for rep in $(seq 1 "$REPS"); do
+    for c in 16 64; do
+      for target in $TARGETS; do
+        measure_load "$target" "$rep" "$c"
+      done
+    done
     for target in $TARGETS; do
-      measure_target "$target" "$rep"
+      measure_rate "$target" "$rep"
     done
   done
 
