@@ -17,7 +17,8 @@
 # PGO_REQUESTS (20000 per phase); PGO_PROFDATA=FILE builds with a profile kept from an
 # earlier run (printed at its end) instead of training anew: two builds of one profile
 # lay the code out alike, while each training run's profile differs a little, so
-# benchmark runs that must compare machines rather than builds share one.
+# benchmark runs that must compare machines rather than builds share one (made from the
+# same code: a function changed since the training gets no profile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TGT=${CARGO_TARGET_DIR:-target}
