@@ -15,7 +15,8 @@
 # (-Cprofile-use), which then serves a short run of the same load. Each build has its
 # own target directory, so the plain `cargo build --release` one is left alone. Knobs:
 # PGO_REQUESTS (20000 per phase); PGO_PROFDATA=FILE builds with a profile kept from an
-# earlier run (printed at its end) instead of training anew: two builds of one profile
+# earlier run (printed at its end; copy it out of pgo-data/, which the next training run
+# clears) instead of training anew: two builds of one profile
 # lay the code out alike, while each training run's profile differs a little, so
 # benchmark runs that must compare machines rather than builds share one (made from the
 # same code: a function changed since the training gets no profile).
@@ -43,8 +44,8 @@ if [[ -n ${PGO_PROFDATA:-} ]]; then
   log "kept profile $PROFILE (no training)"
 else
   log "instrumented sidecar"
-  # Earlier profiles (named by content) stay, so one can be kept with PGO_PROFDATA.
-  rm -rf "$DATA/raw" "$DATA/train" "$DATA/check"
+  # An earlier profile goes too (some 25 MB each): keep one by copying it elsewhere.
+  rm -rf "$DATA"
   mkdir -p "$DATA/raw"
   RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$DATA/raw" \
     cargo build --release --locked -p holysheep-sidecar --bin holysheep-sidecar \
