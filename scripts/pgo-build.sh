@@ -16,10 +16,10 @@
 # own target directory, so the plain `cargo build --release` one is left alone. Knobs:
 # PGO_REQUESTS (20000 per phase); PGO_PROFDATA=FILE builds with a profile kept from an
 # earlier run (printed at its end; copy it out of pgo-data/, which the next training run
-# clears) instead of training anew: two builds of one profile
-# lay the code out alike, while each training run's profile differs a little, so
-# benchmark runs that must compare machines rather than builds share one (made from the
-# same code: a function changed since the training gets no profile).
+# clears) instead of training anew: two builds of one profile lay the code out alike,
+# while each training run's profile differs a little, so benchmark runs that must
+# compare machines rather than builds share one (made from the same code: a function
+# changed since the training gets no profile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TGT=${CARGO_TARGET_DIR:-target}
