@@ -2,12 +2,13 @@
 //!
 //! `handle` = refuse unforwardable targets -> route -> require key -> bound body -> remap
 //! model -> check the model lists and the budgets (maybe downgrading the model) -> set
-//! key -> send -> stream back (a `/v1/models` list filtered by the model lists). Each step is a small function below, read top
-//! to bottom. A WebSocket upgrade (the Realtime API) branches off after the key check to
-//! `upgrade`.
+//! key -> send -> stream back (a `/v1/models` list filtered by the model lists). Each step
+//! is a small function below, read top to bottom, but for send, which is
+//! `Resilience::send`. A WebSocket upgrade (the Realtime API) branches off after the key
+//! check to `upgrade`.
 //!
-//! What it does not do: retry or fall back (the `send` step hands the request to
-//! `resilience`, which runs the attempts under the `retry` policy), count tokens (a
+//! What it does not do: retry or fall back (the send step is `resilience`'s, which runs
+//! the attempts under the `retry` policy), count tokens (a
 //! `metrics::RequestMeter` follows each request and wraps the response body in the usage
 //! tap), or buffer responses: upstream bodies stream back frame by frame, and
 //! dropping the client connection drops the upstream request.
@@ -190,6 +191,7 @@ async fn forward(
     Answer::mark(answer.model.as_deref(), answer.gave_up, &mut resp);
     Ok(resp)
 }
+
 /// A request ready to go upstream (key set, model remapped).
 #[derive(Debug)]
 pub struct Outgoing {
