@@ -55,11 +55,12 @@ COPY --from=builder /out/holysheep-sidecar /usr/local/bin/holysheep-sidecar
 # flight than that, freed per-request blocks spill to the shared bins and every later
 # malloc pays for sorting and coalescing them: instructions per request grew with
 # concurrency.
-# 1024 covers ~500 concurrent requests (the runtime is one thread). The cache only holds
-# blocks that requests in flight held at their peak, so it keeps memory rather than adds
-# it (see BENCHMARKS.md, "glibc's thread cache"). The benchmark runs the sidecar with this
-# line's value, and a test checks that glibc accepts it.
-ENV GLIBC_TUNABLES=glibc.malloc.tcache_count=1024
+# 128 covers some 64 short requests in flight (the runtime is one thread). The cache
+# keeps freed blocks, so its size is memory held after load: 128 held under 1 MiB more
+# than glibc's defaults under sustained load, 1024 held 3-4 MiB more for the same CPU (see
+# BENCHMARKS.md, "glibc's thread cache"). The benchmark runs the sidecar with this line's
+# value, and a test checks that glibc accepts it.
+ENV GLIBC_TUNABLES=glibc.malloc.tcache_count=128
 USER 65532:65532
 # 8080: the loopback proxy (127.0.0.1 only by default); 9090: /metrics, /healthz, /readyz.
 EXPOSE 8080 9090
