@@ -57,7 +57,7 @@ COPY --from=builder /out/holysheep-sidecar /usr/local/bin/holysheep-sidecar
 # concurrency.
 # 128 covers some 64 short requests in flight (the runtime is one thread). The cache
 # keeps freed blocks, so its size is memory held after load: 128 held under 1 MiB more
-# than glibc's defaults under sustained load, 1024 held 3-4 MiB more for the same CPU (see
+# than glibc's defaults under sustained load, 1024 about 3 MiB more for the same CPU (see
 # BENCHMARKS.md, "glibc's thread cache"). The benchmark runs the sidecar with this line's
 # value, and a test checks that glibc accepts it.
 ENV GLIBC_TUNABLES=glibc.malloc.tcache_count=128
