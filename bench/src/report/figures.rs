@@ -71,6 +71,9 @@ pub struct Columns {
     pub nginx: usize,
     /// Index of the sidecar column.
     pub sidecar: usize,
+    /// Index of the lean-hyper column (the sidecar's stack with nothing on top), where the
+    /// table has one.
+    pub lean: Option<usize>,
 }
 
 /// The plain-HTTP table: [`TARGETS`].
@@ -79,6 +82,7 @@ pub const PLAIN: Columns = Columns {
     direct: "direct",
     nginx: NGINX,
     sidecar: SIDECAR,
+    lean: Some(LEAN),
 };
 
 /// The HTTPS table: [`TLS_TARGETS`]; its ratios compare `sidecar-tls` with `nginx-tls`.
@@ -87,6 +91,7 @@ pub const TLS: Columns = Columns {
     direct: "direct-tls",
     nginx: 1,
     sidecar: 2,
+    lean: None,
 };
 
 const _: () = assert!(

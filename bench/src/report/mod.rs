@@ -255,11 +255,11 @@ fn target_rows(out: &mut String, data: &RunData, path: &str, cols: &Columns) {
     let cpu_ok = within(s16, n16).zip(within(s64, n64)).map(|(a, b)| a && b);
     // The floor's own ratio, for scale: lean hyper is the sidecar's stack with nothing on
     // top, so a bound it misses in a run is one no work of the sidecar's could meet there.
-    let floor = match cols.targets.get(LEAN) {
-        Some(&"lean") if cpu16[LEAN].is_some() || cpu64[LEAN].is_some() => format!(
+    let floor = match cols.lean {
+        Some(lean) if cpu16[lean].is_some() || cpu64[lean].is_some() => format!(
             "; lean hyper {} / {}",
-            ratio(cpu16[LEAN], n16),
-            ratio(cpu64[LEAN], n64)
+            ratio(cpu16[lean], n16),
+            ratio(cpu64[lean], n64)
         ),
         _ => String::new(),
     };
@@ -504,6 +504,8 @@ mod tests {
             ("nginx-tls", 6_000.0, 180),
             ("sidecar-tls", 7_000.0, 120),
             ("sidecar-proxy", 5_000.0, 140),
+            // The plain table's floor: its ratio belongs to the http row only.
+            ("lean", 17_000.0, 60),
         ] {
             for rep in 1..=3u32 {
                 data.load
@@ -512,6 +514,20 @@ mod tests {
             }
         }
         let text = render(&data);
+        let cpu_row = |path: &str| {
+            let start = format!("| {path}: CPU per request at most 1.25× nginx's |");
+            text.lines()
+                .find(|l| l.starts_with(&start))
+                .unwrap_or_default()
+        };
+        assert!(
+            cpu_row("http").contains("; lean hyper 0.40× / –)"),
+            "{text}"
+        );
+        assert!(
+            cpu_row("https").contains("(16 / 64 conn.: 0.67× / –) |"),
+            "{text}"
+        );
         for expected in [
             "| figure | direct (https) | nginx (https) | sidecar (https) | sidecar via tinyproxy | sidecar ÷ nginx | sidecar ÷ direct |",
             "| req/s, 16 connections | 9000 | 6000 | 7000 | 5000 | 1.17× | 0.78× |",
@@ -520,10 +536,10 @@ mod tests {
         ] {
             assert!(text.contains(expected), "missing {expected}\n{text}");
         }
-        // The plain table is untouched by the TLS targets.
+        // The plain table is untouched by the TLS targets (lean hyper's column is its own).
         assert!(
             text.contains(
-                "| req/s, 16 connections | 10000 | – | 10000 | – | – | 10000 | 1.00× | 1.00× |"
+                "| req/s, 16 connections | 10000 | – | 10000 | 17000 | – | 10000 | 1.00× | 1.00× |"
             ),
             "{text}"
         );
