@@ -3,15 +3,15 @@
 //! `handle` = refuse unforwardable targets -> route -> require key -> bound body -> remap
 //! model -> check the model lists and the budgets (maybe downgrading the model) -> set
 //! key -> send -> stream back (a `/v1/models` list filtered by the model lists). Each step
-//! is a small function below, read top to bottom, but for send, which is
+//! is a small function below, read top to bottom, except send, which is
 //! `Resilience::send`. A WebSocket upgrade (the Realtime API) branches off after the key
 //! check to `upgrade`.
 //!
 //! What it does not do: retry or fall back (the send step is `resilience`'s, which runs
-//! the attempts under the `retry` policy), count tokens (a
-//! `metrics::RequestMeter` follows each request and wraps the response body in the usage
-//! tap), or buffer responses: upstream bodies stream back frame by frame, and
-//! dropping the client connection drops the upstream request.
+//! the attempts under the `retry` policy), count tokens (a `metrics::RequestMeter`
+//! follows each request and wraps the response body in the usage tap), or buffer
+//! responses: upstream bodies stream back frame by frame, and dropping the client
+//! connection drops the upstream request.
 //!
 //! A response body is layered, innermost first: the upstream body, the idle limit
 //! (`limits.stream_idle_timeout`), the usage tap (which sees how the body ended), and
